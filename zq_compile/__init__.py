@@ -1,0 +1,10 @@
+"""zeroquant: ZeroQuant (W8A8, token-wise activations, group-wise weights) as a torch.compile backend.
+
+    model = torch.compile(model, backend="zeroquant")              # after pip install
+    model = zq_compile.compile(model, ZeroQuantConfig(preset="w8a8"))
+"""
+
+from zq_compile import ops  # noqa: F401  (registers the zq:: ops)
+from zq_compile.config import PRESETS, QuantScheme, ZeroQuantConfig
+
+__all__ = ["PRESETS", "QuantScheme", "ZeroQuantConfig"]

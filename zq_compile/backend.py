@@ -1,0 +1,95 @@
+"""The ``zeroquant`` torch.compile backend: policy -> passes -> lowering -> Inductor.
+
+Dynamo hands us one FX graph per captured region with the real tensors of its inputs (parameters
+included). The passes rewrite eligible linears into zq ops whose quantized weights become extra
+graph inputs; the graph then goes to Inductor with a decomposition table that lowers the zq ops
+for the chosen target, so the quantize step and the GEMM epilogue are ordinary aten code Inductor
+fuses with their neighbours and only the int8 GEMM stays an opaque call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
+from zq_compile.config import ZeroQuantConfig
+from zq_compile.lowering import decompositions_for
+from zq_compile.passes.context import PassContext
+from zq_compile.passes.graph_utils import clone_graph_module
+from zq_compile.passes.runner import run_passes
+from zq_compile.report import CompileReport, record
+
+
+#: Inductor settings for our compile call only (never set globally).
+#: realize_reads_threshold=0 stores a reused pointwise result instead of recomputing it per
+#: reader. The per-token quantize reads its input twice (row max, then the scaling), so without
+#: this Inductor evaluated a GeLU's erf twice per element: MiniLM's FFN kernel went from 7.7 ms
+#: to 2.5 ms per layer with it (bench/README.md has the whole-model figures).
+INDUCTOR_PATCHES = {"realize_reads_threshold": 0}
+
+
+def zeroquant_backend(
+    gm: fx.GraphModule,
+    example_inputs: list,
+    options: ZeroQuantConfig | dict[str, Any] | None = None,
+    mode: str | None = None,
+    report_sink: list | None = None,
+):
+    """torch.compile backend. ``options`` is a ZeroQuantConfig or its dict form; ``mode`` is
+    forwarded to Inductor (e.g. "max-autotune"). ``report_sink`` collects this graph's report."""
+    from torch._inductor import list_mode_options
+    from torch._inductor.compile_fx import compile_fx
+
+    config = ZeroQuantConfig.from_options(options)
+    target = "reference" if config.target == "reference" else "cpu"
+    report = CompileReport(config=config.to_dict(), target=target)
+    kernel = _choose_kernel(config, report)
+
+    gm = clone_graph_module(gm)
+    ctx = PassContext(gm, list(example_inputs), config, report, target)
+    run_passes(ctx)
+    if not report.decisions:
+        report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
+    elif not report.quantized:
+        report.note("no linear layer was eligible: the graph runs in float (reasons above)")
+
+    constants = [t for _, t in ctx.constants]
+    compiled = compile_fx(
+        gm,
+        list(example_inputs) + constants,
+        config_patches={**INDUCTOR_PATCHES, **(list_mode_options(mode) if mode else {})},
+        decompositions=decompositions_for(kernel),
+    )
+    record(report)
+    if report_sink is not None:
+        report_sink.append(report)
+    return _append_constants(compiled, constants)
+
+
+def _choose_kernel(config: ZeroQuantConfig, report: CompileReport):
+    from zq_compile.codegen.cpu.select import select_cpu_kernel
+
+    choice = select_cpu_kernel("reference" if config.target == "reference" else config.cpu_kernel)
+    report.kernel = choice.kernel.name
+    report.kernel_reason = f"{choice.kernel.description}: {choice.reason}"
+    for name, why in choice.rejected:
+        report.note(f"kernel {name} not used: {why}")
+    return choice.kernel
+
+
+def _append_constants(compiled, constants: list[torch.Tensor]):
+    """Call ``compiled`` with Dynamo's inputs followed by our constant inputs.
+
+    Dynamo calls a backend's result with positional tensors (what aot_module_simplified returns
+    takes ``*args`` too), so the constants are appended to those.
+    """
+    if not constants:
+        return compiled
+
+    def run(*args):
+        return compiled(*args, *constants)
+
+    return run

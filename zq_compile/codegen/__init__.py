@@ -1,0 +1,1 @@
+"""Kernels per target: ``cpu/`` (oneDNN / ATen int8 GEMMs)."""

@@ -1,0 +1,147 @@
+"""CPU kernels behind zq::linear_w8a8. Each ``linear`` is pure torch-op code: it is the op's
+eager implementation and, inside the backend, the decomposition Inductor traces, so only the
+GEMM itself stays opaque and the epilogue fuses with neighbouring ops.
+
+- ``reference``: int32 matmul of the int8 values (exact, slow); the oracle for every other kernel.
+- ``onednn``: oneDNN u8s8 int8 GEMM. It wants uint8 activations, so x_q + 128 is passed with zero
+  point 128 (an int8 source takes a reference path 3000x slower), a scalar activation scale of 1
+  and per-row weight scales; the per-token scale is applied after, in the fused epilogue.
+  The weight is reordered once into oneDNN's blocked layout and cached by tensor identity:
+  FakeTensor cannot trace an opaque mkldnn tensor, so the graph carries plain int8.
+- ``int_mm``: ATen ``torch._int_mm`` (int8 x int8 -> int32), for CPUs where oneDNN is missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from zq_compile.ops.linear import epilogue, group_rows
+
+
+@torch.library.custom_op("zq::int8_mm_ref", mutates_args=())
+def int8_mm_ref(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int8 a [M, K] x int8 b [N, K] -> int32 [M, N], accumulated exactly in int32."""
+    return a.to(torch.int32) @ b.to(torch.int32).t()
+
+
+@int8_mm_ref.register_fake
+def _(a, b):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+@dataclass
+class _Packed:
+    w_version: int
+    w_scale: torch.Tensor
+    w_scale_version: int
+    packed: torch.Tensor
+    row_scale: torch.Tensor
+    row_zero: torch.Tensor
+
+
+_ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
+    """The oneDNN reordered copy of w_q, made once per weight (and again if either changes)."""
+    hit = _ONEDNN_PACKED.get(w_q)
+    if (
+        hit is not None
+        and hit.w_version == w_q._version
+        and hit.w_scale is w_scale
+        and hit.w_scale_version == w_scale._version
+    ):
+        return hit
+    n = w_q.shape[0]
+    entry = _Packed(
+        w_version=w_q._version,
+        w_scale=w_scale,
+        w_scale_version=w_scale._version,
+        packed=torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
+        row_scale=group_rows(w_scale.float(), n).contiguous(),
+        row_zero=torch.zeros(n, dtype=torch.int64),
+    )
+    _ONEDNN_PACKED[w_q] = entry
+    return entry
+
+
+@torch.library.custom_op("zq::onednn_u8s8_mm", mutates_args=())
+def onednn_u8s8_mm(x_u8: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """uint8 x_u8 [M, K] (zero point 128) x int8 w_q [N, K] -> fp32 [M, N] = acc * w_scale[row]."""
+    p = onednn_packed(w_q, w_scale)
+    if x_u8.shape[0] == 0:
+        return x_u8.new_zeros((0, w_q.shape[0]), dtype=torch.float32)
+    return torch.ops.onednn.qlinear_pointwise(
+        x_u8.contiguous(), 1.0, 128, p.packed, p.row_scale, p.row_zero,
+        None, 1.0, 0, torch.float32, "none", [], "",
+    )
+
+
+@onednn_u8s8_mm.register_fake
+def _(x_u8, w_q, w_scale):
+    return x_u8.new_empty((x_u8.shape[0], w_q.shape[0]), dtype=torch.float32)
+
+
+def _zero_correction(w_scale, w_zero, n):
+    if w_zero is None:
+        return None
+    return group_rows(w_scale.float() * w_zero.float(), n)
+
+
+class CpuKernel:
+    name: str = ""
+    description: str = ""
+
+    def unavailable_reason(self) -> str | None:
+        """None if this kernel can run in this process, else why not."""
+        return None
+
+    def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        raise NotImplementedError
+
+
+class ReferenceKernel(CpuKernel):
+    name = "reference"
+    description = "int32 matmul of int8 values (exact, slow)"
+
+    def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        n, k = w_q.shape
+        acc = torch.ops.zq.int8_mm_ref(x_q.reshape(-1, k), w_q)
+        return epilogue(acc, x_q, x_scale, group_rows(w_scale.float(), n),
+                        _zero_correction(w_scale, w_zero, n), bias, out_dtype)
+
+
+class OneDnnKernel(CpuKernel):
+    name = "onednn"
+    description = "oneDNN u8s8 int8 GEMM (x + 128 as uint8, weight reordered once)"
+
+    def unavailable_reason(self):
+        if not torch.backends.mkldnn.is_available():
+            return "this torch build has no oneDNN (mkldnn)"
+        if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+            return "torch.ops.onednn.qlinear_pointwise is missing from this torch build"
+        return None
+
+    def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        n, k = w_q.shape
+        # via int32: Inductor's CPU codegen does not vectorize int16 arithmetic.
+        x_u8 = (x_q.reshape(-1, k).to(torch.int32) + 128).to(torch.uint8)
+        acc = torch.ops.zq.onednn_u8s8_mm(x_u8, w_q, w_scale)
+        return epilogue(acc, x_q, x_scale, None, _zero_correction(w_scale, w_zero, n), bias, out_dtype)
+
+
+class IntMmKernel(CpuKernel):
+    name = "int_mm"
+    description = "ATen torch._int_mm (int8 x int8 -> int32)"
+
+    def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        n, k = w_q.shape
+        acc = torch._int_mm(x_q.reshape(-1, k), w_q.t())
+        return epilogue(acc, x_q, x_scale, group_rows(w_scale.float(), n),
+                        _zero_correction(w_scale, w_zero, n), bias, out_dtype)
+
+
+KERNELS: dict[str, CpuKernel] = {k.name: k for k in (OneDnnKernel(), IntMmKernel(), ReferenceKernel())}

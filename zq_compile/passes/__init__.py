@@ -1,0 +1,8 @@
+"""FX passes over the graph Dynamo captured, one concern per file (see README.md here).
+
+``PASS_ORDER`` is the order the runner applies them in; each name is a module of this package
+exposing ``run(ctx: PassContext) -> int`` (the number of rewrites it made) and can be switched off
+with ``ZeroQuantConfig(disable_passes=(name,))``.
+"""
+
+PASS_ORDER: tuple[str, ...] = ("rewrite_linear",)

@@ -1,0 +1,213 @@
+"""rewrite_linear: linear-like nodes with a constant weight -> quantized zq ops.
+
+Before (any of these, with W a parameter or buffer, possibly through t/transpose/permute/.T/
+contiguous/to(dtype), which are folded at compile time):
+
+    x ──► linear(x, W[N,K], b) ──► y        x ──► matmul(x, W[K,N]) ──► y     (also @, mm)
+                                            addmm(b, x, W[K,N]) ──► y          (beta = alpha = 1)
+After (w8a8; the scheme's handler in ``zq_compile/schemes`` draws its own part):
+
+    x ──► zq.quantize_per_token ──► (x_q, x_s) ──► zq.linear_w8a8(x_q, x_s, Wq, Ws, Wz, b) ──► y
+                                                          ▲    ▲    ▲
+                         new graph inputs, quantized once at compile time (never per call)
+
+Left alone, with the reason recorded: modules matching a ``skip`` glob, weights computed at run
+time, non-2-D weights, dtypes other than fp32/bf16/fp16, devices the target does not run on,
+1-D activations, addmm with beta/alpha != 1, biases that are not one value per output.
+Returns the number of nodes rewritten.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from zq_compile.passes.graph_utils import fake_value, module_path
+from zq_compile.report import LinearDecision
+from zq_compile.schemes import handler_for
+
+aten = torch.ops.aten
+
+LINEAR = {torch._C._nn.linear, F.linear, aten.linear.default}
+MATMUL = {torch.matmul, operator.matmul, torch.mm, aten.mm.default, aten.matmul.default}
+ADDMM = {torch.addmm, aten.addmm.default}
+MATMUL_METHODS = {"matmul", "mm", "__matmul__"}
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+# Ops that may sit between a parameter and the linear: they are evaluated once on the real tensor.
+FOLDABLE_FUNCTIONS = {torch.t, torch.transpose, torch.permute, torch.Tensor.contiguous, torch.Tensor.to,
+                      torch.Tensor.detach, torch.detach, aten.t.default, aten.transpose.int,
+                      aten.permute.default, aten._to_copy.default, aten.clone.default}
+FOLDABLE_METHODS = {"t", "transpose", "permute", "contiguous", "to", "float", "half", "bfloat16",
+                    "detach", "clone", "type"}
+
+
+@dataclass
+class LinearMatch:
+    node: fx.Node
+    op: str
+    x: fx.Node
+    weight: fx.Node
+    weight_is_nk: bool  # linear takes W[N, K]; matmul / mm / addmm take W[K, N]
+    bias: fx.Node | None
+    problem: str | None = None  # matched, but in a form we do not rewrite
+
+
+def _arg(node: fx.Node, pos: int, name: str, default=None):
+    if len(node.args) > pos:
+        return node.args[pos]
+    return node.kwargs.get(name, default)
+
+
+def match(node: fx.Node) -> LinearMatch | None:
+    if node.op == "call_function" and node.target in LINEAR:
+        return LinearMatch(node, "linear", _arg(node, 0, "input"), _arg(node, 1, "weight"), True,
+                           _arg(node, 2, "bias"))
+    if (node.op == "call_function" and node.target in MATMUL) or (
+        node.op == "call_method" and node.target in MATMUL_METHODS
+    ):
+        other = _arg(node, 1, "other") if node.target not in (torch.mm, aten.mm.default, "mm") else _arg(node, 1, "mat2")
+        return LinearMatch(node, "matmul", _arg(node, 0, "input"), other, False, None)
+    if node.op == "call_function" and node.target in ADDMM:
+        m = LinearMatch(node, "addmm", _arg(node, 1, "mat1"), _arg(node, 2, "mat2"), False, _arg(node, 0, "input"))
+        if _arg(node, 3, "beta", 1) != 1 or _arg(node, 4, "alpha", 1) != 1:
+            m.problem = "addmm with beta or alpha != 1"
+        return m
+    return None
+
+
+def constant_value(ctx, node) -> torch.Tensor | None:
+    """The real tensor behind ``node`` if it is a compile-time constant, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "placeholder":
+        value = ctx.input_value(node)
+        return value if _is_param_or_buffer(node, value) else None
+    if node.op == "get_attr":
+        value = ctx.gm
+        for part in node.target.split("."):
+            value = getattr(value, part)
+        return value if isinstance(value, torch.Tensor) else None
+    foldable = (node.op == "call_function" and node.target in FOLDABLE_FUNCTIONS) or (
+        node.op == "call_method" and node.target in FOLDABLE_METHODS
+    )
+    if not foldable:
+        return None
+    inputs = node.all_input_nodes
+    values = {n: constant_value(ctx, n) for n in inputs}
+    if any(v is None for v in values.values()):
+        return None
+    args = fx.node.map_arg(node.args, lambda n: values[n])
+    kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
+    with torch.no_grad():
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)
+
+
+def _is_param_or_buffer(node: fx.Node, value) -> bool:
+    if isinstance(value, torch.nn.Parameter):
+        return True
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    return source is not None and "_buffers" in source.name
+
+
+def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
+    if x_val.device.type != "cpu":
+        return (f"device {x_val.device.type}: target {ctx.target!r} runs on CPU tensors only "
+                "(GPU kernels come with the triton target)")
+    return None
+
+
+def _decide(ctx, m: LinearMatch, module: str):
+    """(W[N, K], groups, reason) if the node is rewritten, else (None, None, reason)."""
+    skip = next((g for g in ctx.config.skip if fnmatch.fnmatchcase(module, g)), None)
+    if skip is not None:
+        return None, None, f"module matches skip glob {skip!r}"
+    if m.problem:
+        return None, None, m.problem
+    w = constant_value(ctx, m.weight)
+    if w is None:
+        return None, None, "weight is computed at run time (not a parameter or buffer)"
+    if w.dim() != 2:
+        return None, None, f"weight is {w.dim()}-D; only 2-D weights are rewritten"
+    x_val = fake_value(m.x)
+    if x_val is None:
+        return None, None, "no shape metadata on the activation"
+    if x_val.dim() < 2 and m.op != "linear":
+        return None, None, "1-D activation: a vector-matrix product, not a linear over tokens"
+    if x_val.dim() < 1:
+        return None, None, "0-D activation"
+    for what, dtype in (("activation", x_val.dtype), ("weight", w.dtype)):
+        if dtype not in FLOAT_DTYPES:
+            return None, None, f"{what} dtype {dtype} unsupported (fp32/bf16/fp16 only)"
+    if x_val.dtype != w.dtype:
+        return None, None, f"activation {x_val.dtype} and weight {w.dtype} differ"
+    problem = _device_problem(ctx, x_val) or (
+        _device_problem(ctx, w) if w.device.type != "cpu" else None
+    )
+    if problem:
+        return None, None, problem
+    w_nk = w if m.weight_is_nk else w.t()
+    n, k = w_nk.shape
+    if x_val.shape[-1] != k:
+        return None, None, f"activation has {x_val.shape[-1]} features, weight expects {k}"
+    b_val = fake_value(m.bias) if isinstance(m.bias, fx.Node) else None
+    if m.bias is not None and (b_val is None or tuple(b_val.shape) != (n,)):
+        return None, None, f"bias is not one value per output ({None if b_val is None else tuple(b_val.shape)})"
+    if not torch.isfinite(w).all():
+        return None, None, "weight holds NaN or Inf"
+    scheme = ctx.config.scheme
+    groups = scheme.weight_groups or n
+    reason = f"{scheme.name}, " + ("per-channel" if groups == n else f"{groups} groups")
+    if n % groups:
+        used = math.gcd(n, groups)
+        reason = f"{scheme.name}, {used} groups (weight_groups={groups} does not divide {n} rows)"
+        groups = used
+    return w_nk, groups, reason
+
+
+def run(ctx) -> int:
+    graph = ctx.gm.graph
+    handler = handler_for(ctx.config.scheme)
+    quantized_weights: dict[tuple, list[fx.Node]] = {}
+    rewritten = 0
+    for node in list(graph.nodes):
+        m = match(node)
+        if m is None:
+            continue
+        module = module_path(node)
+        w_nk, groups, reason = _decide(ctx, m, module)
+        decision = LinearDecision(node=node.name, module=module, op=m.op,
+                                  shape=tuple(w_nk.shape) if w_nk is not None else None,
+                                  scheme=None, reason=reason)
+        ctx.report.decisions.append(decision)
+        if w_nk is None:
+            continue
+        key = (m.weight, m.weight_is_nk)
+        if key not in quantized_weights:  # a weight shared by several nodes is quantized once
+            qw = handler.quantize(w_nk, ctx.config.scheme, groups)
+            prefix = f"{node.name}_"
+            quantized_weights[key] = [
+                None if t is None else ctx.add_constant(prefix + name, t)
+                for name, t in handler.constant_tensors(qw).items()
+            ]
+            decision.quant_bytes = qw.nbytes
+            decision.float_bytes = w_nk.numel() * w_nk.element_size()
+        else:
+            decision.reason += " (weight shared with an earlier node, quantized once)"
+        out_dtype = fake_value(m.x).dtype
+        with graph.inserting_before(node):
+            y = handler.emit(ctx, m.x, quantized_weights[key], m.bias, out_dtype)
+        node.replace_all_uses_with(y)
+        graph.erase_node(node)
+        decision.scheme = handler.name
+        rewritten += 1
+    return rewritten

@@ -1,0 +1,110 @@
+"""What the backend did to one captured graph, and why: the record behind every summary.
+
+Every linear-like node gets a ``LinearDecision`` (quantized with which scheme, or left in float
+with the reason). Pass counts, the kernel chosen and any fallback are kept beside them. Reports of
+the graphs compiled in this process are kept (the most recent 64) and returned by
+``zq_compile.recent_reports()``; ``zq_compile.compile`` also hangs its own on the module it returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("zq_compile")
+
+_RECENT: collections.deque[CompileReport] = collections.deque(maxlen=64)
+_GRAPH_IDS = itertools.count()
+
+
+@dataclass
+class LinearDecision:
+    node: str
+    module: str
+    op: str
+    shape: tuple[int, int] | None  # (N, K) of the weight, when known
+    scheme: str | None  # None: left in floating point
+    reason: str
+    float_bytes: int = 0
+    quant_bytes: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return self.scheme is not None
+
+
+@dataclass
+class CompileReport:
+    config: dict
+    graph_id: int = field(default_factory=lambda: next(_GRAPH_IDS))
+    target: str = ""
+    kernel: str = ""
+    kernel_reason: str = ""
+    decisions: list[LinearDecision] = field(default_factory=list)
+    pass_counts: dict[str, int] = field(default_factory=dict)
+    disabled_passes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def quantized(self) -> list[LinearDecision]:
+        return [d for d in self.decisions if d.quantized]
+
+    @property
+    def skipped(self) -> list[LinearDecision]:
+        return [d for d in self.decisions if not d.quantized]
+
+    @property
+    def float_bytes(self) -> int:
+        return sum(d.float_bytes for d in self.quantized)
+
+    @property
+    def quant_bytes(self) -> int:
+        return sum(d.quant_bytes for d in self.quantized)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        log.info("zeroquant graph %d: %s", self.graph_id, text)
+
+    def headline(self) -> str:
+        if not self.decisions:
+            return f"graph {self.graph_id}: no linear layers found; the graph runs unchanged in float"
+        mb = lambda b: b / 2**20  # noqa: E731
+        text = (
+            f"graph {self.graph_id}: {len(self.quantized)}/{len(self.decisions)} linear layers quantized "
+            f"on target {self.target!r} (kernel {self.kernel})"
+        )
+        if self.quantized:
+            text += f", weights {mb(self.float_bytes):.2f} MiB -> {mb(self.quant_bytes):.2f} MiB"
+        return text
+
+    def summary(self) -> str:
+        lines = [self.headline()]
+        if self.kernel_reason:
+            lines.append(f"  kernel: {self.kernel_reason}")
+        for d in self.decisions:
+            what = d.scheme if d.quantized else "float"
+            shape = "x".join(map(str, d.shape)) if d.shape else "?"
+            lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}")
+        for name, count in self.pass_counts.items():
+            lines.append(f"  pass {name}: {count} rewrite(s)")
+        for name in self.disabled_passes:
+            lines.append(f"  pass {name}: disabled by config")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def record(report: CompileReport) -> None:
+    _RECENT.append(report)
+    log.info("zeroquant %s", report.headline())
+    for d in report.skipped:
+        log.info("zeroquant graph %d: %s stays float: %s", report.graph_id, d.module or d.node, d.reason)
+
+
+def recent_reports() -> list[CompileReport]:
+    """Reports of the graphs compiled by the zeroquant backend in this process, oldest first."""
+    return list(_RECENT)

@@ -1,0 +1,34 @@
+"""The interface every scheme handler implements."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from zq_compile.config import QuantScheme
+from zq_compile.quant.weight import QuantizedWeight
+
+HANDLERS: dict[str, SchemeHandler] = {}
+
+
+def register(handler: SchemeHandler) -> SchemeHandler:
+    HANDLERS[handler.name] = handler
+    return handler
+
+
+class SchemeHandler:
+    name: str = ""
+
+    def quantize(self, w_nk: torch.Tensor, scheme: QuantScheme, groups: int) -> QuantizedWeight:
+        raise NotImplementedError
+
+    def emit(self, ctx, x: fx.Node, weight: list[fx.Node], bias, out_dtype: torch.dtype) -> fx.Node:
+        """Insert the quantized computation of ``x @ W^T + bias`` and return its output node.
+
+        ``weight`` are the constant placeholders from ``constant_tensors``; the caller has set
+        the graph's insertion point.
+        """
+        raise NotImplementedError
+
+    def constant_tensors(self, qw: QuantizedWeight) -> dict[str, torch.Tensor | None]:
+        return {"wq": qw.qdata, "ws": qw.scale, "wz": qw.zero_point}
