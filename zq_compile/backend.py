@@ -1,14 +1,16 @@
 """The ``zeroquant`` torch.compile backend: policy -> passes -> lowering -> Inductor.
 
 Dynamo hands us one FX graph per captured region with the real tensors of its inputs (parameters
-included). The passes rewrite eligible linears into zq ops whose quantized weights become extra
+included). ``prepare`` rewrites eligible linears into zq ops whose quantized weights become extra
 graph inputs; the graph then goes to Inductor with a decomposition table that lowers the zq ops
-for the chosen target, so the quantize step and the GEMM epilogue are ordinary aten code Inductor
+for the chosen kernel, so the quantize step and the GEMM epilogue are ordinary aten code Inductor
 fuses with their neighbours and only the int8 GEMM stays an opaque call.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,13 +24,44 @@ from zq_compile.passes.graph_utils import clone_graph_module
 from zq_compile.passes.runner import run_passes
 from zq_compile.report import CompileReport, record
 
-
 #: Inductor settings for our compile call only (never set globally).
 #: realize_reads_threshold=0 stores a reused pointwise result instead of recomputing it per
 #: reader. The per-token quantize reads its input twice (row max, then the scaling), so without
 #: this Inductor evaluated a GeLU's erf twice per element: MiniLM's FFN kernel went from 7.7 ms
 #: to 2.5 ms per layer with it (bench/README.md has the whole-model figures).
 INDUCTOR_PATCHES = {"realize_reads_threshold": 0}
+
+
+@dataclass
+class Prepared:
+    """A rewritten copy of Dynamo's graph; call ``gm(*example_inputs, *constants)``."""
+
+    gm: fx.GraphModule
+    constants: list[torch.Tensor]
+    report: CompileReport
+    kernel: Any
+
+
+def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -> Prepared:
+    """Policy, quantization and rewrite passes; no Inductor. Dynamo's ``gm`` is not modified."""
+    target = "reference" if config.target == "reference" else "cpu"
+    report = CompileReport(config=config.to_dict(), target=target)
+    kernel = _choose_kernel(config, report)
+    gm = clone_graph_module(gm)
+    ctx = PassContext(gm, list(example_inputs), config, report, target)
+    run_passes(ctx)
+    if ctx.gradients_stopped:
+        msg = (
+            "grad mode was on while compiling: quantized linears are inference-only, so no "
+            "gradient flows through them (run under torch.no_grad() or torch.inference_mode())"
+        )
+        report.note(msg)
+        warnings.warn(f"zeroquant: {msg}", stacklevel=2)
+    if not report.decisions:
+        report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
+    elif not report.quantized:
+        report.note("no linear layer was eligible: the graph runs in float (reasons above)")
+    return Prepared(gm, [t for _, t in ctx.constants], report, kernel)
 
 
 def zeroquant_backend(
@@ -44,29 +77,32 @@ def zeroquant_backend(
     from torch._inductor.compile_fx import compile_fx
 
     config = ZeroQuantConfig.from_options(options)
-    target = "reference" if config.target == "reference" else "cpu"
-    report = CompileReport(config=config.to_dict(), target=target)
-    kernel = _choose_kernel(config, report)
-
-    gm = clone_graph_module(gm)
-    ctx = PassContext(gm, list(example_inputs), config, report, target)
-    run_passes(ctx)
-    if not report.decisions:
-        report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
-    elif not report.quantized:
-        report.note("no linear layer was eligible: the graph runs in float (reasons above)")
-
-    constants = [t for _, t in ctx.constants]
+    prepared = prepare(gm, example_inputs, config)
     compiled = compile_fx(
-        gm,
-        list(example_inputs) + constants,
+        prepared.gm,
+        list(example_inputs) + _static_fakes(prepared.constants),
         config_patches={**INDUCTOR_PATCHES, **(list_mode_options(mode) if mode else {})},
-        decompositions=decompositions_for(kernel),
+        decompositions=decompositions_for(prepared.kernel),
     )
-    record(report)
+    record(prepared.report)
     if report_sink is not None:
-        report_sink.append(report)
-    return _append_constants(compiled, constants)
+        report_sink.append(prepared.report)
+    return _append_constants(compiled, prepared.constants)
+
+
+def _static_fakes(constants: list[torch.Tensor]) -> list:
+    """Our constants as fake tensors of fixed shape, in the fake mode AOT autograd traces with.
+
+    Given as real tensors, AOT would fakify them with symbolic sizes once Dynamo has turned
+    dynamic shapes on, and any guard on such a size (a bias broadcast against the weight's row
+    count) has no source Dynamo can check: guard creation fails. Their shapes never change.
+    """
+    from torch._guards import TracingContext
+
+    ctx = TracingContext.try_get()
+    if ctx is None or ctx.fake_mode is None:
+        return list(constants)
+    return [ctx.fake_mode.from_tensor(t, static_shapes=True) for t in constants]
 
 
 def _choose_kernel(config: ZeroQuantConfig, report: CompileReport):

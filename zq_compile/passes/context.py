@@ -23,6 +23,8 @@ class PassContext:
     constants: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     #: per-pass scratch space (e.g. the quantize node already emitted for an activation).
     memo: dict = field(default_factory=dict)
+    #: activations and biases detached because grad mode was on (see schemes/base.py).
+    gradients_stopped: int = 0
 
     def __post_init__(self) -> None:
         placeholders = list(self.gm.graph.find_nodes(op="placeholder"))

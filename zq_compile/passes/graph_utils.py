@@ -28,7 +28,10 @@ def annotate(node: fx.Node, fake_mode) -> None:
     args = fx.node.map_aggregate(node.args, fake)
     kwargs = fx.node.map_aggregate(node.kwargs, fake)
     with fake_mode:
-        out = node.target(*args, **kwargs)
+        if node.op == "call_method":
+            out = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            out = node.target(*args, **kwargs)
     node.meta["example_value"] = node.meta["val"] = out
 
 

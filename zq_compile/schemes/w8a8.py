@@ -14,7 +14,7 @@ import torch
 
 from zq_compile.passes.graph_utils import annotate
 from zq_compile.quant.weight import quantize_weight
-from zq_compile.schemes.base import SchemeHandler, register
+from zq_compile.schemes.base import SchemeHandler, inference_only, register
 
 
 class W8A8(SchemeHandler):
@@ -27,7 +27,7 @@ class W8A8(SchemeHandler):
         graph = ctx.gm.graph
         memo = ctx.memo.setdefault("quantize_per_token", {})
         if x not in memo:
-            q = graph.call_function(torch.ops.zq.quantize_per_token.default, (x, 8))
+            q = graph.call_function(torch.ops.zq.quantize_per_token.default, (inference_only(ctx, x), 8))
             annotate(q, ctx.fake_mode)
             x_q = graph.call_function(operator.getitem, (q, 0))
             x_s = graph.call_function(operator.getitem, (q, 1))
@@ -37,7 +37,8 @@ class W8A8(SchemeHandler):
         x_q, x_s = memo[x]
         w_q, w_s, w_z = weight
         y = graph.call_function(
-            torch.ops.zq.linear_w8a8.default, (x_q, x_s, w_q, w_s, w_z, bias, out_dtype)
+            torch.ops.zq.linear_w8a8.default,
+            (x_q, x_s, w_q, w_s, w_z, inference_only(ctx, bias), out_dtype),
         )
         annotate(y, ctx.fake_mode)
         return y

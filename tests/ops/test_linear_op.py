@@ -1,0 +1,124 @@
+"""zq::linear_w8a8 and every CPU kernel behind it, against the exact int32 reference.
+
+The int8 x int8 -> int32 accumulation is exact, so kernels differ from the reference only by the
+fp32 rounding of the epilogue (scales, bias): compared with a tight relative tolerance. The whole
+quantized linear is judged against the fp32 F.linear by SQNR.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zq_compile.codegen.cpu.kernels import KERNELS
+from zq_compile.codegen.cpu.select import select_cpu_kernel
+from zq_compile.metrics import sqnr_db
+from zq_compile.quant import quantize_per_token_ref, quantize_weight
+
+FAST = [name for name in ("onednn", "int_mm") if KERNELS[name].unavailable_reason() is None]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _problem(m, k, n, groups, symmetric, dtype, bias):
+    g = torch.Generator().manual_seed(m * 7 + k * 3 + n)
+    x = (torch.randn(m, k, generator=g) * 2).to(dtype)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    qw = quantize_weight(w, bits=8, groups=groups, symmetric=symmetric)
+    x_q, x_s = quantize_per_token_ref(x)
+    return x, w, b, qw, x_q, x_s
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 13, 67])
+@pytest.mark.parametrize("k,n,groups", [(16, 24, None), (67, 48, 3), (96, 40, 5)])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_matches_reference(kernel, dtype, m, k, n, groups, symmetric, bias):
+    x, w, b, qw, x_q, x_s = _problem(m, k, n, groups, symmetric, dtype, bias)
+    args = (x_q, x_s, qw.qdata, qw.scale, qw.zero_point, b, dtype)
+    got = KERNELS[kernel].linear(*args)
+    want = KERNELS["reference"].linear(*args)
+    assert got.dtype == dtype and got.shape == (m, n)
+    tol = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-3}[dtype]  # output rounding
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantized_linear_close_to_fp32(dtype, symmetric):
+    x, w, b, qw, x_q, x_s = _problem(67, 96, 40, None, symmetric, dtype, True)
+    y = torch.ops.zq.linear_w8a8(x_q, x_s, qw.qdata, qw.scale, qw.zero_point, b, dtype)
+    ref = F.linear(x.float(), w, b.float())
+    assert sqnr_db(ref, y.float()) > 30  # 8-bit weights and activations: ~35-40 dB here
+
+
+@pytest.mark.parametrize("kernel", FAST + ["reference"])
+def test_zero_rows_and_nan_rows(kernel):
+    x = torch.randn(5, 32)
+    x[1] = 0
+    x[3, 7] = float("nan")
+    w = torch.randn(16, 32)
+    qw = quantize_weight(w)
+    x_q, x_s = quantize_per_token_ref(x)
+    y = KERNELS[kernel].linear(x_q, x_s, qw.qdata, qw.scale, None, None, torch.float32)
+    assert (y[1] == 0).all()
+    assert torch.isnan(y[3]).all()
+    assert torch.isfinite(y[[0, 2, 4]]).all()
+
+
+def test_three_d_input_keeps_leading_dims():
+    x = torch.randn(2, 5, 32)
+    qw = quantize_weight(torch.randn(16, 32))
+    x_q, x_s = torch.ops.zq.quantize_per_token(x)
+    y = torch.ops.zq.linear_w8a8(x_q, x_s, qw.qdata, qw.scale, None, None, torch.float32)
+    assert y.shape == (2, 5, 16)
+    assert sqnr_db(x @ qw.dequantize().t(), y) > 35
+
+
+def test_opcheck_fake_and_schema():
+    x_q, x_s = quantize_per_token_ref(torch.randn(2, 3, 32))
+    qw = quantize_weight(torch.randn(16, 32), groups=4)
+    torch.library.opcheck(
+        torch.ops.zq.linear_w8a8.default,
+        (x_q, x_s, qw.qdata, qw.scale, None, torch.randn(16), torch.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"x_q": torch.zeros(2, 32)}, "int8"),
+        ({"x_s": torch.ones(2)}, "x_scale"),
+        ({"w_s": torch.ones(3)}, "do not divide"),
+        ({"bias": torch.ones(5)}, "bias"),
+    ],
+)
+def test_bad_arguments_raise(change, match):
+    x_q, x_s = quantize_per_token_ref(torch.randn(2, 32))
+    qw = quantize_weight(torch.randn(16, 32))
+    args = {"x_q": x_q, "x_s": x_s, "w_q": qw.qdata, "w_s": qw.scale, "w_z": None, "bias": None}
+    args.update(change)
+    with pytest.raises((TypeError, ValueError), match=match):
+        torch.ops.zq.linear_w8a8(*args.values(), torch.float32)
+
+
+def test_auto_choice_is_recorded_and_fast_when_available():
+    choice = select_cpu_kernel("auto")
+    assert choice.reason
+    if FAST:
+        assert choice.kernel.name in FAST
+    else:
+        assert choice.kernel.name == "reference" and choice.rejected
+
+
+def test_onednn_weight_is_packed_once():
+    if "onednn" not in FAST:
+        pytest.skip("oneDNN missing from this torch build")
+    from zq_compile.codegen.cpu.kernels import onednn_packed
+
+    qw = quantize_weight(torch.randn(16, 32))
+    first = onednn_packed(qw.qdata, qw.scale)
+    assert onednn_packed(qw.qdata, qw.scale) is first
+    qw.qdata.add_(0)  # an in-place edit bumps the version: the cache must repack
+    assert onednn_packed(qw.qdata, qw.scale) is not first

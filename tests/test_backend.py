@@ -1,0 +1,196 @@
+"""The backend end to end through Inductor on small modules."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+from torch.testing import FileCheck
+
+import zq_compile
+from zq_compile import ZeroQuantConfig, recent_reports
+from zq_compile.metrics import sqnr_db
+
+#: SQNR (dB) a compiled model must keep against its fp32 eager self, per scheme and input dtype.
+#: 8-bit weights and activations give ~35-40 dB on a single linear; a block compounds a few.
+SQNR_DB = {"w8a8": {torch.float32: 25, torch.bfloat16: 22, torch.float16: 22}}
+
+
+class Block(torch.nn.Module):
+    """A pre-norm transformer MLP block: LayerNorm -> Linear -> GeLU -> Linear -> + residual."""
+
+    def __init__(self, d=64, hidden=160):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.up = torch.nn.Linear(d, hidden)
+        self.down = torch.nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+
+def _reports_since(n):
+    return recent_reports()[n:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_compiled_block_close_to_eager(dtype):
+    torch.manual_seed(0)
+    m = Block().to(dtype).eval()
+    x = torch.randn(4, 13, 64, dtype=dtype)
+    before = len(recent_reports())
+    with torch.inference_mode():
+        ref = m.float()(x.float())
+        m.to(dtype)
+        out = torch.compile(m, backend="zeroquant")(x)
+    (report,) = _reports_since(before)
+    assert len(report.quantized) == 2
+    assert out.dtype == dtype
+    assert not torch.isnan(out).any()
+    assert sqnr_db(ref, out.float()) > SQNR_DB["w8a8"][dtype]
+
+
+def _run_shapes(c, m, shapes):
+    with torch.inference_mode():
+        for b, s in shapes:
+            x = torch.randn(b, s, 64)
+            assert sqnr_db(m(x), c(x)) > SQNR_DB["w8a8"][torch.float32]
+
+
+def test_varying_batch_and_sequence_do_not_recompile_per_shape():
+    m = Block().eval()
+    c = torch.compile(m, backend="zeroquant")
+    before = len(recent_reports())
+    # Dynamo compiles for the first shape, then once more for each dimension it sees change
+    # (batch, then sequence), making that dimension symbolic ...
+    _run_shapes(c, m, [(2, 16), (3, 16), (4, 20)])
+    assert len(_reports_since(before)) == 3
+    # ... after which no new batch or sequence size compiles anything.
+    _run_shapes(c, m, [(5, 7), (8, 33), (6, 100), (2, 16), (17, 3)])
+    assert len(_reports_since(before)) == 3
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
+
+
+def test_dynamic_true_compiles_once_for_all_shapes():
+    m = Block().eval()
+    c = zq_compile.compile(m, dynamic=True)
+    _run_shapes(c, m, [(2, 16), (3, 16), (4, 20), (5, 7), (8, 33)])
+    assert len(c.zq_reports) == 1
+
+
+def test_options_dict_reaches_the_backend():
+    m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    before = len(recent_reports())
+    with torch.inference_mode():
+        torch.compile(m, backend="zeroquant", options={"skip": ["2"], "weight_groups": 4})(torch.randn(3, 16))
+    (report,) = _reports_since(before)
+    assert [d.module for d in report.quantized] == ["0"]
+    assert "4 groups" in report.quantized[0].reason
+    assert report.config["skip"] == ["2"]
+
+
+def test_invalid_options_raise_value_error_naming_the_field():
+    m = torch.nn.Linear(4, 4)
+    # torch.compile only calls the backend at the first run; Dynamo wraps what it raises.
+    with pytest.raises(Exception, match="ValueError: preset='w9a9' is not valid; allowed: w8a8"):
+        torch.compile(m, backend="zeroquant", options={"preset": "w9a9"})(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="target"):
+        zq_compile.compile(m, {"target": "tpu"})
+
+
+def test_function_form_attaches_reports():
+    m = Block().eval()
+    c = zq_compile.compile(m, ZeroQuantConfig())
+    with torch.inference_mode():
+        c(torch.randn(2, 5, 64))
+    assert len(c.zq_reports) == 1 and len(c.zq_reports[0].quantized) == 2
+
+
+def test_reference_target_and_forced_kernels_agree_with_the_default():
+    torch.manual_seed(0)
+    m = Block().eval()
+    x = torch.randn(3, 11, 64)
+    outs = {}
+    with torch.inference_mode():
+        for name, cfg in {
+            "auto": {},
+            "reference": {"target": "reference"},
+            "int_mm": {"cpu_kernel": "int_mm"},
+        }.items():
+            torch._dynamo.reset()
+            outs[name] = torch.compile(m, backend="zeroquant", options=cfg)(x)
+    assert recent_reports()[-1].kernel == "int_mm"
+    assert recent_reports()[-2].kernel == "reference"
+    # Same int8 values and int32 sums; only the epilogue's fp32 rounding may differ.
+    torch.testing.assert_close(outs["auto"], outs["reference"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outs["int_mm"], outs["reference"], rtol=1e-4, atol=1e-4)
+
+
+def test_model_without_linears_compiles_and_runs_unchanged():
+    def f(x):
+        return torch.relu(x) * 2 + 1
+
+    x = torch.randn(5, 7)
+    before = len(recent_reports())
+    out = torch.compile(f, backend="zeroquant")(x)
+    assert torch.equal(out, f(x))
+    (report,) = _reports_since(before)
+    assert "no linear layers" in report.summary()
+
+
+def test_grad_mode_compiles_with_a_warning_and_no_gradient_through_quantized_linears():
+    m = Block().eval()
+    x = torch.randn(2, 3, 64)
+    with pytest.warns(UserWarning, match="inference-only"):
+        out = torch.compile(m, backend="zeroquant")(x)
+    assert sqnr_db(m(x), out.detach()) > SQNR_DB["w8a8"][torch.float32]
+    assert "inference-only" in recent_reports()[-1].summary()
+
+
+def test_quantize_is_fused_into_layernorm_and_only_the_gemm_is_opaque():
+    """Read the code Inductor generated: the per-token quantize lives in the LayerNorm kernel,
+    and the GEMM is the only call out of generated code."""
+    m = Block().eval()
+    with torch.inference_mode():
+        _, (code,) = run_and_get_code(torch.compile(m, backend="zeroquant"), torch.randn(4, 13, 64))
+    kernel = recent_reports()[-1].kernel
+    if kernel == "onednn":
+        FileCheck().check("native_layer_norm_quantize_per_token").check("zq.onednn_u8s8_mm").check(
+            "gelu_linear_w8a8_quantize_per_token").check("zq.onednn_u8s8_mm").run(code)
+        assert code.count("zq.onednn_u8s8_mm.default(") == 2
+    assert "ops.zq.quantize_per_token" not in code  # decomposed, never called as an opaque op
+
+
+def test_entry_point_works_without_importing_zq_compile():
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        m = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 8)).eval()
+        x = torch.randn(4, 32)
+        assert "zq_compile" not in sys.modules
+        with torch.inference_mode():
+            out = torch.compile(m, backend="zeroquant")(x)
+            ref = m(x)
+        from zq_compile import recent_reports
+        (report,) = recent_reports()
+        err = ((out - ref).norm() / ref.norm()).item()
+        print(len(report.quantized), err)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    quantized, err = done.stdout.split()
+    assert quantized == "2" and float(err) < 0.05
+
+
+def test_non_cpu_tensors_stay_float_with_reason():
+    from tests.conftest import capture
+    from zq_compile.backend import prepare
+
+    m = torch.nn.Linear(8, 4, device="meta")
+    gm, inputs = capture(m, torch.empty(2, 8, device="meta"))
+    with torch.no_grad():
+        p = prepare(gm, inputs, ZeroQuantConfig())
+    assert "device meta" in p.report.skipped[0].reason

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from zq_compile import PRESETS, QuantScheme, ZeroQuantConfig
+
+
+def test_defaults_are_w8a8_per_channel_symmetric():
+    c = ZeroQuantConfig()
+    assert c.scheme == QuantScheme(weight_bits=8, act_bits=8, weight_groups=None, symmetric=True)
+
+
+def test_json_round_trip():
+    c = ZeroQuantConfig(weight_groups=4, symmetric=False, skip=["pooler.*"], disable_passes=["rewrite_linear"])
+    text = c.to_json()
+    assert json.loads(text)["skip"] == ["pooler.*"]
+    back = ZeroQuantConfig.from_json(text)
+    assert back == c and isinstance(back.skip, tuple)
+    assert hash(back) == hash(c)
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        ZeroQuantConfig().preset = "w4a8"
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, allowed",
+    [
+        ({"preset": "w3a3"}, "preset", "w8a8"),
+        ({"preset": "w4a16"}, "preset", "not built yet"),
+        ({"target": "gpu"}, "target", "auto, cpu, reference"),
+        ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
+        ({"weight_groups": 0}, "weight_groups", "positive int"),
+        ({"weight_groups": True}, "weight_groups", "positive int"),
+        ({"symmetric": "yes"}, "symmetric", "True, False"),
+        ({"skip": "pooler.*"}, "skip", "list of strings"),
+        ({"disable_passes": ["fuse_everything"]}, "disable_passes", "rewrite_linear"),
+        ({"version": 99}, "version", "1"),
+    ],
+)
+def test_invalid_values_name_the_field_and_the_allowed_values(kwargs, field, allowed):
+    with pytest.raises(ValueError, match=field) as e:
+        ZeroQuantConfig(**kwargs)
+    assert allowed in str(e.value)
+
+
+def test_unknown_fields_are_refused():
+    with pytest.raises(ValueError, match="unknown config field.*'presett'"):
+        ZeroQuantConfig.from_dict({"presett": "w8a8"})
+
+
+def test_from_options_accepts_none_dict_and_config():
+    c = ZeroQuantConfig(skip=("a",))
+    assert ZeroQuantConfig.from_options(None) == ZeroQuantConfig()
+    assert ZeroQuantConfig.from_options({"skip": ["a"]}) == c
+    assert ZeroQuantConfig.from_options(c) is c
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_a_valid_scheme(name):
+    assert PRESETS[name].name == name
+
+
+def test_scheme_validation():
+    with pytest.raises(ValueError, match="weight_bits=2"):
+        QuantScheme(weight_bits=2)
+    with pytest.raises(ValueError, match="act_bits=4"):
+        QuantScheme(act_bits=4)
