@@ -44,9 +44,9 @@ class Prepared:
 
 def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -> Prepared:
     """Policy, quantization and rewrite passes; no Inductor. Dynamo's ``gm`` is not modified."""
-    target = "reference" if config.target == "reference" else "cpu"
+    target = resolve_target(config, example_inputs)
     report = CompileReport(config=config.to_dict(), target=target)
-    kernel = _choose_kernel(config, report)
+    kernel = _choose_kernel(target, config, report)
     gm = clone_graph_module(gm)
     ctx = PassContext(gm, list(example_inputs), config, report, target)
     run_passes(ctx)
@@ -105,10 +105,17 @@ def _static_fakes(constants: list[torch.Tensor]) -> list:
     return [ctx.fake_mode.from_tensor(t, static_shapes=True) for t in constants]
 
 
-def _choose_kernel(config: ZeroQuantConfig, report: CompileReport):
+def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:
+    """The concrete target: "auto" means the CPU kernels (the only target built so far)."""
+    if config.target != "auto":
+        return config.target
+    return "cpu"
+
+
+def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport):
     from zq_compile.codegen.cpu.select import select_cpu_kernel
 
-    choice = select_cpu_kernel("reference" if config.target == "reference" else config.cpu_kernel)
+    choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel)
     report.kernel = choice.kernel.name
     report.kernel_reason = f"{choice.kernel.description}: {choice.reason}"
     for name, why in choice.rejected:

@@ -4,7 +4,7 @@ match the reference bit for bit."""
 import pytest
 import torch
 
-from zq_compile.ops.quantize import quantize_per_token_decomposition
+from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.quant import quantize_per_token_ref
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -36,7 +36,7 @@ def test_op_matches_reference_exactly(m, k, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inductor_decomposition_matches_reference_exactly(dtype):
     x = _x(13, 67, dtype).reshape(1, 13, 67)
-    compiled = torch.compile(quantize_per_token_decomposition, backend="inductor", fullgraph=True)
+    compiled = torch.compile(KERNELS["onednn"].quantize_per_token, backend="inductor", fullgraph=True)
     q, s = compiled(x)
     rq, rs = quantize_per_token_ref(x)
     assert torch.equal(q, rq)

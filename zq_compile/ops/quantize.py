@@ -1,8 +1,9 @@
 """zq::quantize_per_token: float rows -> int8 values + one fp32 scale per row.
 
 The op is opaque to tracing (it has a fake implementation for Dynamo, AOT and torch.export);
-inside the zeroquant backend it is decomposed into plain aten ops so Inductor fuses it with the
-producer of x (LayerNorm, GeLU, residual add) instead of writing x out and reading it back.
+inside the zeroquant backend the chosen kernel's ``quantize_per_token`` replaces it (plain aten
+ops on CPU), so Inductor fuses it with the producer of x (LayerNorm, GeLU, residual add) instead
+of writing x out and reading it back.
 """
 
 from __future__ import annotations
@@ -25,7 +26,3 @@ def _(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     q = torch.empty_like(x, dtype=torch.int8)
     scale = x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
     return q, scale
-
-
-def quantize_per_token_decomposition(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    return quantize_per_token_ref(x, bits)

@@ -19,6 +19,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.ops.linear import epilogue, group_rows
+from zq_compile.quant.activation import quantize_per_token_ref
 
 
 @torch.library.custom_op("zq::int8_mm_ref", mutates_args=())
@@ -92,12 +93,18 @@ def _zero_correction(w_scale, w_zero, n):
 
 
 class CpuKernel:
+    """A lowering of the zq ops: each method is traced by AOT autograd as a decomposition."""
+
     name: str = ""
     description: str = ""
 
     def unavailable_reason(self) -> str | None:
         """None if this kernel can run in this process, else why not."""
         return None
+
+    def quantize_per_token(self, x, bits=8):
+        # Plain aten code: Inductor fuses it into the kernel that produces x.
+        return quantize_per_token_ref(x, bits)
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         raise NotImplementedError
