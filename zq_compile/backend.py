@@ -57,6 +57,7 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         )
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
+    _finalize_weights(ctx, kernel)
     if not report.decisions:
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
     elif not report.quantized:
@@ -103,6 +104,20 @@ def _static_fakes(constants: list[torch.Tensor]) -> list:
     if ctx is None or ctx.fake_mode is None:
         return list(constants)
     return [ctx.fake_mode.from_tensor(t, static_shapes=True) for t in constants]
+
+
+def _finalize_weights(ctx: PassContext, kernel) -> None:
+    """Let the kernel swap each int8 weight for what it wants the graph to hold (oneDNN: a
+    one-byte handle to its own reordered copy, so the weight is not held twice)."""
+    index = {name: i for i, (name, _) in enumerate(ctx.constants)}
+    done = set()
+    for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+        w_q, w_s = node.args[2], node.args[3]
+        if w_q.name in done:
+            continue
+        done.add(w_q.name)
+        i = index[w_q.name]
+        ctx.constants[i] = (w_q.name, kernel.finalize_weight(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
 
 
 def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:

@@ -122,3 +122,20 @@ def test_onednn_weight_is_packed_once():
     assert onednn_packed(qw.qdata, qw.scale) is first
     qw.qdata.add_(0)  # an in-place edit bumps the version: the cache must repack
     assert onednn_packed(qw.qdata, qw.scale) is not first
+
+
+def test_onednn_graph_holds_a_handle_not_a_second_int8_copy():
+    if "onednn" not in FAST:
+        pytest.skip("oneDNN missing from this torch build")
+    from zq_compile.codegen.cpu.kernels import is_weight_handle, release_plain
+
+    qw = quantize_weight(torch.randn(16, 32))
+    x_q, x_s = quantize_per_token_ref(torch.randn(3, 32))
+    want = KERNELS["onednn"].linear(x_q, x_s, qw.qdata, qw.scale, None, None, torch.float32)
+    handle = release_plain(qw.qdata, qw.scale)
+    assert is_weight_handle(handle) and handle.shape == qw.qdata.shape
+    assert handle.untyped_storage().nbytes() == 1
+    got = KERNELS["onednn"].linear(x_q, x_s, handle, qw.scale, None, None, torch.float32)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="released int8 weight handle"):
+        KERNELS["onednn"].linear(x_q, x_s, handle, qw.scale.clone(), None, None, torch.float32)

@@ -46,6 +46,35 @@ class _Packed:
 _ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+def is_weight_handle(t: torch.Tensor) -> bool:
+    """A stand-in for an int8 weight whose only copy lives in oneDNN's cache (see release_plain)."""
+    return t.dim() == 2 and t.numel() > 1 and t.stride() == (0, 0)
+
+
+def release_plain(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """Pack ``w_q`` now and return a one-byte handle of the same shape to pass in its place.
+
+    oneDNN keeps its own reordered copy of every weight, so holding the plain int8 tensor as
+    well would double the quantized weights' memory. The handle (stride 0, one byte of storage)
+    keeps the graph's shapes and is the key of the packed copy.
+    """
+    handle = torch.zeros(1, dtype=torch.int8).expand(w_q.shape)
+    _ONEDNN_PACKED[handle] = _pack(w_q, w_scale, version=handle._version)
+    return handle
+
+
+def _pack(w_q, w_scale, version) -> _Packed:
+    n = w_q.shape[0]
+    return _Packed(
+        w_version=version,
+        w_scale=w_scale,
+        w_scale_version=w_scale._version,
+        packed=torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
+        row_scale=group_rows(w_scale.float(), n).contiguous(),
+        row_zero=torch.zeros(n, dtype=torch.int64),
+    )
+
+
 def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
     """The oneDNN reordered copy of w_q, made once per weight (and again if either changes)."""
     hit = _ONEDNN_PACKED.get(w_q)
@@ -56,15 +85,12 @@ def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
         and hit.w_scale_version == w_scale._version
     ):
         return hit
-    n = w_q.shape[0]
-    entry = _Packed(
-        w_version=w_q._version,
-        w_scale=w_scale,
-        w_scale_version=w_scale._version,
-        packed=torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
-        row_scale=group_rows(w_scale.float(), n).contiguous(),
-        row_zero=torch.zeros(n, dtype=torch.int64),
-    )
+    if is_weight_handle(w_q):
+        raise RuntimeError(
+            "zq::onednn_u8s8_mm got a released int8 weight handle it has no packed copy for "
+            "(a handle only works with the w_scale of the graph that made it)"
+        )
+    entry = _pack(w_q, w_scale, version=w_q._version)
     _ONEDNN_PACKED[w_q] = entry
     return entry
 
@@ -109,6 +135,10 @@ class CpuKernel:
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         raise NotImplementedError
 
+    def finalize_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+        """What the compiled graph holds for an int8 weight (by default the weight itself)."""
+        return w_q
+
 
 class ReferenceKernel(CpuKernel):
     name = "reference"
@@ -131,6 +161,9 @@ class OneDnnKernel(CpuKernel):
         if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
             return "torch.ops.onednn.qlinear_pointwise is missing from this torch build"
         return None
+
+    def finalize_weight(self, w_q, w_scale):
+        return release_plain(w_q, w_scale)
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         n, k = w_q.shape
