@@ -194,3 +194,43 @@ def test_non_cpu_tensors_stay_float_with_reason():
     with torch.no_grad():
         p = prepare(gm, inputs, ZeroQuantConfig())
     assert "device meta" in p.report.skipped[0].reason
+
+
+def test_import_and_compile_leave_global_inductor_config_alone():
+    script = textwrap.dedent(
+        """
+        import torch, torch._inductor.config as ic
+        before = ic.save_config_portable()
+        import zq_compile
+        assert ic.save_config_portable() == before, "import changed Inductor config"
+        m = torch.nn.Linear(8, 8)
+        with torch.inference_mode():
+            torch.compile(m, backend="zeroquant")(torch.randn(2, 8))
+        assert ic.save_config_portable() == before, "compile changed Inductor config"
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_zq_ops_trace_with_torch_export():
+    from zq_compile.quant import quantize_weight
+
+    class QuantLinear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            qw = quantize_weight(torch.randn(16, 32))
+            self.register_buffer("w_q", qw.qdata)
+            self.register_buffer("w_s", qw.scale)
+
+        def forward(self, x):
+            x_q, x_s = torch.ops.zq.quantize_per_token(x)
+            return torch.ops.zq.linear_w8a8(x_q, x_s, self.w_q, self.w_s, None, None, torch.float32)
+
+    m = QuantLinear()
+    x = torch.randn(2, 5, 32)
+    ep = torch.export.export(m, (x,))
+    targets = {n.target for n in ep.graph.nodes}
+    assert torch.ops.zq.linear_w8a8.default in targets and torch.ops.zq.quantize_per_token.default in targets
+    torch.testing.assert_close(ep.module()(x), m(x))

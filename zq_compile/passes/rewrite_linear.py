@@ -22,11 +22,13 @@ from __future__ import annotations
 import fnmatch
 import math
 import operator
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
@@ -179,10 +181,14 @@ def run(ctx) -> int:
     handler = handler_for(ctx.config.scheme)
     quantized_weights: dict[tuple, list[fx.Node]] = {}
     rewritten = 0
-    for node in list(graph.nodes):
+    candidates = [n for n in graph.nodes if match(n) is not None]
+    # Quantizing a large model's weights takes a while: show it, on a terminal only.
+    progress = tqdm(total=len(candidates), desc="zeroquant: quantizing weights", unit="linear",
+                    disable=len(candidates) < 64 or not sys.stderr.isatty())
+    for node in candidates:
+        # Matched only now: rewriting an earlier node replaces the producers later ones read.
         m = match(node)
-        if m is None:
-            continue
+        progress.update()
         module = module_path(node)
         w_nk, groups, reason = _decide(ctx, m, module)
         decision = LinearDecision(node=node.name, module=module, op=m.op,
@@ -210,4 +216,5 @@ def run(ctx) -> int:
         graph.erase_node(node)
         decision.scheme = handler.name
         rewritten += 1
+    progress.close()
     return rewritten
