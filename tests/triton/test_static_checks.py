@@ -71,7 +71,7 @@ def test_dropped_configs_are_not_in_use():
 def test_the_check_catches_a_spilling_tile():
     """The issue's 128x128x64 int8 tile at 4 warps spills: the check must say so (a check that
     cannot fail proves nothing)."""
-    spec = checks._gemm_spec("gemm_a8", (128, 128, 64, 4, 4), 8, "bias", "int8")
+    spec = checks.gemm_spec("gemm_a8", (128, 128, 64, 4, 4), 8, "bias", "int8")
     result = checks.check(spec, 80)
     assert result["stack"] > 0 and any("spills" in p for p in result["problems"])
     assert any(".s8" in op for op in result["tensor_core_ops"])

@@ -57,7 +57,7 @@ class Spec:
                                self.num_warps, self.num_stages, name=self.id)
 
 
-def _gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Spec:
+def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Spec:
     """act_dtype: "int8" for gemm_a8 (whose output is fp16 with the backend's epilogue and bf16
     with all of it), the activation (and output) dtype for gemm_a16."""
     bm, bn, bk, warps, stages = tile
@@ -94,7 +94,7 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     variants = [(8, "bias", "fp16" if kind == "a16" else act), (4, "all", act)]
     if full:
         variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
-    return [_gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles]
+    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles]
 
 
 def row_specs(full: bool = False) -> list[Spec]:

@@ -101,8 +101,8 @@ def bucket_pruner(kind: str):
     table = TABLES[kind]
 
     def prune(configs, named_args, **kwargs):
-        wanted = table[m_bucket(named_args["M"])]
-        chosen = [c for c in configs if tile_of(c) in wanted]
+        by_tile = {tile_of(c): c for c in configs}
+        chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])] if t in by_tile]  # bucket order
         return chosen[:1] if interpreting() else chosen
 
     return prune

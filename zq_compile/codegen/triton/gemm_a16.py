@@ -9,7 +9,7 @@ first) and converted to the activation dtype in registers (exact: |q| <= 127). B
 groups run along the output rows, the group scale is constant along K and is applied once per
 output in the epilogue rather than to every weight element; an asymmetric weight's zero point
 likewise becomes ``- z * rowsum(x)``. The dot accumulates in fp32 on fp16/bf16 tensor cores.
-fp32 activations are refused: compiled for sm_80 / sm_90, an IEEE fp32 dot spilled registers
+fp32 activations are refused: in a first sweep for sm_80 / sm_90, an IEEE fp32 dot spilled registers
 in all 16 candidate tiles of the static sweep (STACK 216 to 21280 bytes), and 3xTF32 in 4 of the
 6 tiles tried; quantize such activations (W8A8) or run the model in 16 bits.
 

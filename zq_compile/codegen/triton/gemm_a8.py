@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
 from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
 from zq_compile.codegen.triton.quantize import quantize_per_token
@@ -152,8 +153,6 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
 def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
               w_bits: int = 8, activation: str = "none", requant: bool = False):
     """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32."""
-    from zq_compile.codegen.cpu.kernels import KERNELS
-
     w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
     y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
     out = finish_ref(y, activation, residual, out_dtype)
