@@ -29,7 +29,7 @@ def test_frozen():
     [
         ({"preset": "w3a3"}, "preset", "w8a8"),
         ({"preset": "w4a16"}, "preset", "not built yet"),
-        ({"target": "gpu"}, "target", "auto, cpu, reference"),
+        ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
         ({"weight_groups": 0}, "weight_groups", "positive int"),
         ({"weight_groups": True}, "weight_groups", "positive int"),

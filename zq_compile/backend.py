@@ -121,16 +121,28 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
 
 
 def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:
-    """The concrete target: "auto" means the CPU kernels (the only target built so far)."""
+    """The concrete target: "auto" means the Triton kernels for CUDA inputs (when they can run
+    there), else the CPU kernels."""
     if config.target != "auto":
         return config.target
+    cuda = next((t.device for t in example_inputs if isinstance(t, torch.Tensor) and t.is_cuda), None)
+    if cuda is not None:
+        from zq_compile.codegen.triton.runtime import device_problem
+
+        if device_problem(cuda) is None:
+            return "triton"
     return "cpu"
 
 
 def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport):
     from zq_compile.codegen.cpu.select import select_cpu_kernel
 
-    choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel)
+    if target == "triton":
+        from zq_compile.codegen.triton.kernel import select_triton_kernel
+
+        choice = select_triton_kernel()
+    else:
+        choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel)
     report.kernel = choice.kernel.name
     report.kernel_reason = f"{choice.kernel.description}: {choice.reason}"
     for name, why in choice.rejected:

@@ -15,7 +15,7 @@ CONFIG_VERSION = 1
 
 WEIGHT_BITS = (8, 4)
 ACT_BITS = (8, None)  # None: activations stay in floating point (weight-only)
-TARGETS = ("auto", "cpu", "reference")
+TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 #: Schemes whose rewrite and kernels exist in this release. Others validate as data but are
 #: rejected by ZeroQuantConfig until their handler lands (see ``passes/rewrite_linear.py``).
@@ -76,8 +76,9 @@ class ZeroQuantConfig:
     weight_groups / symmetric: override the preset's weight grouping / symmetry.
     skip: fnmatch globs over module paths (``"pooler.*"``, ``"*.lm_head"``); matching linears
         stay in floating point, with the glob recorded as the reason.
-    target: "auto" (cpu kernels on CPU tensors), "cpu", or "reference" (pure-PyTorch int32
-        GEMM; slow, exact, for tests and bisection).
+    target: "auto" (triton kernels on CUDA tensors, cpu kernels on CPU tensors), "cpu", "triton"
+        (CUDA; CPU tensors only under TRITON_INTERPRET=1, for tests), or "reference"
+        (pure-PyTorch int32 GEMM; slow, exact, for tests and bisection).
     cpu_kernel: "auto" picks the fastest int8 GEMM this CPU supports; "onednn" or "int_mm"
         force one.
     disable_passes: FX pass names to switch off, for bisection.

@@ -1,1 +1,2 @@
-"""Kernels per target: ``cpu/`` (oneDNN / ATen int8 GEMMs)."""
+"""Kernels per target: ``cpu/`` (oneDNN / ATen int8 GEMMs), ``triton/`` (CUDA; CPU tensors only
+under the Triton interpreter)."""

@@ -122,6 +122,10 @@ def _is_param_or_buffer(node: fx.Node, value) -> bool:
 
 
 def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
+    if ctx.target == "triton":
+        from zq_compile.codegen.triton.runtime import device_problem
+
+        return device_problem(x_val.device)
     if x_val.device.type != "cpu":
         return (f"device {x_val.device.type}: target {ctx.target!r} runs on CPU tensors only "
                 "(GPU kernels come with the triton target)")

@@ -1,0 +1,49 @@
+"""Run each file of tests/triton_interp in its own pytest process with TRITON_INTERPRET=1.
+
+Triton reads TRITON_INTERPRET once, when a kernel is defined; a child process per file keeps the
+interpreter out of this process (other tests compile kernels for real GPUs, see
+test_static_checks.py) while each kernel test still reports its own parametrisations. A failure
+here shows the child's failures; rerun them with ``TRITON_INTERPRET=1 pytest <file>``.
+"""
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SUITES = sorted(p.name for p in (ROOT / "tests" / "triton_interp").glob("test_*.py"))
+SLOW = {"test_models.py"}
+
+
+def _params():
+    for name in SUITES:
+        marks = [pytest.mark.slow] if name in SLOW else []
+        yield pytest.param(name, marks=marks, id=name.removesuffix(".py"))
+
+
+@pytest.mark.parametrize("suite", _params())
+def test_interpreted_suite(suite):
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/triton_interp/{suite}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"TRITON_INTERPRET=1 pytest tests/triton_interp/{suite} failed:\n{tail}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed and int(passed.group(1)) > 0, f"no test ran in {suite}: {summary}"
+    assert not re.search(r"\d+ (skipped|xfailed|deselected)", summary), summary
+
+
+def test_suites_are_not_collected_without_the_interpreter():
+    """Run in this process, they would define compiled (not interpreted) kernels; they must not."""
+    assert os.environ.get("TRITON_INTERPRET") != "1" or pytest.skip("this process runs under the interpreter")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
+                           "tests/triton_interp"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    assert "no tests collected" in proc.stdout + proc.stderr

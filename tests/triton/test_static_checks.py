@@ -1,0 +1,77 @@
+"""Static GPU checks, no GPU needed: every kernel, variant and autotune config compiled ahead of
+time for sm_80 (A100) and sm_90 (H100) must
+- lower its dot to tensor-core instructions (mma.sync s8 / wgmma s32.s8.s8 for int8; f16 / bf16
+  mma for the weight-only GEMM), using wgmma on sm_90 whenever the tile allows it,
+- fit the target's shared memory per block,
+- show no register spills (cuobjdump: STACK 0, LOCAL 0),
+- and, for the quantizing row kernels, keep the exact numerics in the PTX (div.rn.f32, the
+  round-half-even constant).
+The default run checks the variants that bound register use (int8 weights with the backend's
+epilogue, int4 weights with every epilogue feature); the slow run adds the other combinations
+and more row widths. The builds are compiled in parallel once per module; each test reads one.
+"""
+
+import pytest
+
+from zq_compile.codegen.triton import checks
+from zq_compile.codegen.triton.configs import DROPPED, TABLES, gemm_tiles
+from zq_compile.codegen.triton.runtime import interpreting
+
+pytestmark = pytest.mark.skipif(interpreting(), reason="AOT compilation needs compiled (not interpreted) kernels")
+
+FAST = [(s, a) for s in checks.all_specs(full=False) for a in checks.ARCHS]
+_fast_ids = {(s.id, a) for s, a in FAST}
+FULL_ONLY = [(s, a) for s in checks.all_specs(full=True) for a in checks.ARCHS if (s.id, a) not in _fast_ids]
+
+
+def _ids(jobs):
+    return [f"{s.id}/sm_{a}" for s, a in jobs]
+
+
+@pytest.fixture(scope="module")
+def fast_builds():
+    return {(r["kernel"], r["variant"], r["config"], r["arch"]): r for r in checks.check_many(FAST)}
+
+
+@pytest.fixture(scope="module")
+def full_builds():
+    return {(r["kernel"], r["variant"], r["config"], r["arch"]): r for r in checks.check_many(FULL_ONLY)}
+
+
+def _assert_passes(spec, arch, builds):
+    r = builds[(spec.kernel, spec.variant, spec.config, arch)]
+    assert not r["problems"], f"{spec.id} on sm_{arch}: {r['problems']} (drop it from configs.py, with the reason)"
+    if spec.tensor_cores:
+        assert r["tensor_core_ops"], "no tensor-core instruction at all"
+
+
+@pytest.mark.parametrize("spec, arch", FAST, ids=_ids(FAST))
+def test_build_passes(spec, arch, fast_builds):
+    _assert_passes(spec, arch, fast_builds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, arch", FULL_ONLY, ids=_ids(FULL_ONLY))
+def test_build_passes_full_matrix(spec, arch, full_builds):
+    _assert_passes(spec, arch, full_builds)
+
+
+@pytest.mark.parametrize("kind", ["a8", "a16"])
+def test_every_autotune_config_is_in_the_checked_matrix(kind):
+    checked = {s.tile for s, _ in FAST if s.kernel == f"gemm_{kind}"}
+    assert set(gemm_tiles(kind)) == checked
+    assert all(t for t in TABLES[kind].values()), "every M bucket needs at least one config"
+
+
+def test_dropped_configs_are_not_in_use():
+    for (kind, tile), reason in DROPPED.items():
+        assert tile not in gemm_tiles(kind) and reason
+
+
+def test_the_check_catches_a_spilling_tile():
+    """The issue's 128x128x64 int8 tile at 4 warps spills: the check must say so (a check that
+    cannot fail proves nothing)."""
+    spec = checks.gemm_spec("gemm_a8", (128, 128, 64, 4, 4), 8, "bias", "int8")
+    result = checks.check(spec, 80)
+    assert result["stack"] > 0 and any("spills" in p for p in result["problems"])
+    assert any(".s8" in op for op in result["tensor_core_ops"])

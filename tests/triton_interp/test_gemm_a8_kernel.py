@@ -1,0 +1,126 @@
+"""int8-activation GEMM (codegen/triton/gemm_a8.py): W8A8 and W4A8 against the exact reference.
+
+The int32 accumulation is exact, so results may differ from the reference only by the rounding
+of the fp32 epilogue and of the output dtype (``EPILOGUE_TOL``).
+"""
+
+import pytest
+import torch
+
+from tests.triton_interp.helpers import DTYPES, EPILOGUE_TOL, MS, generator, special_rows
+from zq_compile.codegen.triton import gemm_a8
+from zq_compile.codegen.triton.configs import A8_TILES, gemm_tiles, to_config
+from zq_compile.codegen.triton.runtime import m_bucket
+from zq_compile.quant import quantize_per_token_ref, quantize_weight
+
+#: (K, N, weight groups): K not a multiple of any BLOCK_K; odd group counts (3, 5) and per-channel
+SHAPES = [(67, 48, 3), (96, 40, 5), (160, 24, None)]
+
+
+def _problem(m, k, n, groups, w_bits, symmetric, dtype, bias=True, residual=False):
+    g = generator(m, k, n, groups, w_bits, symmetric, str(dtype))
+    x = torch.randn(m, k, generator=g) * 2
+    w = torch.randn(n, k, generator=g) / k**0.5
+    qw = quantize_weight(w, bits=w_bits, groups=groups, symmetric=symmetric)
+    x_q, x_s = quantize_per_token_ref(x)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    r = torch.randn(m, n, generator=g).to(dtype) if residual else None
+    return (x_q, x_s, qw.qdata, qw.scale, qw.zero_point, b, r)
+
+
+def _compare(args, **kw):
+    got = gemm_a8.gemm_a8(*args, **kw)
+    kw.pop("config", None)
+    want = gemm_a8.reference(*args, **kw)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    torch.testing.assert_close(got.float(), want.float(), equal_nan=True, **EPILOGUE_TOL[kw["out_dtype"]])
+    return got
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("w_bits", [8, 4])
+@pytest.mark.parametrize("k,n,groups", SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_matches_reference(m, k, n, groups, w_bits, symmetric, out_dtype):
+    _compare(_problem(m, k, n, groups, w_bits, symmetric, out_dtype), out_dtype=out_dtype, w_bits=w_bits)
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
+@pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
+def test_epilogue_features(activation, residual, bias):
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32, bias=bias, residual=residual)
+    _compare(args, out_dtype=torch.float32, activation=activation)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("w_bits", [8, 4])
+def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtype):
+    args = _problem(67, 67, 48, 3, w_bits, False, out_dtype, residual=True)
+    kw = dict(out_dtype=out_dtype, w_bits=w_bits, activation="gelu_tanh")
+    q, s = gemm_a8.gemm_a8(*args, requant=True, **kw)
+    # exact against the same kernel's float output ...
+    own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, **kw))
+    assert torch.equal(q, own_q) and torch.equal(s, own_s)
+    # ... and within one step of the reference (the float outputs differ by rounding only)
+    ref_q, ref_s = gemm_a8.reference(*args, requant=True, **kw)
+    torch.testing.assert_close(s, ref_s, **EPILOGUE_TOL[out_dtype])
+    assert (q.int() - ref_q.int()).abs().max() <= 1
+
+
+def test_zero_and_nan_activation_rows():
+    g = generator("rows")
+    x = special_rows(torch.randn(5, 67, generator=g))
+    qw = quantize_weight(torch.randn(48, 67, generator=g), groups=3)
+    x_q, x_s = quantize_per_token_ref(x)
+    y = gemm_a8.gemm_a8(x_q, x_s, qw.qdata, qw.scale, out_dtype=torch.float32)
+    assert (y[0] == 0).all()  # all-zero row: scale 1, q 0
+    assert torch.isnan(y[2]).all()  # NaN row: NaN scale propagates
+    assert torch.isfinite(y[[1, 3, 4]]).all()
+
+
+def test_leading_rows_and_strided_inputs():
+    args = list(_problem(67, 67, 48, 3, 8, True, torch.float16, residual=True))
+    args[0] = torch.cat([args[0], args[0]], dim=1)[:, :67]  # x_q with row stride 134
+    args[6] = args[6].t().contiguous().t()  # column-major residual
+    _compare(tuple(args), out_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("tile", gemm_tiles("a8"), ids=lambda t: "x".join(map(str, t)))
+def test_every_autotune_config_computes_the_same(tile):
+    """Each config runs (no autotuner) on a problem that masks rows, columns and K."""
+    m = 67 if tile[0] <= 64 else 131
+    n = 5 * (tile[1] // 5 + 3)  # two column tiles, the second partly masked; 5 weight groups
+    args = _problem(m, 67 + tile[2], n, 5, 4, False, torch.float32, residual=True)
+    _compare(args, out_dtype=torch.float32, w_bits=4, activation="silu", config=to_config(tile))
+
+
+def test_autotuner_keys_on_the_m_bucket_not_m():
+    """New token counts in a bucket reuse its tuned config: one cache entry per bucket."""
+    kernel = gemm_a8.gemm_a8_kernel
+    kernel.cache.clear()
+    for m in (1, 5, 13, 16, 17, 40, 64, 67, 200):
+        args = _problem(m, 64, 32, None, 8, True, torch.float16)
+        gemm_a8.gemm_a8(*args, out_dtype=torch.float16)
+    assert len(kernel.cache) == len({m_bucket(m) for m in (1, 5, 13, 16, 17, 40, 64, 67, 200)}) == 3
+    for key, config in kernel.cache.items():
+        bucket = key[0]
+        assert (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) == A8_TILES[bucket][0][:2]
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(x_q=torch.zeros(2, 32)), "int8"),
+    (dict(x_s=torch.ones(3, 1)), "one value per row"),
+    (dict(w_s=torch.ones(3)), "dividing"),
+    (dict(bias=torch.ones(5)), "bias"),
+    (dict(w_bits=4), "uint8"),
+])
+def test_bad_arguments_raise(change, match):
+    x_q, x_s = quantize_per_token_ref(torch.randn(2, 32))
+    qw = quantize_weight(torch.randn(16, 32))
+    a = dict(x_q=x_q, x_s=x_s, w_q=qw.qdata, w_s=qw.scale, bias=None, w_bits=8)
+    a.update(change)
+    with pytest.raises(ValueError, match=match):
+        gemm_a8.gemm_a8(a["x_q"], a["x_s"], a["w_q"], a["w_s"], None, a["bias"], out_dtype=torch.float32,
+                        w_bits=a["w_bits"])

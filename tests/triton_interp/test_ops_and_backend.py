@@ -1,0 +1,116 @@
+"""The zq::triton_* ops (custom_op form, as registered under the interpreter) and target "triton"
+of the backend end to end through Inductor, on CPU tensors."""
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+from torch.testing import FileCheck
+
+import zq_compile
+from tests.triton_interp.helpers import EPILOGUE_TOL
+from zq_compile import recent_reports
+from zq_compile.codegen.triton import ops
+from zq_compile.metrics import sqnr_db
+from zq_compile.quant import quantize_per_token_ref, quantize_weight
+
+
+def test_ops_are_opaque_custom_ops_under_the_interpreter():
+    assert not ops.TRACEABLE
+
+
+def _linear_args(lead=(2, 7), k=67, n=48, bias=True, residual=False):
+    x = torch.randn(*lead, k)
+    x_q, x_s = quantize_per_token_ref(x)
+    qw = quantize_weight(torch.randn(n, k), groups=3)
+    b = torch.randn(n) if bias else None
+    r = torch.randn(*lead, n) if residual else None
+    return x_q, x_s, qw.qdata, qw.scale, None, b, r
+
+
+OPCHECKS = {
+    "quantize_per_token": lambda: (torch.ops.zq.triton_quantize_per_token.default, (torch.randn(2, 5, 67),)),
+    "norm_quantize": lambda: (torch.ops.zq.triton_norm_quantize.default,
+                              (torch.randn(2, 5, 64), torch.rand(64), torch.randn(64), 1e-5, False, True)),
+    "norm_quantize_no_float": lambda: (torch.ops.zq.triton_norm_quantize.default,
+                                       (torch.randn(3, 64), torch.rand(64), None, 1e-6, True, False)),
+    "linear_a8": lambda: (torch.ops.zq.triton_linear_a8.default,
+                          (*_linear_args(residual=True), torch.float16, 8, "gelu_erf")),
+    "linear_a8_requant": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
+                                  (*_linear_args(), torch.bfloat16, 8, "silu")),
+    "linear_a16": lambda: (torch.ops.zq.triton_linear_a16.default,
+                           (torch.randn(2, 3, 67, dtype=torch.float16), *_linear_args()[2:7], 8, "none")),
+}
+
+
+@pytest.mark.parametrize("name", list(OPCHECKS))
+def test_opcheck(name):
+    """Schema, fake implementation and dispatch agree with the real op (torch.library.opcheck)."""
+    op, args = OPCHECKS[name]()
+    torch.library.opcheck(op, args)
+
+
+def test_linear_op_keeps_leading_dims_and_matches_the_kernel_reference():
+    from zq_compile.codegen.triton import gemm_a8
+
+    args = _linear_args(lead=(3, 5), residual=True)
+    y = torch.ops.zq.triton_linear_a8(*args, torch.float32, 8, "gelu_tanh")
+    assert y.shape == (3, 5, 48)
+    flat = [a.reshape(-1, a.shape[-1]) if a is not None and i in (0, 1, 6) else a for i, a in enumerate(args)]
+    want = gemm_a8.reference(*flat, out_dtype=torch.float32, activation="gelu_tanh")
+    torch.testing.assert_close(y.reshape(15, 48), want, **EPILOGUE_TOL[torch.float32])
+
+
+class Block(torch.nn.Module):
+    """Pre-norm MLP block: LayerNorm -> Linear -> GeLU -> Linear -> + residual."""
+
+    def __init__(self, d=64, hidden=160):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.up = torch.nn.Linear(d, hidden)
+        self.down = torch.nn.Linear(hidden, d)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_backend_target_triton_runs_the_triton_kernels_and_matches_target_cpu(dtype):
+    torch.manual_seed(0)
+    m = Block().to(dtype).eval()
+    x = torch.randn(3, 13, 64, dtype=dtype)
+    before = len(recent_reports())
+    with torch.inference_mode():
+        out, code = run_and_get_code(torch.compile(m, backend="zeroquant", options={"target": "triton"}), x)
+        (report,) = recent_reports()[before:]
+        torch._dynamo.reset()
+        cpu = torch.compile(m, backend="zeroquant", options={"target": "cpu"})(x)
+        ref = m.float()(x.float())
+    # the compiled graph calls our Triton kernels, no CPU GEMM
+    FileCheck().check("zq.triton_quantize_per_token").check("zq.triton_linear_a8").run("\n".join(code))
+    assert "onednn" not in "\n".join(code) and "int8_mm_ref" not in "\n".join(code)
+    assert report.target == "triton" and report.kernel == "triton" and "interpreter" in report.kernel_reason
+    assert len(report.quantized) == 2
+    assert out.dtype == dtype and not torch.isnan(out).any()
+    # Same int8 values and exact GEMMs; in fp16 / bf16 the paths round intermediates at different
+    # places (Inductor keeps fused CPU intermediates in fp32), which moves a few activations by
+    # one quantization step: compared by SQNR, far above the quantization noise itself.
+    assert sqnr_db(cpu.float(), out.float()) > (100 if dtype == torch.float32 else 40)
+    assert sqnr_db(ref, out.float()) > 22
+
+
+def test_dynamic_shapes_compile_once():
+    m = Block().eval()
+    c = zq_compile.compile(m, {"target": "triton"}, dynamic=True)
+    with torch.inference_mode():
+        for b, s in [(2, 5), (3, 17), (4, 9)]:  # not 1: Dynamo specialises sizes 0 and 1
+            x = torch.randn(b, s, 64)
+            assert sqnr_db(m(x), c(x)) > 25
+    assert len(c.zq_reports) == 1
+
+
+def test_auto_target_stays_on_cpu_for_cpu_tensors():
+    """The interpreter is for tests: "auto" never picks it for CPU tensors."""
+    before = len(recent_reports())
+    with torch.inference_mode():
+        torch.compile(Block().eval(), backend="zeroquant")(torch.randn(2, 3, 64))
+    assert recent_reports()[before].target == "cpu"

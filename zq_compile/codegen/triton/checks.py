@@ -1,0 +1,183 @@
+"""The static GPU check matrix: which kernel / variant / config is compiled for which target,
+and what each build must show. Used by tests/triton/test_static_checks.py (CI, no GPU) and by
+bench/triton/static_report.py (the full sweep, recorded as JSON).
+
+A variant fixes the constexprs that change the generated code (weight bits, epilogue features,
+dtypes); a config fixes the tile. Argument types mirror a real launch on contiguous tensors: the
+JIT specialises strides of 1 to constants and sees aligned pointers and row strides, N and K of
+real layers as multiples of 16; M is never specialised (``do_not_specialize``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zq_compile.codegen.triton import aot
+from zq_compile.codegen.triton.configs import gemm_tiles, norm_launch, row_launch
+
+ARCHS = (80, 90)
+DTYPE = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+
+#: Epilogues: what the backend runs today, and everything at once (the most live registers).
+EPILOGUES = {
+    "bias": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=False),
+    "all": dict(HAS_ZERO=True, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=True),
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    kernel: str  # gemm_a8 | gemm_a16 | quantize | norm_quantize
+    variant: str
+    config: str
+    signature: dict = field(hash=False)
+    constexprs: dict = field(hash=False)
+    divisible: tuple[str, ...] = ()
+    num_warps: int = 4
+    num_stages: int = 3
+    tile: tuple | None = None
+    tensor_cores: str | None = None  # "int8", "fp16", "bf16" or None (no dot)
+
+    @property
+    def id(self) -> str:
+        return f"{self.kernel}/{self.variant}/{self.config}"
+
+    def jit_fn(self):
+        from zq_compile.codegen.triton import gemm_a8, gemm_a16, norm_quantize, quantize
+
+        fn = {"gemm_a8": gemm_a8.gemm_a8_kernel, "gemm_a16": gemm_a16.gemm_a16_kernel,
+              "quantize": quantize.quantize_per_token_kernel,
+              "norm_quantize": norm_quantize.norm_quantize_kernel}[self.kernel]
+        from triton.runtime.autotuner import Autotuner
+
+        return fn.fn if isinstance(fn, Autotuner) else fn  # the JITFunction under an Autotuner
+
+    def build(self, arch: int) -> aot.Build:
+        return aot.compile_for(self.jit_fn(), arch, self.signature, self.constexprs, self.divisible,
+                               self.num_warps, self.num_stages, name=self.id)
+
+
+def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Spec:
+    """act_dtype: "int8" for gemm_a8 (whose output is fp16 with the backend's epilogue and bf16
+    with all of it), the activation (and output) dtype for gemm_a16."""
+    bm, bn, bk, warps, stages = tile
+    ep = EPILOGUES[epilogue]
+    out = act_dtype if kind == "gemm_a16" else ("fp16" if epilogue == "bias" else "bf16")
+    sig = {"w_ptr": "*i8" if w_bits == 8 else "*u8", "w_scale_ptr": "*fp32", "w_zero_ptr": "*i32",
+           "bias_ptr": DTYPE[out], "res_ptr": DTYPE[out], "out_ptr": DTYPE[out],
+           "M": "i32", "N": "i32", "K": "i32", "group_n": "i32",
+           "stride_xm": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32"}
+    ce = {"stride_xk": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1, "M_BUCKET": 0,
+          "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
+    if kind == "gemm_a8":
+        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32")
+        ce["REQUANT"] = epilogue == "all"
+        cores = "int8"
+    else:
+        sig.update(x_ptr=DTYPE[act_dtype])
+        ce["DOT_FP32"] = False  # the GPU path (True only works around the interpreter)
+        cores = act_dtype
+    divisible = tuple(a for a in sig if a.endswith("_ptr") or a in ("N", "K") or a.startswith("stride_"))
+    return Spec(kind, f"w{w_bits}-{epilogue}-{act_dtype}", f"{bm}x{bn}x{bk}-w{warps}-s{stages}", sig, ce,
+                divisible, warps, stages, tile, cores)
+
+
+def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
+    """Specs of one GEMM ("a8" / "a16") over ``tiles`` (default: its autotune configs).
+
+    Always: int8 weights with the backend's epilogue and int4 weights with every epilogue feature
+    (the unpacking plus the most live registers). ``full`` adds the other two combinations.
+    """
+    tiles = tiles if tiles is not None else gemm_tiles(kind)
+    name = f"gemm_{kind}"
+    act = "int8" if kind == "a8" else "bf16"
+    variants = [(8, "bias", "fp16" if kind == "a16" else act), (4, "all", act)]
+    if full:
+        variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
+    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles]
+
+
+def row_specs(full: bool = False) -> list[Spec]:
+    """The per-token quantize and norm + quantize kernels at the launch shapes their heuristics pick."""
+    specs = []
+    q_widths = (64, 4096) if not full else (64, 256, 768, 4096, 11008)
+    for k in q_widths:
+        bm, bk, warps = row_launch(k)
+        for dtype, has_absmax in ([("fp16", False)] if not full else
+                                  [("fp16", False), ("bf16", False), ("fp32", False), ("fp16", True)]):
+            sig = {"x_ptr": DTYPE[dtype], "q_ptr": "*i8", "scale_ptr": "*fp32", "absmax_ptr": "*i32",
+                   "M": "i32", "K": "i32", "stride_xm": "i32", "stride_qm": "i32"}
+            ce = {"stride_xk": 1, "stride_qk": 1, "BLOCK_M": bm, "BLOCK_K": bk, "HAS_ABSMAX": has_absmax, "QMAX": 127}
+            specs.append(Spec("quantize", f"{dtype}{'-absmax' if has_absmax else ''}", f"K{k}-{bm}x{bk}-w{warps}",
+                              sig, ce, ("x_ptr", "q_ptr", "scale_ptr", "absmax_ptr", "stride_xm", "stride_qm"),
+                              warps, 3))
+    n_widths = (768, 4096, 8192, 16384) if not full else (64, 768, 1024, 2048, 4096, 5120, 8192, 16384)
+    for n in n_widths:
+        bm, bn, warps = norm_launch(n)
+        for rms, dtype in ([(False, "bf16")] if not full else [(False, "bf16"), (True, "fp16"), (False, "fp32")]):
+            sig = {"x_ptr": DTYPE[dtype], "w_ptr": DTYPE[dtype], "b_ptr": DTYPE[dtype], "y_ptr": DTYPE[dtype],
+                   "q_ptr": "*i8", "scale_ptr": "*fp32", "M": "i32", "N": "i32", "eps": "fp32",
+                   "stride_xm": "i32", "stride_ym": "i32", "stride_qm": "i32"}
+            ce = {"RMS": rms, "HAS_WEIGHT": True, "HAS_BIAS": not rms, "EMIT_Y": True, "QMAX": 127,
+                  "BLOCK_M": bm, "BLOCK_N": bn}
+            specs.append(Spec("norm_quantize", f"{'rms' if rms else 'ln'}-{dtype}", f"N{n}-{bm}x{bn}-w{warps}",
+                              sig, ce, tuple(a for a in sig if a.endswith("_ptr") or a.startswith("stride") or a == "N"),
+                              warps, 1))
+    return specs
+
+
+def all_specs(full: bool = False) -> list[Spec]:
+    return gemm_specs("a8", full=full) + gemm_specs("a16", full=full) + row_specs(full)
+
+
+def problems(spec: Spec, build: aot.Build) -> list[str]:
+    """Why this build must not ship (empty when it passes every check)."""
+    found = []
+    if build.spills:
+        found.append(f"register spills: REG {build.regs} STACK {build.stack} LOCAL {build.local}")
+    if not build.smem_fits:
+        found.append(f"shared memory {build.shared} B > {aot.SMEM_LIMIT[build.arch]} B on sm_{build.arch}")
+    ops = build.tensor_core_ops()
+    if spec.tensor_cores == "int8":
+        if not build.has_int8_tensor_core():
+            found.append(f"int8 dot not on tensor cores: {ops}")
+        elif build.arch >= 90 and spec.tile[0] >= 64 and spec.num_warps % 4 == 0 and not any(
+                o.startswith("wgmma") for o in ops):
+            found.append(f"sm_90 tile with >= 64 rows did not use wgmma: {ops}")
+    elif spec.tensor_cores in ("fp16", "bf16"):
+        want = ".f16" if spec.tensor_cores == "fp16" else ".bf16"
+        if not any(want in o for o in ops):
+            found.append(f"{spec.tensor_cores} dot not on tensor cores: {ops}")
+    if spec.kernel in ("quantize", "norm_quantize"):
+        # the numerics of common.py must survive codegen: correctly rounded divisions and the
+        # round-half-even constant 1.5 * 2^23 (0f4B400000)
+        if "div.rn.f32" not in build.ptx or "div.full.f32" in build.ptx or "div.approx.f32" in build.ptx:
+            found.append("scale division is not the correctly rounded div.rn.f32")
+        if "0f4B400000" not in build.ptx:
+            found.append("the round-half-even constant 0f4B400000 is missing from the PTX")
+    return found
+
+
+def check(spec: Spec, arch: int) -> dict:
+    """Compile ``spec`` for sm_<arch> and summarise (a plain dict: it crosses process pools)."""
+    build = spec.build(arch)
+    return {"kernel": spec.kernel, "variant": spec.variant, "config": spec.config, "arch": arch,
+            "tile": list(spec.tile) if spec.tile else None, "num_warps": spec.num_warps,
+            "num_stages": spec.num_stages, "regs": build.regs, "stack": build.stack, "local": build.local,
+            "shared": build.shared, "tensor_core_ops": build.tensor_core_ops(),
+            "problems": problems(spec, build)}
+
+
+def check_many(jobs: list[tuple[Spec, int]], workers: int | None = None) -> list[dict]:
+    """``check`` over (spec, arch) pairs, in parallel processes (compiles are single-threaded)."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+    if workers == 1:
+        return [check(s, a) for s, a in jobs]
+    # spawn, not fork: the parent may hold threads (torch, pytest) that a fork would copy mid-state
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(check, *zip(*jobs)))

@@ -1,0 +1,132 @@
+"""Launch configurations: GEMM autotune configs keyed by M bucket, row-kernel heuristics.
+
+GEMM configs live in one table per kernel, one list per M bucket (``runtime.m_bucket``: <=16,
+<=64, <=256, larger). The autotuner's key is the bucket, not M, so a new sequence length reuses
+its bucket's tuned choice; its ``early_config_prune`` hands it only the bucket's configs.
+
+Every config here passed the static checks (``checks.py``; tests/triton/test_static_checks.py
+in CI) for sm_80 and sm_90, for int8 and int4 weights, with the lightest and the heaviest
+epilogue: the dot lowers to tensor-core instructions, shared memory fits, and ptxas reports no
+spills. Candidates that failed are in ``DROPPED`` with the measured reason; the whole sweep is
+bench/results/triton_static_sweep.json. Which passing tile is fastest is for a GPU to say: the
+autotuner times the bucket's configs on first use.
+"""
+
+from __future__ import annotations
+
+import triton
+
+from zq_compile.codegen.triton.runtime import interpreting, m_bucket
+
+#: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); GROUP_M (L2 swizzle) is 8 throughout.
+#: The first tile of a bucket is the one the interpreter runs.
+Tile = tuple[int, int, int, int, int]
+
+A8_TILES: dict[int, list[Tile]] = {
+    0: [(16, 64, 256, 4, 3), (16, 128, 128, 4, 4), (16, 32, 256, 4, 4), (16, 64, 128, 2, 4)],
+    1: [(32, 64, 128, 4, 4), (32, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4)],
+    2: [(64, 128, 64, 4, 4), (64, 128, 128, 4, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3)],
+    3: [(128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3)],
+}
+
+#: Weight-only GEMMs are for small M (decode); larger M should quantize activations instead,
+#: but every bucket has configs so the op is correct at any M.
+A16_TILES: dict[int, list[Tile]] = {
+    0: [(16, 64, 128, 4, 4), (16, 32, 256, 4, 4), (16, 64, 64, 4, 4)],
+    1: [(32, 64, 64, 4, 4), (64, 64, 64, 4, 4), (32, 128, 64, 4, 4)],
+    2: [(64, 128, 32, 4, 4), (128, 64, 64, 8, 3), (64, 64, 64, 4, 4)],
+    3: [(128, 128, 64, 8, 3), (128, 128, 32, 8, 3), (128, 64, 64, 8, 3)],
+}
+
+#: Candidates the sweep (bench/triton/static_report.py --sweep) rejected, with what ptxas /
+#: cuobjdump reported. Variants: w8/w4 weights, "bias" = the backend's scale + bias epilogue,
+#: "all" = zero point + bias + GeLU + residual + requantize. Notable: the issue's 128x128x64 tile
+#: at 4 warps spills on both targets; 128x256x64 at 8 warps (a usual H100 choice) fits sm_90 with
+#: the light epilogue (REG 172) but spills with the full one and on sm_80, so it waits for a
+#: per-target, per-epilogue table once a GPU can measure whether it is worth one.
+DROPPED: dict[tuple[str, Tile], str] = {
+    ("a8", (16, 64, 128, 4, 4)): "sm_90 w4-bias: REG 64 STACK 8",
+    ("a8", (16, 128, 256, 4, 3)): "w4-all: REG 32 STACK 3096 (sm_80), 2952 (sm_90)",
+    ("a8", (16, 256, 128, 4, 3)): "w4-all: REG 32 STACK 3304 (sm_80), 3144 (sm_90)",
+    ("a8", (64, 256, 64, 4, 3)): "sm_80 w8-bias: REG 255 STACK 584",
+    ("a8", (128, 64, 128, 4, 4)): "sm_80 w4-all: REG 255 STACK 40",
+    ("a8", (128, 128, 64, 4, 4)): "sm_80 w8-bias: REG 255 STACK 568; sm_90 w4-all: REG 255 STACK 552",
+    ("a8", (128, 128, 256, 8, 3)): "sm_80 w4-all: REG 255 STACK 432 (sm_90 passes all variants, 192 KB smem)",
+    ("a8", (128, 256, 64, 8, 3)): "sm_80 w8-bias: REG 255 STACK 552; sm_90 w4-all: REG 255 STACK 464",
+    ("a8", (128, 256, 128, 8, 3)): "sm_80 w8-bias: REG 255 STACK 648; sm_90 w4-all: REG 255 STACK 472",
+    ("a8", (256, 128, 64, 8, 3)): "sm_80 w8-bias: REG 255 STACK 536; sm_90 w4-all: REG 255 STACK 496",
+    ("a8", (256, 128, 128, 8, 3)): "sm_80 w8-bias: REG 255 STACK 648; sm_90 w4-all: REG 255 STACK 576",
+    ("a16", (16, 32, 128, 4, 4)): "sm_90 w4-all: REG 96 STACK 8",
+    ("a16", (16, 64, 256, 4, 3)): "sm_90 w8-bias: REG 96 STACK 8",
+    ("a16", (16, 128, 64, 4, 4)): "sm_80 w8-all: REG 80 STACK 16",
+    ("a16", (64, 128, 64, 4, 3)): "sm_80 w8-bias: REG 168 STACK 8",
+    ("a16", (128, 128, 64, 4, 3)): "sm_80 w8-bias: REG 255 STACK 24; w4-all: STACK 424",
+    ("a16", (128, 256, 32, 8, 3)): "w4-all: REG 255 STACK 376 (sm_80), 528 (sm_90)",
+}
+
+GROUP_M = 8
+TABLES = {"a8": A8_TILES, "a16": A16_TILES}
+
+
+def to_config(tile: Tile) -> triton.Config:
+    bm, bn, bk, warps, stages = tile
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": GROUP_M},
+                         num_warps=warps, num_stages=stages)
+
+
+def tile_of(config: triton.Config) -> Tile:
+    kw = config.kwargs
+    return (kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], config.num_warps, config.num_stages)
+
+
+def gemm_tiles(kind: str) -> list[Tile]:
+    """Every tile of one GEMM kernel, each once, bucket order."""
+    seen: list[Tile] = []
+    for tiles in TABLES[kind].values():
+        seen += [t for t in tiles if t not in seen]
+    return seen
+
+
+def gemm_configs(kind: str) -> list[triton.Config]:
+    """The autotune config list of one GEMM kernel ("a8" or "a16")."""
+    return [to_config(t) for t in gemm_tiles(kind)]
+
+
+def bucket_pruner(kind: str):
+    """``early_config_prune`` for the autotuner: only the configs of the call's M bucket.
+
+    Under the interpreter only the bucket's first config is kept: timing numpy says nothing about
+    a GPU, and one config means the autotuner runs the kernel once instead of benchmarking.
+    """
+    table = TABLES[kind]
+
+    def prune(configs, named_args, **kwargs):
+        by_tile = {tile_of(c): c for c in configs}
+        chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])] if t in by_tile]  # bucket order
+        return chosen[:1] if interpreting() else chosen
+
+    return prune
+
+
+# -- row kernels (quantize, norm + quantize): memory bound, one heuristic instead of tuning ----
+
+MAX_NORM_N = 16384
+
+
+def row_launch(k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_K, num_warps) for the per-token quantize: chunks of <= 1024 columns,
+    rows stacked so a program handles >= 1024 elements even for narrow rows."""
+    block_k = min(triton.next_power_of_2(max(k, 1)), 1024)
+    block_m = max(1, min(16, 1024 // block_k))
+    return block_m, block_k, 4
+
+
+def norm_launch(n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for norm + quantize: the whole row in registers (one read),
+    about 16 elements per thread."""
+    if n > MAX_NORM_N:
+        raise ValueError(f"norm + quantize holds a row in registers: N={n} > {MAX_NORM_N}")
+    block_n = triton.next_power_of_2(max(n, 1))
+    block_m = max(1, min(16, 2048 // block_n))
+    warps = min(16, max(4, block_m * block_n // 512))
+    return block_m, block_n, warps

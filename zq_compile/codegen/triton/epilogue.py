@@ -1,0 +1,117 @@
+"""The GEMM epilogue both GEMMs share, chosen by constexprs, and its pure-PyTorch reference.
+
+For an output tile y[m, n] of an accumulator acc (int32 for int8 activations, fp32 for float
+ones), with g(n) = n // GROUP_N the weight group of output row n:
+
+    y = acc * s_w[g(n)]                                   weight group scale
+    y = y - rowsum_x[m] * (s_w[g(n)] * z_w[g(n)])         HAS_ZERO: asymmetric weights, since
+                                                          sum_k x (w - z) = acc - z * sum_k x
+    y = y * s_x[m]                                        HAS_X_SCALE: per-token activation scale
+    y = y + bias[n]                                       HAS_BIAS
+    y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu
+    y = y + residual[m, n]                                HAS_RESIDUAL
+    out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
+    REQUANT: also atomic-max |out[m, :]| (as IEEE bits) into absmax[m]; ``quantize.py`` then turns
+             the float rows into int8 + per-token scales in one read, without a second absmax pass.
+
+All arithmetic is fp32, in the order of ``zq_compile.ops.linear.epilogue`` (the reference the CPU
+kernels use), so on the interpreter the kernels match it bit for bit; on a GPU, FMA contraction
+may change the last bit of y.
+A requantizing GEMM needs the absmax of a whole output row, which no single tile sees: the tiles
+publish theirs with an atomic max (order-free, so deterministic) and a light second launch
+quantizes, reading the float rows once.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from zq_compile.codegen.triton.common import abs_bits
+
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu")
+
+
+@triton.jit
+def activation(y, ACTIVATION: tl.constexpr):
+    if ACTIVATION == "gelu_erf":
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    elif ACTIVATION == "gelu_tanh":
+        # tanh from exp (tl.math has no tanh that the interpreter also runs):
+        # tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1], which cannot overflow.
+        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
+        e = tl.exp(-2.0 * tl.abs(u))
+        t = (1.0 - e) / (1.0 + e)
+        y = 0.5 * y * (1.0 + tl.where(u < 0.0, -t, t))
+    elif ACTIVATION == "silu":
+        y = y * tl.sigmoid(y)
+    return y
+
+
+@triton.jit
+def gemm_epilogue(
+    acc, x_sum, offs_m, offs_n,
+    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+    M, N, GROUP_N,
+    stride_rm, stride_rn, stride_om, stride_on,
+    HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
+):
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    mask = m_ok[:, None] & n_ok[None, :]
+    groups = offs_n // GROUP_N
+    w_scale = tl.load(w_scale_ptr + groups, mask=n_ok, other=0.0)
+    y = acc.to(tl.float32) * w_scale[None, :]
+    if HAS_ZERO:
+        zero_corr = w_scale * tl.load(w_zero_ptr + groups, mask=n_ok, other=0).to(tl.float32)
+        y = y - x_sum.to(tl.float32)[:, None] * zero_corr[None, :]
+    if HAS_X_SCALE:
+        y = y * tl.load(x_scale_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y = activation(y, ACTIVATION)
+    m64 = offs_m.to(tl.int64)
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
+        y = y + res.to(tl.float32)
+    y_out = y.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + m64[:, None] * stride_om + offs_n[None, :] * stride_on, y_out, mask=mask)
+    if REQUANT:
+        bits = tl.where(mask, abs_bits(y_out.to(tl.float32)), 0)
+        tl.atomic_max(absmax_ptr + offs_m, tl.max(bits, axis=1), mask=m_ok)
+
+
+# -- reference ------------------------------------------------------------------------------
+
+def activation_ref(y: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "none":
+        return y
+    if name == "gelu_erf":
+        return F.gelu(y)
+    if name == "gelu_tanh":
+        return F.gelu(y, approximate="tanh")
+    if name == "silu":
+        return F.silu(y)
+    raise ValueError(f"activation={name!r} is not valid; allowed: {', '.join(ACTIVATIONS)}")
+
+
+def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype) -> torch.Tensor:
+    """fp32 y after scales and bias -> activation, residual, output dtype (as the kernel does)."""
+    y = activation_ref(y, activation)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
+def check_epilogue_args(m: int, n: int, bias, residual, activation: str, out_dtype) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} is not valid; allowed: {', '.join(ACTIVATIONS)}")
+    if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"out_dtype={out_dtype} is not valid; allowed: float32, float16, bfloat16")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias {tuple(bias.shape)} must be ({n},)")
+    if residual is not None and residual.shape != (m, n):
+        raise ValueError(f"residual {tuple(residual.shape)} must be ({m}, {n})")

@@ -1,0 +1,135 @@
+"""Weight-only GEMM for small M (decode): W8A16 and W4A16.
+
+    y[m, n] = epilogue( sum_k x[m, k] * q[n, k] )          x float, q int8 / int4 weights
+            = s_w[g(n)] * (sum_k x q - z_w[g(n)] * sum_k x) (+ bias, activation, residual)
+
+Activations stay in their 16-bit float dtype (fp16 / bf16: the "A16" of the scheme) and are not
+quantized; the weight is read as int8 [N, K] or packed int4 uint8 [N, ceil(K / 2)] (low nibble
+first) and converted to the activation dtype in registers (exact: |q| <= 127). Because weight
+groups run along the output rows, the group scale is constant along K and is applied once per
+output in the epilogue rather than to every weight element; an asymmetric weight's zero point
+likewise becomes ``- z * rowsum(x)``. The dot accumulates in fp32 on fp16/bf16 tensor cores.
+fp32 activations are refused: in a first sweep for sm_80 / sm_90, an IEEE fp32 dot spilled registers
+in all 16 candidate tiles of the static sweep (STACK 216 to 21280 bytes), and 3xTF32 in 4 of the
+6 tiles tried; quantize such activations (W8A8) or run the model in 16 bits.
+
+At small M the GEMM is bound by reading the weight, so int8 halves and int4 quarters the bytes
+moved compared with fp16. Reference: x @ dequantize(W)^T (``QuantizedWeight.dequantize``), then
+``epilogue.finish_ref``; the two differ by fp32 summation order only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
+from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
+from zq_compile.codegen.triton.gemm_a8 import check_weight, launch_kwargs
+from zq_compile.codegen.triton.runtime import identity_launcher, interpreting, m_bucket
+from zq_compile.quant import QuantizedWeight
+
+
+@triton.autotune(configs=gemm_configs("a16"), key=["M_BUCKET"],
+                 prune_configs_by={"early_config_prune": bucket_pruner("a16")})
+@triton.jit(do_not_specialize=["M"])
+def gemm_a16_kernel(
+    x_ptr, w_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr,
+    M, N, K, group_n,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on,
+    M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
+    W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, DOT_FP32: tl.constexpr,  # interpreter only, see dot_in_fp32
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    rows = (offs_m % M).to(tl.int64)  # out-of-range rows/cols read row 0; the store masks them
+    cols = offs_n % N
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    if W_BITS == 8:
+        w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    else:
+        w_ptrs = w_ptr + cols[None, :] * stride_wn + (offs_k[:, None] // 2) * stride_wk
+        shifts = (offs_k[:, None] % 2) * 4
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+        if W_BITS == 8:
+            q = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
+        else:
+            packed = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
+            nibble = (packed.to(tl.int32) >> shifts) & 0xF
+            q = (nibble ^ 8) - 8
+        b = q.to(tl.float32)  # exact; the interpreter cannot convert integers to bf16 directly
+        if DOT_FP32:
+            acc = tl.dot(a.to(tl.float32), b, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, b.to(a.dtype), acc)
+        if HAS_ZERO:
+            x_sum += tl.sum(a.to(tl.float32), axis=1)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
+
+    gemm_epilogue(
+        acc, x_sum, offs_m, offs_n,
+        w_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, w_scale_ptr,
+        M, N, group_n, stride_rm, stride_rn, stride_om, stride_on,
+        False, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, False,
+    )
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """bf16 dots run in fp32 under the interpreter only: its dot multiplies numpy arrays, which
+    hold bf16 as raw uint16 bits (the result is garbage). On a GPU they use bf16 tensor cores.
+    The products are exact either way (bf16 x int8 fits fp32), the sums fp32."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def gemm_a16(x, w_q, w_scale, w_zero=None, bias=None, residual=None, *, w_bits: int = 8,
+             activation: str = "none", config=None, launch=identity_launcher):
+    """x [M, K] fp16/bf16 -> y [M, N] in x's dtype."""
+    if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"x must be fp16/bf16 [M, K] (16-bit activations), got {x.dtype} {tuple(x.shape)}")
+    m, k = x.shape
+    n = check_weight(w_q, w_scale, w_zero, w_bits, k)
+    check_epilogue_args(m, n, bias, residual, activation, x.dtype)
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m and n:
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        kernel = gemm_a16_kernel if config is None else gemm_a16_kernel.fn
+        launch(kernel)[grid](
+            x, w_q, w_scale, w_zero if w_zero is not None else w_scale,
+            bias if bias is not None else w_scale, residual if residual is not None else out, out,
+            m, n, k, n // w_scale.numel(),
+            x.stride(0), x.stride(1), w_q.stride(0), w_q.stride(1),
+            *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
+            M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
+            ACTIVATION=activation, HAS_RESIDUAL=residual is not None, DOT_FP32=dot_in_fp32(x.dtype),
+            **launch_kwargs(config),
+        )
+    return out
+
+
+def reference(x, w_q, w_scale, w_zero=None, bias=None, residual=None, *, w_bits: int = 8,
+              activation: str = "none"):
+    """x @ dequantize(W)^T + bias in fp32, then activation, residual, x's dtype."""
+    k = x.shape[1]
+    qw = QuantizedWeight(qdata=w_q, scale=w_scale, zero_point=w_zero, bits=w_bits, shape=(w_q.shape[0], k))
+    y = F.linear(x.float(), qw.dequantize(torch.float32), None if bias is None else bias.float())
+    return finish_ref(y, activation, residual, x.dtype)

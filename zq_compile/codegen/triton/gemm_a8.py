@@ -1,0 +1,159 @@
+"""int8-activation GEMM with a fused epilogue: W8A8 and W4A8.
+
+    acc[m, n] = sum_k x_q[m, k] * w_q[n, k]        int8 x int8, accumulated exactly in int32
+    y[m, n]   = epilogue(acc)                       scales, zero point, bias, activation,
+                                                    residual, output (see ``epilogue.py``)
+
+Shapes: x_q int8 [M, K] with x_scale fp32 [M, 1] (one scale per token); the weight is W[N, K]
+with groups along the output rows (G groups of N / G rows): int8 [N, K] (W_BITS=8) or int4
+packed two per byte along K, uint8 [N, ceil(K / 2)], low nibble first (W_BITS=4, the layout of
+``zq_compile.quant.pack_int4``), with w_scale fp32 [G] and optional w_zero int32 [G].
+
+int4 weights are unpacked in registers: each K row of the tile loads byte k // 2 and shifts it
+by 4 * (k % 2), then sign-extends the nibble; memory traffic for the weight is halved, the dot
+is the same int8 tensor-core instruction. Program order is grouped by GROUP_M rows of tiles so
+consecutive programs share weight tiles in L2.
+
+Reference: the exact int32 CPU reference kernel (``codegen/cpu/kernels.py``) followed by
+``epilogue.finish_ref``; requantized outputs by ``quantize_per_token_ref`` of the float output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from zq_compile.codegen.cpu.kernels import KERNELS
+from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
+from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
+from zq_compile.codegen.triton.quantize import quantize_per_token
+from zq_compile.codegen.triton.runtime import identity_launcher, m_bucket
+from zq_compile.quant import quantize_per_token_ref, unpack_int4
+
+
+@triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET"],
+                 prune_configs_by={"early_config_prune": bucket_pruner("a8")})
+@triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
+def gemm_a8_kernel(
+    x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+    M, N, K, group_n,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on,
+    M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
+    W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    # Rows past M / N read row 0 instead of being masked: loads stay unconditional (better
+    # pipelining) and the epilogue's store mask drops them.
+    rows = (offs_m % M).to(tl.int64)
+    cols = offs_n % N
+    x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    if W_BITS == 8:
+        w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    else:
+        w_ptrs = w_ptr + cols[None, :] * stride_wn + (offs_k[:, None] // 2) * stride_wk
+        shifts = (offs_k[:, None] % 2) * 4
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    x_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = offs_k < K - k0
+        a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
+        if W_BITS == 8:
+            b = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
+        else:
+            packed = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
+            nibble = (packed.to(tl.int32) >> shifts) & 0xF
+            b = ((nibble ^ 8) - 8).to(tl.int8)
+        acc = tl.dot(a, b, acc)
+        if HAS_ZERO:
+            x_sum += tl.sum(a.to(tl.int32), axis=1)
+        x_ptrs += BLOCK_K * stride_xk
+        w_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
+
+    gemm_epilogue(
+        acc, x_sum, offs_m, offs_n,
+        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+        M, N, group_n, stride_rm, stride_rn, stride_om, stride_on,
+        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT,
+    )
+
+
+def check_weight(w_q: torch.Tensor, w_scale: torch.Tensor, w_zero, w_bits: int, k: int) -> int:
+    """Validate a quantized weight for K input features; returns N."""
+    if w_bits == 8:
+        if w_q.dtype != torch.int8 or w_q.dim() != 2 or w_q.shape[1] != k:
+            raise ValueError(f"int8 weight must be int8 [N, {k}], got {w_q.dtype} {tuple(w_q.shape)}")
+    elif w_bits == 4:
+        if w_q.dtype != torch.uint8 or w_q.dim() != 2 or w_q.shape[1] != (k + 1) // 2:
+            raise ValueError(f"int4 weight must be uint8 [N, {(k + 1) // 2}], got {w_q.dtype} {tuple(w_q.shape)}")
+    else:
+        raise ValueError(f"w_bits={w_bits} is not valid; allowed: 8, 4")
+    n = w_q.shape[0]
+    if w_scale.dtype != torch.float32 or w_scale.dim() != 1 or n % w_scale.numel():
+        raise ValueError(f"w_scale must be fp32 [G] with G dividing {n}, got {w_scale.dtype} {tuple(w_scale.shape)}")
+    if w_zero is not None and (w_zero.shape != w_scale.shape or w_zero.dtype != torch.int32):
+        raise ValueError("w_zero must be int32 with one entry per weight group")
+    return n
+
+
+def launch_kwargs(config) -> dict:
+    """Meta-parameters of one explicit config (tests run chosen tiles without the autotuner)."""
+    if config is None:
+        return {}
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
+            w_bits: int = 8, activation: str = "none", requant: bool = False, config=None,
+            launch=identity_launcher):
+    """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant."""
+    if x_q.dtype != torch.int8 or x_q.dim() != 2:
+        raise ValueError(f"x_q must be int8 [M, K], got {x_q.dtype} {tuple(x_q.shape)}")
+    m, k = x_q.shape
+    if x_scale.dtype != torch.float32 or x_scale.numel() != m:
+        raise ValueError(f"x_scale must be fp32 with one value per row ({m}), got {tuple(x_scale.shape)}")
+    n = check_weight(w_q, w_scale, w_zero, w_bits, k)
+    check_epilogue_args(m, n, bias, residual, activation, out_dtype)
+    out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
+    absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None
+    if m and n:
+        x_scale = x_scale.reshape(m).contiguous()
+        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        kernel = gemm_a8_kernel if config is None else gemm_a8_kernel.fn
+        launch(kernel)[grid](
+            x_q, w_q, x_scale, w_scale, w_zero if w_zero is not None else w_scale,
+            bias if bias is not None else w_scale, residual if residual is not None else out, out,
+            absmax if absmax is not None else x_scale,
+            m, n, k, n // w_scale.numel(),
+            x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
+            *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
+            M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
+            ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
+            **launch_kwargs(config),
+        )
+    if not requant:
+        return out
+    return quantize_per_token(out, absmax_bits=absmax, launch=launch)
+
+
+def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
+              w_bits: int = 8, activation: str = "none", requant: bool = False):
+    """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32."""
+    w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
+    y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
+    out = finish_ref(y, activation, residual, out_dtype)
+    return quantize_per_token_ref(out) if requant else out
