@@ -19,7 +19,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.ops.linear import epilogue, group_rows
-from zq_compile.quant.activation import quantize_per_token_ref
+from zq_compile.codegen.base import Kernel
 
 
 @torch.library.custom_op("zq::int8_mm_ref", mutates_args=())
@@ -118,26 +118,8 @@ def _zero_correction(w_scale, w_zero, n):
     return group_rows(w_scale.float() * w_zero.float(), n)
 
 
-class CpuKernel:
-    """A lowering of the zq ops: each method is traced by AOT autograd as a decomposition."""
-
-    name: str = ""
-    description: str = ""
-
-    def unavailable_reason(self) -> str | None:
-        """None if this kernel can run in this process, else why not."""
-        return None
-
-    def quantize_per_token(self, x, bits=8):
-        # Plain aten code: Inductor fuses it into the kernel that produces x.
-        return quantize_per_token_ref(x, bits)
-
-    def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
-        raise NotImplementedError
-
-    def finalize_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-        """What the compiled graph holds for an int8 weight (by default the weight itself)."""
-        return w_q
+class CpuKernel(Kernel):
+    """A CPU lowering of the zq ops (see ``codegen/base.py``)."""
 
 
 class ReferenceKernel(CpuKernel):

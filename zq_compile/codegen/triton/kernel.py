@@ -15,10 +15,11 @@ import functools
 
 import torch
 
+from zq_compile.codegen.base import Kernel
 from zq_compile.codegen.triton.runtime import device_problem, interpreting
 
 
-class TritonKernel:
+class TritonKernel(Kernel):
     name = "triton"
     description = "Triton int8 kernels (per-token quantize; W8A8 GEMM with fused scale + bias epilogue)"
 
@@ -29,11 +30,6 @@ class TritonKernel:
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         return torch.ops.zq.triton_linear_a8(x_q, x_scale, w_q, w_scale, w_zero, bias, None, out_dtype, 8, "none")
-
-    def finalize_weight(self, w_q, w_scale):
-        """What the compiled graph holds for an int8 weight: the plain tensor, which the GEMM reads
-        directly (the hook main's backend calls on every kernel; oneDNN swaps in a handle)."""
-        return w_q
 
 
 KERNEL = TritonKernel()
