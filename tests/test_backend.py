@@ -234,3 +234,32 @@ def test_zq_ops_trace_with_torch_export():
     targets = {n.target for n in ep.graph.nodes}
     assert torch.ops.zq.linear_w8a8.default in targets and torch.ops.zq.quantize_per_token.default in targets
     torch.testing.assert_close(ep.module()(x), m(x))
+
+
+def test_one_graph_called_with_another_modules_weights_uses_those_weights():
+    """Dynamo guards parameters on shape and dtype only, so a compiled graph is reused for any
+    module of the same shapes: the quantized constants must follow the weights passed in."""
+    torch.manual_seed(0)
+    l1, l2 = torch.nn.Linear(64, 32).eval(), torch.nn.Linear(64, 32).eval()
+    x = torch.randn(4, 64)
+    f = torch.compile(lambda m, x: m(x), backend="zeroquant")
+    threshold = SQNR_DB["w8a8"][torch.float32]
+    with torch.inference_mode():
+        for m in (l1, l2, l1, l2):
+            assert sqnr_db(m(x), f(m, x)) > threshold
+    assert recent_reports()[-1].requantized == 1  # l2's weights, once
+    with torch.no_grad():
+        l1.weight.mul_(-1)  # an in-place edit after compiling is seen at the next call
+    with torch.inference_mode():
+        assert sqnr_db(l1(x), f(l1, x)) > threshold
+    assert recent_reports()[-1].requantized == 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_unchanged_weights_are_not_requantized_per_call():
+    m = Block().eval()
+    c = torch.compile(m, backend="zeroquant")
+    with torch.inference_mode():
+        for _ in range(3):
+            c(torch.randn(2, 5, 64))
+    assert recent_reports()[-1].quantized and recent_reports()[-1].requantized == 0

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
+from zq_compile.binding import WeightBinding
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import decompositions_for
 from zq_compile.passes.context import PassContext
@@ -40,6 +41,7 @@ class Prepared:
     constants: list[torch.Tensor]
     report: CompileReport
     kernel: Any
+    binding: WeightBinding
 
 
 def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -> Prepared:
@@ -62,7 +64,9 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
     elif not report.quantized:
         report.note("no linear layer was eligible: the graph runs in float (reasons above)")
-    return Prepared(gm, [t for _, t in ctx.constants], report, kernel)
+    constants = [t for _, t in ctx.constants]
+    binding = WeightBinding(ctx.weight_sources, constants, list(example_inputs), kernel.finalize_weight, report)
+    return Prepared(gm, constants, report, kernel, binding)
 
 
 def zeroquant_backend(
@@ -88,7 +92,7 @@ def zeroquant_backend(
     record(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
-    return _append_constants(compiled, prepared.constants)
+    return _append_constants(compiled, prepared)
 
 
 def _static_fakes(constants: list[torch.Tensor]) -> list:
@@ -150,16 +154,19 @@ def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport):
     return choice.kernel
 
 
-def _append_constants(compiled, constants: list[torch.Tensor]):
-    """Call ``compiled`` with Dynamo's inputs followed by our constant inputs.
+def _append_constants(compiled, prepared: Prepared):
+    """Call ``compiled`` with Dynamo's inputs followed by the quantized constants of the float
+    weights in those inputs (``binding.py``: usually the ones made at compile time).
 
     Dynamo calls a backend's result with positional tensors (what aot_module_simplified returns
     takes ``*args`` too), so the constants are appended to those.
     """
-    if not constants:
+    if not prepared.constants:
         return compiled
+    binding, template = prepared.binding, prepared.constants
 
     def run(*args):
-        return compiled(*args, *constants)
+        return compiled(*args, *binding.constants_for(args, template))
 
+    run.zq_binding = binding
     return run

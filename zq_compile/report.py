@@ -46,6 +46,8 @@ class CompileReport:
     pass_counts: dict[str, int] = field(default_factory=dict)
     disabled_passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: times the graph met float weights it was not compiled with and quantized them (binding.py)
+    requantized: int = 0
 
     @property
     def quantized(self) -> list[LinearDecision]:
@@ -91,6 +93,9 @@ class CompileReport:
             lines.append(f"  pass {name}: {count} rewrite(s)")
         for name in self.disabled_passes:
             lines.append(f"  pass {name}: disabled by config")
+        if self.requantized:
+            lines.append(f"  weights re-quantized {self.requantized} time(s): the graph was called with "
+                         "other or edited float weights")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -33,3 +33,19 @@ def test_every_linear_rewritten_and_close_to_eager(kind):
         assert len(report.quantized) == len(report.decisions) == linear_module_count(m), report.summary()
     # first shape, then batch and sequence both change at once: one dynamic recompile, no more
     assert len(reports) == 2
+
+
+def test_llama_with_static_kv_cache_matches_eager():
+    """StaticCache writes k/v with index_copy_ inside the graph; those writes must survive."""
+    from transformers import StaticCache
+
+    m = tiny_model("llama")
+    ids = torch.randint(0, 1000, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = m(input_ids=ids, use_cache=False).logits
+        cache = StaticCache(config=m.config, max_cache_len=20)
+        out = torch.compile(m, backend="zeroquant")(
+            input_ids=ids, past_key_values=cache, cache_position=torch.arange(12), use_cache=True
+        ).logits
+    assert sqnr_db(ref, out) > SQNR_DB["w8a8"]["llama"]
+    assert cache.layers[0].keys[:, :, :12].abs().sum() > 0

@@ -198,3 +198,42 @@ def test_new_nodes_carry_fake_values():
             assert "example_value" in node.meta, node.name
     (lin,) = [n for n in p.gm.graph.nodes if n.target == torch.ops.zq.linear_w8a8.default]
     assert lin.meta["example_value"].shape == (2, 4)
+
+
+def test_buffer_modified_in_the_graph_is_not_a_constant():
+    class Drift(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", torch.randn(4, 8))
+
+        def forward(self, x):
+            y = F.linear(x, self.w)
+            self.w.add_(1.0)
+            return y
+
+    p, _ = _prepare(Drift(), torch.randn(2, 8))
+    assert "modified in place inside the graph" in p.report.skipped[0].reason
+
+
+def test_in_place_cache_writes_survive_the_rewrite():
+    """A KV-cache-like buffer written with index_copy_ from a linear's output: the write has no
+    users in the graph and must not be pruned (FX's dead-code elimination deems it pure)."""
+
+    class Cached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 8)
+            self.register_buffer("cache", torch.zeros(6, 8))
+
+        def forward(self, x, pos):
+            self.cache.index_copy_(0, pos, self.proj(x))
+            return self.cache.sum(0)
+
+    m = Cached()
+    x, pos = torch.randn(3, 8), torch.tensor([0, 2, 4])
+    p, inputs = _prepare(m, x, pos)
+    assert len(p.report.quantized) == 1
+    m.cache.zero_()
+    out = _run(p, inputs)
+    assert m.cache[[0, 2, 4]].abs().sum() > 0 and (m.cache[[1, 3, 5]] == 0).all()
+    torch.testing.assert_close(out, m.cache.sum(0))

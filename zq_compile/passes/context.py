@@ -25,10 +25,13 @@ class PassContext:
     memo: dict = field(default_factory=dict)
     #: activations and biases detached because grad mode was on (see schemes/base.py).
     gradients_stopped: int = 0
+    #: how each set of constants derives from the graph's float inputs (see binding.py).
+    weight_sources: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         placeholders = list(self.gm.graph.find_nodes(op="placeholder"))
         self._input_of = dict(zip(placeholders, self.example_inputs))
+        self._index_of = {p: i for i, p in enumerate(placeholders)}
         # The mode Dynamo made the placeholders' example values in: new nodes must share it.
         # (detect_fake_mode would answer the TracingContext's mode, a different one here.)
         fakes = [p.meta.get("example_value") for p in placeholders]
@@ -37,6 +40,10 @@ class PassContext:
     def input_value(self, node: fx.Node):
         """The real tensor Dynamo passes for a placeholder (parameters included)."""
         return self._input_of.get(node)
+
+    def input_index(self, node: fx.Node) -> int | None:
+        """Position of one of Dynamo's placeholders among the graph's inputs."""
+        return self._index_of.get(node)
 
     def add_constant(self, name: str, value: torch.Tensor) -> fx.Node:
         graph = self.gm.graph

@@ -30,6 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from zq_compile.binding import WeightSource
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
 from zq_compile.schemes import handler_for
@@ -84,11 +85,16 @@ def match(node: fx.Node) -> LinearMatch | None:
     return None
 
 
-def constant_value(ctx, node) -> torch.Tensor | None:
-    """The real tensor behind ``node`` if it is a compile-time constant, else None."""
+def constant_value(ctx, node, env: dict | None = None) -> torch.Tensor | None:
+    """The real tensor behind ``node`` if it is a compile-time constant, else None.
+
+    ``env`` replaces the values of placeholders: the same chain evaluated on other inputs.
+    """
     if not isinstance(node, fx.Node):
         return None
     if node.op == "placeholder":
+        if env is not None and node in env:
+            return env[node]
         value = ctx.input_value(node)
         return value if _is_param_or_buffer(node, value) else None
     if node.op == "get_attr":
@@ -102,7 +108,7 @@ def constant_value(ctx, node) -> torch.Tensor | None:
     if not foldable:
         return None
     inputs = node.all_input_nodes
-    values = {n: constant_value(ctx, n) for n in inputs}
+    values = {n: constant_value(ctx, n, env) for n in inputs}
     if any(v is None for v in values.values()):
         return None
     args = fx.node.map_arg(node.args, lambda n: values[n])
@@ -113,12 +119,44 @@ def constant_value(ctx, node) -> torch.Tensor | None:
         return node.target(*args, **kwargs)
 
 
+def constant_roots(node: fx.Node) -> list[fx.Node]:
+    """The placeholders a constant weight expression is computed from."""
+    if node.op == "placeholder":
+        return [node]
+    return [r for n in node.all_input_nodes for r in constant_roots(n)]
+
+
+def _weight_source(ctx, m: LinearMatch, handler, groups: int, slots: dict[str, int]) -> WeightSource | None:
+    """How to redo this weight's quantization from other float inputs (None: a get_attr
+    constant of the graph itself, which cannot change between calls)."""
+    roots = constant_roots(m.weight)
+    if not roots:
+        return None
+    scheme = ctx.config.scheme
+
+    def make_float(values):
+        w = constant_value(ctx, m.weight, env=dict(zip(roots, values)))
+        return w if m.weight_is_nk else w.t()
+
+    def quantize(w_nk):
+        return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
+
+    return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots)
+
+
+def _mutated_in_graph(node: fx.Node) -> bool:
+    for user in node.users:
+        name = user.target if isinstance(user.target, str) else getattr(user.target, "__name__", "")
+        if name.endswith("_") and not name.endswith("__"):  # index_copy_, add_, ...
+            return True
+    return False
+
+
 def _is_param_or_buffer(node: fx.Node, value) -> bool:
     if isinstance(value, torch.nn.Parameter):
         return True
-    grapharg = node.meta.get("grapharg")
-    source = getattr(grapharg, "source", None)
-    return source is not None and "_buffers" in source.name
+    source = getattr(node, "_dynamo_source", None) or getattr(node.meta.get("grapharg"), "source", None)
+    return source is not None and "._buffers[" in source.name
 
 
 def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
@@ -142,6 +180,8 @@ def _decide(ctx, m: LinearMatch, module: str):
     w = constant_value(ctx, m.weight)
     if w is None:
         return None, None, "weight is computed at run time (not a parameter or buffer)"
+    if any(_mutated_in_graph(r) for r in constant_roots(m.weight)):
+        return None, None, "weight is modified in place inside the graph"
     if w.dim() != 2:
         return None, None, f"weight is {w.dim()}-D; only 2-D weights are rewritten"
     x_val = fake_value(m.x)
@@ -205,10 +245,15 @@ def run(ctx) -> int:
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
             qw = handler.quantize(w_nk, ctx.config.scheme, groups)
             prefix = f"{node.name}_"
-            quantized_weights[key] = [
-                None if t is None else ctx.add_constant(prefix + name, t)
-                for name, t in handler.constant_tensors(qw).items()
-            ]
+            quantized_weights[key] = []
+            slots = {}
+            for name, t in handler.constant_tensors(qw).items():
+                if t is not None:
+                    slots[name] = len(ctx.constants)
+                quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
+            source = _weight_source(ctx, m, handler, groups, slots)
+            if source is not None:
+                ctx.weight_sources.append(source)
             decision.quant_bytes = qw.nbytes
             decision.float_bytes = w_nk.numel() * w_nk.element_size()
         else:

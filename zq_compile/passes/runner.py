@@ -17,7 +17,8 @@ def run_passes(ctx: PassContext) -> None:
         module = importlib.import_module(f"zq_compile.passes.{name}")
         _dump(ctx, index, name, "before")
         count = module.run(ctx)
-        ctx.gm.graph.eliminate_dead_code()
+        # No eliminate_dead_code here: on this pre-grad graph FX deems in-place methods such as
+        # a KV cache's index_copy_ pure, and would delete them. Inductor prunes dead code later.
         ctx.gm.graph.lint()
         ctx.gm.recompile()
         ctx.report.pass_counts[name] = count

@@ -1,0 +1,78 @@
+"""Keep the quantized weights bound to the float tensors they came from, at every call.
+
+Dynamo passes parameters as graph inputs and guards only on their shapes and dtypes, so one
+compiled graph can be called with other tensors than those it was compiled with: the same
+``torch.compile``d function applied to a second module, one graph shared by identical layers,
+or weights edited in place after compiling (``load_state_dict``, calibration). The quantized
+weights are compile-time constants, so each call checks which float tensors it got (identity
+and version counter, a few microseconds) and, for tensors it has not seen, quantizes them once
+more and keeps the result beside the others until those tensors are freed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class WeightSource:
+    """How one set of quantized constants was made from the graph's float inputs."""
+
+    input_indices: tuple[int, ...]  # graph inputs the float weight is computed from
+    make_float: Callable[[list], torch.Tensor]  # those inputs -> W[N, K]
+    quantize: Callable[[torch.Tensor], dict[str, torch.Tensor | None]]  # W[N, K] -> constants
+    slots: dict[str, int]  # constant name ("wq", "ws", "wz") -> position in the constants list
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors keep no version counter
+        return 0
+
+
+class WeightBinding:
+    def __init__(self, sources: list[WeightSource], constants: list[torch.Tensor], example_inputs: list,
+                 finalize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], report=None):
+        self.sources = sources
+        self.indices = tuple(sorted({i for s in sources for i in s.input_indices}))
+        self.finalize = finalize
+        self.report = report
+        self._cache: dict[tuple, tuple[tuple, list]] = {}
+        self._remember(example_inputs, list(constants))
+
+    def _key(self, args) -> tuple:
+        return tuple(id(args[i]) for i in self.indices)
+
+    def _remember(self, args, constants) -> None:
+        key = self._key(args)
+        self._cache[key] = (tuple(_version(args[i]) for i in self.indices), constants)
+        for i in self.indices:  # forget them when any of the float tensors is freed
+            weakref.finalize(args[i], self._cache.pop, key, None)
+
+    def constants_for(self, args: list[Any], template: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = self._key(args)
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == tuple(_version(args[i]) for i in self.indices):
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():  # the new constants outlive this call
+            constants = self._rebuild(args, template)
+        if self.report is not None:
+            self.report.requantized += 1
+        self._remember(args, constants)
+        return constants
+
+    def _rebuild(self, args, template) -> list[torch.Tensor]:
+        constants = list(template)
+        for source in self.sources:
+            w = source.make_float([args[i] for i in source.input_indices])
+            made = source.quantize(w)
+            for name, slot in source.slots.items():
+                constants[slot] = made[name]
+            if "wq" in source.slots:
+                constants[source.slots["wq"]] = self.finalize(made["wq"], made["ws"])
+        return constants
