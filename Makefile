@@ -33,8 +33,10 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The full bench (under 20 min on 2 cores): `make bench`; the quick one: `make bench BENCH_ARGS=--quick`.
+BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed
-	$(PY) bench/minilm_peers.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
