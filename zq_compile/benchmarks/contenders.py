@@ -163,11 +163,9 @@ def _pt2e(bm: BenchModel, example: dict):
         return _under_peer_patch(torch.compile(convert_pt2e(prepared)))
 
     def run(**inputs):
-        # A prefill from an empty cache is the exported cache-less forward; a decode step is not.
-        inputs.pop("past_key_values", None)
-        pos = inputs.pop("cache_position", None)
-        if pos is not None and int(pos[0]) != 0:
-            raise RuntimeError("the PT2E export has no KV cache object: decode steps cannot run")
+        # A prefill is the exported cache-less forward (it returns no cache); a decode step is not.
+        if inputs.pop("past_key_values", None) is not None:
+            raise RuntimeError("the PT2E export has no KV cache: decode steps cannot run")
         inputs.pop("use_cache", None)
         if causal:
             inputs["use_cache"] = False

@@ -196,23 +196,28 @@ def _sentence_accuracy(field: Field, tokenizer, labelled, batch: int, seq: int, 
 
 # -- causal LMs ----------------------------------------------------------------------------------
 class Generator:
-    """Prefill and greedy decode of one contender on a static KV cache (fixed shapes: the prefill
-    graph and the one-token decode graph compile once each)."""
+    """Prefill and greedy decode of one contender with transformers' default dynamic KV cache.
 
-    def __init__(self, bm: BenchModel, fn, max_len: int):
-        from transformers import StaticCache
+    Graphs per compiled contender: the prefill, the first one-token step, and one recompile of the
+    step once the cache length changes (Dynamo then makes it dynamic). A static cache would save
+    that recompile, but zeroquant computes wrong outputs with ``StaticCache`` today (reported
+    with a reproducer; see bench/README.md), and the prefill doubles as the perplexity forward.
+    """
 
+    def __init__(self, bm: BenchModel, fn):
         self.bm, self.fn = bm, fn
-        self.cache = StaticCache(config=bm.model.config, max_cache_len=max_len)
+        self.cache = None
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
-        self.cache.reset()
-        pos = torch.arange(ids.shape[1])
-        out = self.fn(input_ids=ids, past_key_values=self.cache, cache_position=pos, use_cache=True)
+        out = self.fn(input_ids=ids, use_cache=True)
+        self.cache = getattr(out, "past_key_values", None)
         return out.logits
 
     def step(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
-        out = self.fn(input_ids=tok, past_key_values=self.cache, cache_position=torch.tensor([pos]), use_cache=True)
+        if self.cache is None:
+            raise RuntimeError("the prefill returned no KV cache: decode steps cannot run")
+        out = self.fn(input_ids=tok, past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
         return out.logits
 
     def greedy(self, prompt: torch.Tensor, new_tokens: int) -> list[int]:
@@ -256,19 +261,19 @@ def dynamo_settings():
 
 def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.Tensor, new_tokens: int,
                    runs: int, warmup: int, log: Log, text_note: str = "") -> dict:
-    """``windows``: [count, L] token ids; perplexity over all of them (when the text is real),
-    prefill latency of one window, greedy decode of ``new_tokens`` after the first window."""
+    """``windows``: [count, L] token ids; perplexity over all of them (when the text is real; each
+    window is one prefill, batch 1), prefill latency of one window, greedy decode of ``new_tokens``
+    after the first window."""
     from zq_compile.benchmarks.accuracy import nll_sum, perplexity
 
     length = windows.shape[1]
-    max_len = length + new_tokens
     prompt = windows[:1]
     example = {"input_ids": prompt}
     log(f"{bm.name}: building {len(contenders)} contenders (prefill 1 x {length}, then {new_tokens} decode steps)")
-    gens: dict[str, Generator] = {}
+    gens: dict[int, Generator] = {}
 
-    def builder_call(fn, inputs):  # how Field calls each contender once: a real prefill on the cache
-        gen = Generator(bm, fn, max_len)
+    def builder_call(fn, inputs):  # how Field calls each contender once: a real prefill
+        gen = Generator(bm, fn)
         gen.prefill(inputs["input_ids"])
         gens[id(fn)] = gen
         return gen
