@@ -18,7 +18,7 @@ def _quiet(_msg):
 
 def test_linear_section_reports_every_contender_and_ratios_to_inductor():
     torch.manual_seed(0)
-    bm = BenchModel("lin", torch.nn.Linear(64, 48).eval(), "tensor")
+    bm = BenchModel("lin", torch.nn.Sequential(torch.nn.Linear(64, 48)).eval(), "tensor")
     with torch.inference_mode(), dynamo_settings():
         out = linear_section(bm, select(NAMES), [1, 13], runs=1, warmup=0, log=_quiet)
     assert [r["M"] for r in out["rows"]] == [1, 13]

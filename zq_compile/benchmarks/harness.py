@@ -1,12 +1,12 @@
-"""The bench: every contender on every model, side by side in one process per model.
+"""The bench: every contender on every model, side by side in one process.
 
 Sections (each returns a plain dict that goes into the JSON as is):
 - ``encoder_section``: an encoder (MiniLM-L6 with real sentences, BERT-base random) over a
   batch x sequence sweep; on MiniLM also the accuracy measures (embedding cosine vs fp32 eager,
   sentiment accuracy of a logistic head trained on fp32 embeddings).
-- ``causal_section``: a causal LM with a static KV cache: perplexity over fixed windows of real
-  prose (SmolLM2), prefill latency of one window, greedy decode tokens/s and how many greedy
-  tokens match fp32 eager's.
+- ``causal_section``: a causal LM on transformers' dynamic KV cache: perplexity and top-1
+  agreement with fp32 over fixed windows of real prose (SmolLM2), prefill latency of one window,
+  greedy decode tokens/s and the first greedy token that differs from fp32 eager's.
 - ``linear_section``: one nn.Linear through every contender, speedup over Inductor fp32 vs M.
 
 Rules every section keeps: a contender is built and called once before anything is timed; a
@@ -55,12 +55,12 @@ class Field:
                 self.fns[c.name] = fn
                 self.status[c.name] = {"ok": True, "build_s": round(time.perf_counter() - start, 1)}
                 log(f"  {c.name:22s} ready in {time.perf_counter() - start:5.1f}s")
+                gc.collect()
             except Exception as exc:  # noqa: BLE001  (a failed contender is a result, not a crash)
                 self.fail(c.name, "build", exc)
                 log(f"  {c.name:22s} FAILED: {_error(exc)}")
                 if not isinstance(exc, (ValueError, NotImplementedError, ImportError)):
                     traceback.print_exc(limit=3)
-            gc.collect()
 
     def fail(self, name: str, stage: str, exc: BaseException) -> None:
         self.fns.pop(name, None)
@@ -286,16 +286,24 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
     gen_of = {name: gens[id(fn)] for name, fn in field.fns.items()}
 
     if text_note:
+        ref_top1: list[torch.Tensor] = []  # eager fp32 runs first: its next-token argmaxes
+
         def ppl(name, fn):
-            total, count = 0.0, 0
-            for w in windows:
+            total, count, agree = 0.0, 0, 0
+            for i, w in enumerate(windows):
                 logits = gen_of[name].prefill(w[None])
                 nll, n = nll_sum(logits, w[None])
                 total, count = total + nll, count + n
+                top1 = logits[0, :-1].argmax(-1)
+                if name == "eager fp32":
+                    ref_top1.append(top1)
+                if len(ref_top1) > i:
+                    agree += (top1 == ref_top1[i]).sum().item()
             value = perplexity(total, count)
             if value != value:  # NaN
                 raise FloatingPointError("perplexity is NaN")
-            return {"perplexity": value, "tokens_scored": count}
+            return {"perplexity": value, "tokens_scored": count,
+                    "top1_agree_fp32": agree / count if len(ref_top1) == len(windows) else None}
 
         result["perplexity"] = field.try_each("perplexity", ppl)
         base = result["perplexity"].get("eager fp32", {}).get("perplexity")
@@ -333,7 +341,8 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
 # -- linear microbenchmark -----------------------------------------------------------------------
 def linear_section(bm: BenchModel, contenders: list[Contender], ms_list: list[int], runs: int, warmup: int,
                    log: Log) -> dict:
-    k = bm.model.in_features
+    linear = next(m for m in bm.model.modules() if isinstance(m, torch.nn.Linear))
+    k = linear.in_features
     gen = torch.Generator().manual_seed(0)
     xs = {m: torch.randn(m, k, generator=gen) for m in ms_list}
     log(f"{bm.name}: building {len(contenders)} contenders, M in {ms_list}")
@@ -343,4 +352,4 @@ def linear_section(bm: BenchModel, contenders: list[Contender], ms_list: list[in
         timed = timed_shape(field, {"input": xs[m]}, runs, warmup)
         rows.append({"M": m, **timed})
         log(f"  M={m}: " + ", ".join(f"{n} {r:.2f}x" for n, r in timed["speedup_vs_inductor_fp32"].items()))
-    return {"model": bm.name, "K": k, "N": bm.model.out_features, "rows": rows, "contenders": field.status}
+    return {"model": bm.name, "K": k, "N": linear.out_features, "rows": rows, "contenders": field.status}

@@ -58,5 +58,8 @@ def bert_base_random(seed: int = 0) -> BenchModel:
 
 
 def linear_layer(k: int, n: int, seed: int = 0) -> BenchModel:
+    """One nn.Linear inside a Sequential: module-swapping quantizers (quantize_dynamic) replace
+    children only, and would leave a bare top-level Linear in fp32."""
     torch.manual_seed(seed)
-    return BenchModel(f"Linear {k}->{n}", torch.nn.Linear(k, n).eval(), "tensor", "one nn.Linear, random weights")
+    model = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
+    return BenchModel(f"Linear {k}->{n}", model, "tensor", "one nn.Linear (in a Sequential), random weights")

@@ -98,7 +98,8 @@ def linear_table(result: dict) -> list[str]:
     sec = result["sections"].get("linear")
     if not sec:
         return []
-    lines = [f"**Linear microbenchmark** K={sec['K']} N={sec['N']}: speedup vs {BASELINE} (its ms in the first row)", ""]
+    lines = [f"**Linear microbenchmark** K={sec['K']} N={sec['N']}: speedup vs {BASELINE} (its ms in the first row)"
+             + (f". Note: {sec['rerun']}" if sec.get("rerun") else ""), ""]
     rows = [[f"{BASELINE} (ms)"] + [_fmt(r["ms"].get(BASELINE), ".3f") for r in sec["rows"]]]
     for name in _names(result):
         if name == BASELINE:
@@ -109,6 +110,12 @@ def linear_table(result: dict) -> list[str]:
     return lines
 
 
+def _divergence(d: dict) -> str:
+    if not d:
+        return "-"
+    return "never" if d.get("first_divergence") is None else f"#{d['first_divergence']}"
+
+
 def causal_table(result: dict, key: str) -> list[str]:
     sec = result["sections"].get(key)
     if not sec:
@@ -117,10 +124,12 @@ def causal_table(result: dict, key: str) -> list[str]:
     pre = sec.get("prefill", {})
     dec = sec.get("decode", {})
     lines = [f"**{sec['model']}** ({sec['note']}). Prefill: batch 1 x {sec['prefill_tokens']} tokens; decode: "
-             f"{sec['decode_tokens']} greedy tokens on a static KV cache."
+             f"{sec['decode_tokens']} greedy tokens on transformers' dynamic KV cache; top-1 = fp32: share "
+             f"of next-token argmaxes equal to eager fp32's over the perplexity text; greedy differs from "
+             f"token: first generated token that differs from eager fp32's (#0 = the first)."
              + (f" Perplexity: {sec['text']}." if sec.get("text") else ""), ""]
-    header = ["contender"] + (["perplexity", "vs fp32"] if sec.get("text") else []) + [
-        "prefill ms", f"vs {BASELINE}", "decode tok/s", f"vs {BASELINE}", "greedy = fp32"]
+    header = ["contender"] + (["perplexity", "vs fp32", "top-1 = fp32"] if sec.get("text") else []) + [
+        "prefill ms", f"vs {BASELINE}", "decode tok/s", f"vs {BASELINE}", "greedy differs from token"]
     rows = []
     for name in _names(result):
         failed = _status(sec, name)
@@ -130,37 +139,36 @@ def causal_table(result: dict, key: str) -> list[str]:
         row = [name]
         if sec.get("text"):
             p = ppl.get(name, {})
-            row += [_fmt(p.get("perplexity"), ".3f"), _fmt(p.get("vs_eager_fp32"), ".4f")]
+            row += [_fmt(p.get("perplexity"), ".3f"), _fmt(p.get("vs_eager_fp32"), ".4f"),
+                    _fmt(p.get("top1_agree_fp32"), ".3f")]
         d = dec.get(name, {})
         row += [_fmt(pre.get("ms", {}).get(name), ".1f"),
                 _fmt(pre.get("speedup_vs_inductor_fp32", {}).get(name), ".2f"),
                 _fmt(d.get("tokens_per_s"), ".1f", failed or "-"),
                 _fmt(d.get("speedup_vs_inductor_fp32"), ".2f"),
-                _fmt(d.get("greedy_match_fp32"), ".2f")]
+                _divergence(d)]
         rows.append(row)
     lines += _table(header, rows)
     return lines
 
 
 def failures(result: dict) -> list[str]:
-    seen: dict[str, str] = {}
+    by_error: dict[str, list[str]] = {}
     for key, sec in result["sections"].items():
         for name, st in (sec.get("contenders") or {}).items():
             if not st.get("ok", True):
-                seen.setdefault(f"{name}: {st.get('error')}", key)
-    if not seen:
+                by_error.setdefault(f"{name}: {st.get('error')}", []).append(key)
+    if not by_error:
         return []
-    by_error: dict[str, list[str]] = {}
-    for text, key in seen.items():
-        by_error.setdefault(text, []).append(key)
-    return ["Failed contenders (stage and error as raised; a section where it ran is in the tables):", ""] + [
+    return ["Failed contenders (error as raised, then the sections where it failed):", ""] + [
         f"- {text} [{', '.join(keys)}]" for text, keys in by_error.items()]
 
 
 def markdown(result: dict) -> str:
     info = result["machine"]
     parts = [f"Bench `{result['mode']}` run of {result['date']}, {result.get('wall_s', '?')} s, on "
-             f"{describe(info)}. Medians of {result['plan']['runs']} interleaved rounds after "
+             f"{describe(info)}. Medians of {result['plan']['runs']} interleaved rounds "
+             f"({result['plan'].get('big_model_runs', result['plan']['runs'])} for BERT-base, GPT-2, SmolLM2) after "
              f"{result['plan']['warmup']} warm-up round(s). Load average (1/5/15 min) at start "
              f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}.", ""]
     for block in (minilm_table(result), sweep_table(result, "minilm"), sweep_table(result, "bert"),
@@ -207,14 +215,15 @@ def plots(result: dict, out_dir: str) -> list[str]:
            for n in _names(result) if n in acc and "steady_mib" in mem.get(n, {})]
     if pts:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        markers = "osD^vP*Xh"
         for ax, idx, label in ((axes[0], 2, "sentiment accuracy (test split)"), (axes[1], 3, "mean cosine vs fp32")):
-            for p in pts:
-                ax.scatter(p[1], p[idx])
-                ax.annotate(p[0], (p[1], p[idx]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-            ax.set_xlabel("steady process memory over import baseline, MiB (one process per contender)")
+            for i, p in enumerate(pts):
+                ax.scatter(p[1], p[idx], marker=markers[i % len(markers)], s=60, label=p[0], alpha=0.8)
+            ax.set_xlabel("steady memory over import baseline, MiB")
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3)
-        fig.suptitle("MiniLM-L6: accuracy vs memory per contender")
+        axes[1].legend(fontsize=7, loc="lower left")
+        fig.suptitle("MiniLM-L6: accuracy vs memory per contender (memory: one process per contender)")
         fig.tight_layout()
         path = os.path.join(out_dir, f"{mode}_accuracy_memory.png")
         fig.savefig(path, dpi=110)
