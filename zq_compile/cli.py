@@ -18,6 +18,12 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from zq_compile.benchmarks.run import main as bench_main
+
+    return bench_main(args=args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from zq_compile.config import IMPLEMENTED_SCHEMES
 
@@ -30,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--preset", default="w8a8", choices=IMPLEMENTED_SCHEMES)
     demo.add_argument("--json", help="also write the figures to this JSON file")
     demo.set_defaults(func=_demo)
+    from zq_compile.benchmarks.run import build_parser as bench_parser
+
+    bench = sub.add_parser("bench", help="every contender on real models: accuracy, speed, memory (bench/README.md)")
+    bench_parser(bench).set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,240 @@
+"""Every contender the bench runs, as (name, builder) pairs; a builder turns an fp32 model into a
+callable ``fn(**inputs)`` that returns what the model returns.
+
+A builder that raises, or whose first call raises, makes that contender *failed*: it stays in
+the tables with its error. Nothing here is marked failed by hand: the zeroquant presets come from
+``zq_compile.config.PRESETS`` and are built through ``ZeroQuantConfig``, which refuses the ones
+that are not built yet; LKD runs through ``zq_compile.calibrate`` once that exists. So a preset or
+LKD that lands shows up with numbers on the next run, with no edit here.
+
+How the peers are run (the fair setting, see shared/design/KERNEL-NOTES.md):
+- torchao configs get ``set_inductor_config=False`` (it would flip process-wide Inductor flags
+  and change every contender compiled after it); instead their calls run under a
+  ``torch._inductor.config.patch`` with ``freezing=True`` and torchao's recommended flag, scoped to
+  those calls (``PEER_INDUCTOR_PATCH``).
+- PT2E: ``torch.export`` (static shapes, one export per input shape) →
+  ``prepare_pt2e(X86InductorQuantizer, dynamic per-tensor activations)`` → one calibration call →
+  ``convert_pt2e`` → ``torch.compile`` under the same scoped ``freezing=True`` patch.
+- Models that are mutated (dtype casts, in-place quantizers) get their own deep copy, so the
+  float model every other contender uses is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+#: Inductor config the peers (torchao, PT2E) run under: freezing (weights become constants Inductor
+#: can prepack) and torchao's recommended CPU-relevant flag. Applied as a ``config.patch`` around
+#: every call of those contenders only (compilation is lazy, so it must cover the calls); passed
+#: as ``torch.compile(options=...)`` instead, PT2E fails on this torch with
+#: ``UnsupportedOperatorException: onednn.qlinear_prepack.default``.
+PEER_INDUCTOR_PATCH = {"freezing": True, "force_fuse_int_mm_with_mul": True}
+#: The contender every ratio is taken against, and the other named reference.
+BASELINE = "inductor fp32"
+TORCHAO_INT8_DYN = "torchao int8-dyn"
+
+
+@dataclasses.dataclass
+class BenchModel:
+    """A model and how to call it. ``call(fn, inputs)`` runs a contender on one input dict and
+    returns the tensor the accuracy metrics read (last hidden state or logits)."""
+
+    name: str
+    model: torch.nn.Module
+    #: "encoder" (BERT-like: input_ids, attention_mask), "causal-lm", or "tensor" (a module that
+    #: takes and returns one tensor, e.g. the linear microbenchmark)
+    kind: str
+    note: str = ""
+    #: True in the memory probe: the contender may take the model itself instead of a copy, as a
+    #: user quantizing in place would (so the fp32 weights are freed where the method frees them)
+    owned: bool = False
+
+    def mutable(self) -> torch.nn.Module:
+        """The model a contender may change (cast, quantize in place): a copy unless owned."""
+        return self.model if self.owned else copy.deepcopy(self.model)
+
+    def call(self, fn, inputs: dict) -> torch.Tensor:
+        out = fn(**inputs)
+        if self.kind == "tensor":
+            return out
+        if self.kind == "encoder":
+            return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return out.logits if hasattr(out, "logits") else out[0]
+
+
+Builder = Callable[[BenchModel, dict], Callable[..., Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    name: str
+    family: str  # "float", "peer" or "zeroquant"
+    build: Builder
+    #: what a reader should know about how it ran (dtype, scope of the config patch, ...)
+    how: str = ""
+
+
+# -- float ---------------------------------------------------------------------------------------
+def _eager(bm: BenchModel, example: dict):
+    return bm.model
+
+
+def _inductor(bm: BenchModel, example: dict):
+    return torch.compile(bm.model)
+
+
+def cpu_has_bf16() -> bool:
+    from zq_compile.codegen.cpu.select import cpu_flags
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def _inductor_bf16(bm: BenchModel, example: dict):
+    if not cpu_has_bf16():
+        raise RuntimeError("this CPU has no native bf16 (avx512_bf16 / amx_bf16): not run")
+    return _in_dtype(torch.compile(bm.mutable().to(torch.bfloat16)), torch.bfloat16)
+
+
+def _cast_floats(inputs: dict, dtype: torch.dtype) -> dict:
+    """Float tensor inputs (the microbenchmark's activations) in the model's dtype; ids unchanged."""
+    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def _in_dtype(fn, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return fn
+    return lambda **inputs: fn(**_cast_floats(inputs, dtype))
+
+
+# -- peers ---------------------------------------------------------------------------------------
+def _under_peer_patch(compiled, dtype: torch.dtype = torch.float32):
+    def run(**inputs):
+        with torch._inductor.config.patch(PEER_INDUCTOR_PATCH):
+            return compiled(**_cast_floats(inputs, dtype) if dtype != torch.float32 else inputs)
+
+    return run
+
+
+def _quantize_dynamic(bm: BenchModel, example: dict):
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(bm.mutable(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _torchao(config_name: str, dtype: torch.dtype, bm: BenchModel, example: dict):
+    import torchao.quantization as tq
+
+    kwargs: dict[str, Any] = {"set_inductor_config": False}
+    if config_name == "Int4WeightOnlyConfig":
+        kwargs["group_size"] = 128
+    config = getattr(tq, config_name)(**kwargs)
+    model = bm.mutable().to(dtype)
+    tq.quantize_(model, config)
+    return _under_peer_patch(torch.compile(model), dtype)
+
+
+def _pt2e(bm: BenchModel, example: dict):
+    """PT2E is exported at static shapes: with dynamic dims (Dim.AUTO) Inductor's freezing pass
+    fails on this torch (``UnsupportedOperatorException: onednn.qlinear_prepack``). So, as a user
+    of static PT2E would, each new input shape is exported, quantized and compiled anew."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+        X86InductorQuantizer,
+        get_default_x86_inductor_quantization_config,
+    )
+
+    source = {"model": bm.model}
+    causal = bm.kind == "causal-lm"
+    compiled_by_shape: dict[tuple, Any] = {}
+
+    def build(kwargs: dict):
+        if source["model"] is None:
+            raise RuntimeError("PT2E: a new input shape needs a new export, and the float model was released")
+        exported = torch.export.export(source["model"], (), kwargs, strict=False)
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=True))
+        prepared = prepare_pt2e(exported.module(), quantizer)
+        prepared(**kwargs)  # calibration pass (dynamic activations: the observers only need to run)
+        return _under_peer_patch(torch.compile(convert_pt2e(prepared)))
+
+    def run(**inputs):
+        # A prefill is the exported cache-less forward (it returns no cache); a decode step is not.
+        if inputs.pop("past_key_values", None) is not None:
+            raise RuntimeError("the PT2E export has no KV cache: decode steps cannot run")
+        inputs.pop("use_cache", None)
+        if causal:
+            inputs["use_cache"] = False
+        key = tuple((k, tuple(v.shape)) for k, v in inputs.items() if isinstance(v, torch.Tensor))
+        if key not in compiled_by_shape:
+            compiled_by_shape[key] = build(inputs)
+        return compiled_by_shape[key](**inputs)
+
+    run(**dict(example))
+    if bm.owned:  # memory probe: one shape only, so the float model need not be kept
+        source["model"] = None
+    return run
+
+
+# -- zeroquant -----------------------------------------------------------------------------------
+def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict):
+    import zq_compile
+    from zq_compile.config import ZeroQuantConfig
+
+    config = ZeroQuantConfig(preset=preset)  # raises ValueError for presets not built yet
+    model = bm.model
+    if lkd:
+        calibrate = getattr(zq_compile, "calibrate", None)
+        if calibrate is None:
+            raise NotImplementedError("LKD: zq_compile.calibrate is not built yet")
+        # LKD edits the float weights: on a copy, so the other contenders keep the fp32 model.
+        model = bm.mutable()
+        result = calibrate(model, config, [example])
+        model = result if isinstance(result, torch.nn.Module) else model
+    return zq_compile.compile(model, config)
+
+
+def all_contenders() -> list[Contender]:
+    from zq_compile.config import PRESETS
+
+    out = [
+        Contender("eager fp32", "float", _eager, "the fp32 model, no compile"),
+        Contender(BASELINE, "float", _inductor, "torch.compile, default Inductor settings"),
+        Contender("inductor bf16", "float", _inductor_bf16, "model cast to bf16, torch.compile"),
+        Contender("ao quantize_dynamic", "peer", _quantize_dynamic,
+                  "torch.ao.quantization.quantize_dynamic (qint8, per-tensor dynamic act), eager"),
+        Contender(TORCHAO_INT8_DYN, "peer",
+                  functools.partial(_torchao, "Int8DynamicActivationInt8WeightConfig", torch.float32),
+                  "torchao Int8DynamicActivationInt8WeightConfig + torch.compile(freezing)"),
+        Contender("torchao int8-wo", "peer", functools.partial(_torchao, "Int8WeightOnlyConfig", torch.float32),
+                  "torchao Int8WeightOnlyConfig + torch.compile(freezing)"),
+        Contender("torchao int4-wo", "peer", functools.partial(_torchao, "Int4WeightOnlyConfig", torch.bfloat16),
+                  "torchao Int4WeightOnlyConfig(group_size=128), model in bf16, + torch.compile(freezing)"),
+        Contender("pt2e x86 dyn", "peer", _pt2e,
+                  "torch.export + PT2E X86InductorQuantizer (dynamic act) + torch.compile(freezing)"),
+    ]
+    for preset in PRESETS:
+        for lkd in (False, True):
+            name = f"zeroquant {preset}" + ("+lkd" if lkd else "")
+            how = f"zq_compile.compile(model, ZeroQuantConfig(preset={preset!r}))"
+            if lkd:
+                how = "zq_compile.calibrate (LKD) on the calibration batch, then " + how
+            out.append(Contender(name, "zeroquant", functools.partial(_zeroquant, preset, lkd), how))
+    return out
+
+
+def select(names: list[str] | None) -> list[Contender]:
+    """All contenders, or those named (an unknown name is an error listing the known ones)."""
+    everything = all_contenders()
+    if not names:
+        return everything
+    by_name = {c.name: c for c in everything}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown contender(s) {unknown}; known: {', '.join(by_name)}")
+    keep = set(names) | {BASELINE}  # ratios need the baseline
+    return [c for c in everything if c.name in keep]

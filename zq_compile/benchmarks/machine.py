@@ -1,0 +1,55 @@
+"""What the figures were measured on: CPU model and flags, threads, library versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+import torch
+
+_INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                      "amx_tile", "amx_int8", "amx_bf16", "avx512_fp16")
+
+
+def _cpuinfo_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    from zq_compile.codegen.cpu.select import cpu_flags
+
+    flags = cpu_flags()
+    return {
+        "cpu_model": _cpuinfo_field("model name") or platform.processor(),
+        "cpu_flags": [f for f in _INTERESTING_FLAGS if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {d: _version(d) for d in ("torch", "torchao", "transformers", "zq_compile", "gguf")},
+    }
+
+
+def describe(info: dict) -> str:
+    v = info["versions"]
+    return (
+        f"{info['cpu_model']} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
+        f"{' '.join(info['cpu_flags'])}), torch {v['torch']}, torchao {v['torchao']}, "
+        f"transformers {v['transformers']}"
+    )

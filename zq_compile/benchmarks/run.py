@@ -1,0 +1,200 @@
+"""``zeroquant bench`` / ``make bench`` / ``python bench/run.py``: run the bench, print the tables,
+write ``<out>/<mode>.json``, ``<out>/<mode>.md`` and the PNG plots.
+
+Modes (the sizes are chosen so a 2-core CPU finishes --quick in under 3 minutes and the full run
+in under 20; see bench/README.md for what each measures):
+- ``--quick``: MiniLM-L6 (accuracy + batch 32 x seq 128 latency) and the linear microbenchmark at
+  three M; no memory probes (they need one process per contender).
+- full (default): adds a batch x sequence sweep on MiniLM, prefill of BERT-base and GPT-2-124M
+  (random weights), SmolLM2-135M perplexity on Wikipedia prose + prefill + greedy decode on the
+  dynamic KV cache, more M in the microbenchmark, and the memory probes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+QUICK = {
+    "minilm_shapes": [(32, 128)],
+    "bert_shapes": [],
+    "linear": (2048, 2048, [1, 32, 512]),
+    "smollm2": None,
+    "gpt2_shapes": [],
+    "big_model_runs": 3,
+    "memory_models": [],  # a fresh process per contender costs ~15 s each: full run only
+    "runs": 5,
+    "warmup": 1,
+}
+FULL = {
+    # Every torch.compile contender compiles the first shape statically and recompiles once with
+    # dynamic shapes at the second; a batch of 1 would cost one more compile each (Dynamo always
+    # specialises size-1 dims), hence no batch-1 row here (the decode section is batch 1).
+    "minilm_shapes": [(32, 128), (8, 512), (8, 32)],
+    "bert_shapes": [(8, 128)],
+    "linear": (2048, 2048, [1, 8, 32, 128, 512, 2048]),
+    "smollm2": {"window": 256, "windows": 6, "new_tokens": 24},
+    "gpt2_shapes": [(4, 128)],
+    "memory_models": ["minilm"],
+    "runs": 5,
+    "big_model_runs": 3,  # BERT-base, GPT-2, SmolLM2: fewer timed rounds to fit the time budget
+    "warmup": 1,
+}
+SECTIONS = ("minilm", "linear", "bert", "smollm2", "gpt2", "memory")
+
+
+_T0 = time.perf_counter()
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.0f}s] {msg}", flush=True)
+
+
+def run(mode: str, sections: tuple[str, ...] = SECTIONS, names: list[str] | None = None, runs: int | None = None,
+        log=_log) -> dict:
+    import torch
+
+    from zq_compile.benchmarks import harness, machine, models
+    from zq_compile.benchmarks.contenders import select
+    from zq_compile.data import polarity_sentences, wikipedia_prose
+
+    plan = dict(QUICK if mode == "quick" else FULL)
+    if runs:
+        plan["runs"] = plan["big_model_runs"] = runs
+    contenders = select(names)
+    started = time.perf_counter()
+    info = machine.machine_info()
+    log(f"zeroquant bench ({mode}) on {machine.describe(info)}")
+    result = {
+        "mode": mode,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": info,
+        # Other work on the machine skews every figure (ratios less so: contenders are interleaved).
+        "load_average_start": os.getloadavg(),
+        "plan": {k: v for k, v in plan.items()},
+        "contenders": [{"name": c.name, "family": c.family, "how": c.how} for c in contenders],
+        "sections": {},
+    }
+    R, W, RB = plan["runs"], plan["warmup"], plan["big_model_runs"]
+    with torch.inference_mode(), harness.dynamo_settings():
+        if "minilm" in sections:
+            bm, tok = models.minilm()
+            result["sections"]["minilm"] = harness.encoder_section(
+                bm, contenders, plan["minilm_shapes"], R, W, log, tokenizer=tok, labelled=polarity_sentences())
+            del bm
+            _reset()
+        if "linear" in sections:
+            k, n, ms = plan["linear"]
+            result["sections"]["linear"] = harness.linear_section(models.linear_layer(k, n), contenders, ms, R, W, log)
+            _reset()
+        if "bert" in sections and plan["bert_shapes"]:
+            result["sections"]["bert"] = harness.encoder_section(
+                models.bert_base_random(), contenders, plan["bert_shapes"], RB, W, log)
+            _reset()
+        if "smollm2" in sections and plan["smollm2"]:
+            p = plan["smollm2"]
+            bm, tok = models.smollm2()
+            text = "\n\n".join(wikipedia_prose())
+            ids = tok(text, return_tensors="pt").input_ids
+            from zq_compile.benchmarks.accuracy import token_windows
+
+            windows = token_windows(ids, p["window"], p["windows"])
+            note = (f"English Wikipedia prose from the gensim wheel (markup stripped): first {p['windows']} windows "
+                    f"of {p['window']} tokens ({windows.numel()} tokens)")
+            result["sections"]["smollm2"] = harness.causal_section(bm, contenders, windows, p["new_tokens"], RB, W, log,
+                                                                   text_note=note)
+            del bm
+            _reset()
+        if "gpt2" in sections and plan["gpt2_shapes"]:
+            result["sections"]["gpt2"] = harness.encoder_section(
+                models.gpt2_random(), contenders, plan["gpt2_shapes"], RB, W, log)
+            _reset()
+    if "memory" in sections:
+        result["sections"]["memory"] = _memory(result, plan, log)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    result["load_average_end"] = os.getloadavg()
+    log(f"bench finished in {result['wall_s']:.0f}s")
+    return result
+
+
+def _memory(result: dict, plan: dict, log) -> dict:
+    """One probe process per contender that built on the model in the main run."""
+    from zq_compile.benchmarks.memory import run_probe
+
+    keys = {"minilm": "minilm", "bert-base": "bert"}
+    out = {}
+    for model in plan["memory_models"]:
+        sec = result["sections"].get(keys[model])
+        if not sec:
+            continue
+        batch, seq = sec["latency"][0]["batch"], sec["latency"][0]["seq"]
+        per = {}
+        for name, status in sec["contenders"].items():
+            if not status.get("ok"):
+                per[name] = {"error": "not probed: the contender failed in the main run"}
+                continue
+            per[name] = run_probe(model, name, batch, seq)
+            m = per[name]
+            log(f"  memory {model} {name:22s} " + (f"steady {m['steady_mib']:7.1f} MiB, peak {m['peak_mib']:7.1f} MiB"
+                                                   if "error" not in m else m["error"]))
+        out[model] = {"batch": batch, "seq": seq, "per_contender": per}
+    return out
+
+
+def _reset() -> None:
+    import gc
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    gc.collect()
+
+
+def write_outputs(result: dict, out_dir: str) -> list[str]:
+    from zq_compile.benchmarks import render
+
+    os.makedirs(out_dir, exist_ok=True)
+    mode = result["mode"]
+    paths = []
+    path = os.path.join(out_dir, f"{mode}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    paths.append(path)
+    md = os.path.join(out_dir, f"{mode}.md")
+    with open(md, "w") as f:
+        f.write(render.markdown(result))
+    paths.append(md)
+    paths += render.plots(result, out_dir)
+    return paths
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="zeroquant bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="MiniLM + linear microbenchmark, no memory probes")
+    p.add_argument("--out", default=os.path.join("bench", "results"), help="where the JSON, tables and plots go")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    p.add_argument("--contenders", nargs="+", help="run only these contenders (Inductor fp32 always runs)")
+    p.add_argument("--runs", type=int, help="timed rounds per measurement (median reported)")
+    return p
+
+
+def main(argv: list[str] | None = None, args=None) -> int:
+    if args is None:
+        args = build_parser().parse_args(argv)
+    from zq_compile.benchmarks import render
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = run("quick" if args.quick else "full", tuple(args.only or SECTIONS), args.contenders, args.runs)
+    print()
+    print(render.text(result))
+    for path in write_outputs(result, args.out):
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
