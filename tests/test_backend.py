@@ -12,23 +12,11 @@ from torch.testing import FileCheck
 import zq_compile
 from zq_compile import ZeroQuantConfig, recent_reports
 from zq_compile.metrics import sqnr_db
+from tests.modules import Block
 
 #: SQNR (dB) a compiled model must keep against its fp32 eager self, per scheme and input dtype.
 #: 8-bit weights and activations give ~35-40 dB on a single linear; a block compounds a few.
 SQNR_DB = {"w8a8": {torch.float32: 25, torch.bfloat16: 22, torch.float16: 22}}
-
-
-class Block(torch.nn.Module):
-    """A pre-norm transformer MLP block: LayerNorm -> Linear -> GeLU -> Linear -> + residual."""
-
-    def __init__(self, d=64, hidden=160):
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(d)
-        self.up = torch.nn.Linear(d, hidden)
-        self.down = torch.nn.Linear(hidden, d)
-
-    def forward(self, x):
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
 
 
 def _reports_since(n):

@@ -48,10 +48,10 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
     """Policy, quantization and rewrite passes; no Inductor. Dynamo's ``gm`` is not modified."""
     target = resolve_target(config, example_inputs)
     report = CompileReport(config=config.to_dict(), target=target)
-    kernel = _choose_kernel(target, config, report)
     gm = clone_graph_module(gm)
     ctx = PassContext(gm, list(example_inputs), config, report, target)
     run_passes(ctx)
+    kernel = _choose_kernel(target, config, report, m_regime(gm))
     if ctx.gradients_stopped:
         msg = (
             "grad mode was on while compiling: quantized linears are inference-only, so no "
@@ -138,7 +138,22 @@ def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:
     return "cpu"
 
 
-def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport):
+def m_regime(gm: fx.GraphModule) -> str:
+    """"small" if every quantized linear of the graph sees a fixed, small number of rows (a
+    decode step), else "large". Kernels are chosen per regime (codegen/cpu/select.py)."""
+    from zq_compile.codegen.cpu.select import SMALL_M
+
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+        x_q = node.args[0].meta.get("example_value")
+        rows = 1
+        for d in x_q.shape[:-1]:
+            rows *= d
+        if not isinstance(rows, int) or rows > SMALL_M:
+            return "large"
+    return "small"
+
+
+def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, regime: str):
     from zq_compile.codegen.cpu.select import select_cpu_kernel
 
     if target == "triton":
@@ -146,7 +161,7 @@ def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport):
 
         choice = select_triton_kernel()
     else:
-        choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel)
+        choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel, regime)
     report.kernel = choice.kernel.name
     report.kernel_reason = f"{choice.kernel.description}: {choice.reason}"
     for name, why in choice.rejected:

@@ -12,6 +12,7 @@ from zq_compile import recent_reports
 from zq_compile.codegen.triton import ops
 from zq_compile.metrics import sqnr_db
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
+from tests.modules import Block
 
 
 def test_ops_are_opaque_custom_ops_under_the_interpreter():
@@ -58,19 +59,6 @@ def test_linear_op_keeps_leading_dims_and_matches_the_kernel_reference():
     flat = [a.reshape(-1, a.shape[-1]) if a is not None and i in (0, 1, 6) else a for i, a in enumerate(args)]
     want = gemm_a8.reference(*flat, out_dtype=torch.float32, activation="gelu_tanh")
     torch.testing.assert_close(y.reshape(15, 48), want, **EPILOGUE_TOL[torch.float32])
-
-
-class Block(torch.nn.Module):
-    """Pre-norm MLP block: LayerNorm -> Linear -> GeLU -> Linear -> + residual."""
-
-    def __init__(self, d=64, hidden=160):
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(d)
-        self.up = torch.nn.Linear(d, hidden)
-        self.down = torch.nn.Linear(hidden, d)
-
-    def forward(self, x):
-        return x + self.down(torch.nn.functional.gelu(self.up(self.norm(x))))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

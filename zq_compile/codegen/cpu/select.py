@@ -1,9 +1,11 @@
-"""Choose the int8 GEMM for this CPU, once per process, and say why.
+"""Choose the int8 GEMM for this CPU and M regime, once per process, and say why.
 
-"auto" tries the kernels fastest-first (oneDNN u8s8, then torch._int_mm) and takes the first one
-that is present and passes a small self-test against the exact reference; a kernel that fails is
-skipped with its reason recorded, never silently. ``torch._int_mm`` is only auto-picked on CPUs
-with VNNI: on AVX2-only machines it was measured ~100x slower than fp32 (KERNEL-NOTES.md).
+"auto" self-tests each fast kernel (oneDNN u8s8, torch._int_mm) against the exact reference on a
+small awkward problem; a kernel that fails is skipped with its reason recorded, never silently.
+When more than one passes, they are raced on a problem of the graph's M regime (decode-sized or
+prefill-sized), because which one wins depends on the CPU and on M, not only on the ISA.
+``torch._int_mm`` is only considered on CPUs with VNNI: on AVX2-only machines it was measured
+~100x slower than fp32 (KERNEL-NOTES.md).
 """
 
 from __future__ import annotations
@@ -68,8 +70,47 @@ def _self_test(kernel: CpuKernel) -> str | None:
     return None
 
 
+#: Graphs whose linears all see at most this many rows (tokens) at a time, with a static count,
+#: are "small" (decode steps); every other graph is "large" (prefill, encoders).
+SMALL_M = 16
+#: The problem each regime is raced on: rows, and the K = N of a mid-sized transformer layer.
+RACE_SHAPES = {"small": (4, 1024), "large": (256, 1024)}
+
+
+def _race(names: list[str], regime: str) -> dict[str, float]:
+    """Median microseconds of each kernel's whole zq::linear_w8a8 lowering on one problem.
+
+    Which int8 GEMM is faster is a property of the CPU, not only of its ISA: on a Zen 5 EPYC
+    torch._int_mm matched oneDNN at large M and was 4x faster at M = 1 (oneDNN's per-call
+    overhead), while on an Intel VNNI machine oneDNN was the faster at M = 128 (KERNEL-NOTES.md).
+    So it is measured, once per process, in about 50 ms.
+    """
+    import statistics
+    import time
+
+    m, k = RACE_SHAPES[regime]
+    g = torch.Generator().manual_seed(0)
+    x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+    x_s = torch.rand(m, 1, generator=g)
+    w_q = torch.randint(-127, 128, (k, k), generator=g, dtype=torch.int8)
+    w_s = torch.rand(k, generator=g)
+    times = {}
+    for name in names:
+        kernel = KERNELS[name]
+        w = kernel.finalize_weight(w_q, w_s)
+        runs = []
+        for i in range(12):
+            start = time.perf_counter()
+            kernel.linear(x_q, x_s, w, w_s, None, None, torch.float32)
+            if i >= 2:  # warm-up: packing, primitive creation
+                runs.append((time.perf_counter() - start) * 1e6)
+        times[name] = statistics.median(runs)
+    return times
+
+
 @functools.cache
-def select_cpu_kernel(requested: str = "auto") -> KernelChoice:
+def select_cpu_kernel(requested: str = "auto", regime: str = "large") -> KernelChoice:
+    """The int8 GEMM for graphs of this M regime ("small" or "large", see SMALL_M)."""
     if requested == "reference":
         return KernelChoice(KERNELS["reference"], "requested: target 'reference'")
     if requested != "auto":
@@ -77,17 +118,28 @@ def select_cpu_kernel(requested: str = "auto") -> KernelChoice:
         if why:
             raise RuntimeError(f"cpu_kernel={requested!r} cannot run here: {why}")
         return KernelChoice(KERNELS[requested], f"requested: cpu_kernel={requested!r}")
-    rejected = []
+    rejected, ready = [], []
     for name in AUTO_ORDER:
         if name == "int_mm" and not has_vnni():
             rejected.append((name, "no VNNI: torch._int_mm is far slower than fp32 without it"))
             continue
         why = _self_test(KERNELS[name])
         if why is None:
-            return KernelChoice(KERNELS[name], f"fastest int8 GEMM that passed its self-test on {cpu_description()}",
-                                tuple(rejected))
-        rejected.append((name, why))
-    return KernelChoice(KERNELS["reference"], "no fast int8 GEMM passed its self-test here", tuple(rejected))
+            ready.append(name)
+        else:
+            rejected.append((name, why))
+    if not ready:
+        return KernelChoice(KERNELS["reference"], "no fast int8 GEMM passed its self-test here", tuple(rejected))
+    if len(ready) == 1:
+        return KernelChoice(KERNELS[ready[0]], f"the only fast int8 GEMM that passed its self-test on "
+                            f"{cpu_description()}", tuple(rejected))
+    times = _race(ready, regime)
+    best = min(ready, key=times.get)  # ties go to the first in AUTO_ORDER
+    m, k = RACE_SHAPES[regime]
+    raced = ", ".join(f"{n} {times[n]:.0f} us" for n in ready)
+    rejected += [(n, f"slower on this CPU for {regime} M ({raced} at {m}x{k}x{k})") for n in ready if n != best]
+    return KernelChoice(KERNELS[best], f"fastest for {regime} M on {cpu_description()}: {raced} at {m}x{k}x{k}",
+                        tuple(rejected))
 
 
 def default_cpu_kernel() -> CpuKernel:
