@@ -112,6 +112,23 @@ def test_auto_choice_is_recorded_and_fast_when_available():
         assert choice.kernel.name == "reference" and choice.rejected
 
 
+@pytest.mark.parametrize("regime", ["small", "large"])
+def test_auto_races_the_fast_kernels_per_regime(regime):
+    if len(FAST) < 2:
+        pytest.skip("fewer than two fast int8 GEMMs here: nothing to race")
+    from zq_compile.codegen.cpu.select import cpu_flags
+
+    choice = select_cpu_kernel("auto", regime)
+    if not ({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags()):
+        assert choice.kernel.name == "onednn"
+        return
+    assert choice.kernel.name in FAST and f"for {regime} M" in choice.reason
+    losers = [name for name, why in choice.rejected if why.startswith(f"slower on this CPU for {regime} M")]
+    assert losers == [n for n in FAST if n != choice.kernel.name]
+    for name in FAST:  # both measured times are shown, so the user can see the margin
+        assert f"{name} " in choice.reason and " us" in choice.reason
+
+
 def test_onednn_weight_is_packed_once():
     if "onednn" not in FAST:
         pytest.skip("oneDNN missing from this torch build")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tests.conftest import capture
 from zq_compile import ZeroQuantConfig
-from zq_compile.backend import prepare
+from zq_compile.backend import m_regime, prepare
 from zq_compile.metrics import sqnr_db
 
 
@@ -237,3 +237,9 @@ def test_in_place_cache_writes_survive_the_rewrite():
     out = _run(p, inputs)
     assert m.cache[[0, 2, 4]].abs().sum() > 0 and (m.cache[[1, 3, 5]] == 0).all()
     torch.testing.assert_close(out, m.cache.sum(0))
+
+
+@pytest.mark.parametrize("rows, regime", [((1, 1), "small"), ((2, 8), "small"), ((4, 13), "large")])
+def test_m_regime_counts_the_rows_each_linear_sees(rows, regime):
+    p, _ = _prepare(torch.nn.Linear(8, 4), torch.randn(*rows, 8))
+    assert m_regime(p.gm) == regime
