@@ -200,8 +200,8 @@ class Generator:
 
     Graphs per compiled contender: the prefill, the first one-token step, and one recompile of the
     step once the cache length changes (Dynamo then makes it dynamic). A static cache would save
-    that recompile, but zeroquant computes wrong outputs with ``StaticCache`` today (reported
-    with a reproducer; see bench/README.md), and the prefill doubles as the perplexity forward.
+    that recompile, but not every peer runs with one, the dynamic cache is what transformers uses
+    by default, and the prefill doubles as the perplexity forward.
     """
 
     def __init__(self, bm: BenchModel, fn):
