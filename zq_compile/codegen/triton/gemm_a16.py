@@ -29,6 +29,7 @@ from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
 from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
 from zq_compile.codegen.triton.gemm_a8 import check_weight, launch_kwargs
 from zq_compile.codegen.triton.runtime import identity_launcher, interpreting, m_bucket
+from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
 from zq_compile.quant import QuantizedWeight
 
 
@@ -44,39 +45,17 @@ def gemm_a16_kernel(
     HAS_RESIDUAL: tl.constexpr, DOT_FP32: tl.constexpr,  # interpreter only, see dot_in_fp32
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    rows = (offs_m % M).to(tl.int64)  # out-of-range rows/cols read row 0; the store masks them
-    cols = offs_n % N
+    offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    if W_BITS == 8:
-        w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
-    else:
-        w_ptrs = w_ptr + cols[None, :] * stride_wn + (offs_k[:, None] // 2) * stride_wk
-        shifts = (offs_k[:, None] % 2) * 4
+    w_ptrs, shifts = weight_tile_ptrs(w_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     x_sum = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         a = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
-        if W_BITS == 8:
-            q = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
-        else:
-            packed = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
-            nibble = (packed.to(tl.int32) >> shifts) & 0xF
-            q = (nibble ^ 8) - 8
-        b = q.to(tl.float32)  # exact; the interpreter cannot convert integers to bf16 directly
+        # to fp32 first (exact): the interpreter cannot convert integers to bf16 directly
+        b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS).to(tl.float32)
         if DOT_FP32:
             acc = tl.dot(a.to(tl.float32), b, acc, input_precision="ieee")
         else:

@@ -11,8 +11,8 @@ packed two per byte along K, uint8 [N, ceil(K / 2)], low nibble first (W_BITS=4,
 
 int4 weights are unpacked in registers: each K row of the tile loads byte k // 2 and shifts it
 by 4 * (k % 2), then sign-extends the nibble; memory traffic for the weight is halved, the dot
-is the same int8 tensor-core instruction. Program order is grouped by GROUP_M rows of tiles so
-consecutive programs share weight tiles in L2.
+is the same int8 tensor-core instruction. Program order, tile pointers and the unpacking are
+shared with the weight-only GEMM (``tiles.py``).
 
 Reference: the exact int32 CPU reference kernel (``codegen/cpu/kernels.py``) followed by
 ``epilogue.finish_ref``; requantized outputs by ``quantize_per_token_ref`` of the float output.
@@ -29,6 +29,7 @@ from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
 from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
 from zq_compile.codegen.triton.quantize import quantize_per_token
 from zq_compile.codegen.triton.runtime import identity_launcher, m_bucket
+from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
 from zq_compile.quant import quantize_per_token_ref, unpack_int4
 
 
@@ -44,40 +45,16 @@ def gemm_a8_kernel(
     HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = min(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
-    # Rows past M / N read row 0 instead of being masked: loads stay unconditional (better
-    # pipelining) and the epilogue's store mask drops them.
-    rows = (offs_m % M).to(tl.int64)
-    cols = offs_n % N
+    offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    if W_BITS == 8:
-        w_ptrs = w_ptr + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
-    else:
-        w_ptrs = w_ptr + cols[None, :] * stride_wn + (offs_k[:, None] // 2) * stride_wk
-        shifts = (offs_k[:, None] % 2) * 4
+    w_ptrs, shifts = weight_tile_ptrs(w_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     x_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
         a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
-        if W_BITS == 8:
-            b = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
-        else:
-            packed = tl.load(w_ptrs, mask=k_ok[:, None], other=0)
-            nibble = (packed.to(tl.int32) >> shifts) & 0xF
-            b = ((nibble ^ 8) - 8).to(tl.int8)
+        b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS)
         acc = tl.dot(a, b, acc)
         if HAS_ZERO:
             x_sum += tl.sum(a.to(tl.int32), axis=1)
