@@ -151,6 +151,30 @@ def test_quantize_is_fused_into_layernorm_and_only_the_gemm_is_opaque():
     assert "ops.zq.quantize_per_token" not in code  # decomposed, never called as an opaque op
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "int_mm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantize_is_one_pass_rounded_values_never_go_to_memory(dtype, kernel):
+    """The per-token quantize reads its input twice (row max, then the scaling); everything after
+    the scaling (round, NaN -> 0, clamp, int8, +128) must stay in registers. A rounded value
+    stored to a buffer means Inductor split the chain: one more write and read of the whole
+    activation per linear (quant/activation.py says how the chain is written to avoid it)."""
+    import re
+
+    from zq_compile.codegen.cpu.kernels import KERNELS
+
+    if KERNELS[kernel].unavailable_reason():
+        pytest.skip(KERNELS[kernel].unavailable_reason())
+    m = Block().to(dtype).eval()
+    compiled = torch.compile(m, backend="zeroquant", options={"cpu_kernel": kernel})
+    with torch.inference_mode():
+        _, (code,) = run_and_get_code(compiled, torch.randn(4, 13, 64, dtype=dtype))
+    rounded = list(re.finditer(r"auto (tmp\d+) = \S+\.round\(\);", code))
+    assert rounded, "no vectorized round in the generated code: the test no longer sees the quantize"
+    for found in rounded:  # the rest of its loop: up to the next parallel loop
+        rest = code[found.end():].split("#pragma omp for")[0]
+        assert not re.search(rf"\b{found.group(1)}\.store\(", rest), f"a rounded value is stored: {rest[:300]}"
+
+
 def test_entry_point_works_without_importing_zq_compile():
     script = textwrap.dedent(
         """

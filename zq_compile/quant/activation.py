@@ -35,9 +35,18 @@ def quantize_per_token_ref(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor
     scale = per_token_scale(x, bits)
     qmax = qmax_for(bits)
     # Multiply by the reciprocal (cheaper than a division in every kernel), and zero NaNs with
-    # a self-comparison, which Inductor's CPU codegen vectorizes (isnan it does not).
-    scaled = torch.round(x.float() * (1.0 / scale))
-    scaled = torch.where(scaled == scaled, scaled, torch.zeros_like(scaled))
+    # a self-comparison, which Inductor's CPU codegen vectorizes (isnan it does not). The product
+    # is written three times on purpose: each copy has one consumer, so Inductor keeps the whole
+    # chain in one loop (its C++ codegen computes the identical products once); one product with
+    # three readers is stored to memory and read back under our realize_reads_threshold=0
+    # (backend.py), a full extra pass over the activation.
+    inv = 1.0 / scale
+
+    def product():  # x.float() too is repeated: for bf16/fp16 x it is a node of its own
+        return x.float() * inv
+
+    rounded = torch.round(product())
+    scaled = torch.where(product() == product(), rounded, torch.zeros_like(rounded))
     q = scaled.clamp(-qmax, qmax).to(torch.int8)
     return q, scale
 
