@@ -9,6 +9,7 @@ fuses with their neighbours and only the int8 GEMM stays an opaque call.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -144,10 +145,7 @@ def m_regime(gm: fx.GraphModule) -> str:
     from zq_compile.codegen.cpu.select import SMALL_M
 
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
-        x_q = node.args[0].meta.get("example_value")
-        rows = 1
-        for d in x_q.shape[:-1]:
-            rows *= d
+        rows = math.prod(node.args[0].meta["example_value"].shape[:-1])
         if not isinstance(rows, int) or rows > SMALL_M:
             return "large"
     return "small"

@@ -111,16 +111,10 @@ def _race(names: list[str], regime: str, rounds: int = 20) -> dict[str, float]:
 
 
 @functools.cache
-def select_cpu_kernel(requested: str = "auto", regime: str = "large") -> KernelChoice:
-    """The int8 GEMM for graphs of this M regime ("small" or "large", see SMALL_M)."""
-    if requested == "reference":
-        return KernelChoice(KERNELS["reference"], "requested: target 'reference'")
-    if requested != "auto":
-        why = _self_test(KERNELS[requested])
-        if why:
-            raise RuntimeError(f"cpu_kernel={requested!r} cannot run here: {why}")
-        return KernelChoice(KERNELS[requested], f"requested: cpu_kernel={requested!r}")
-    rejected, ready = [], []
+def _candidates() -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The fast kernels that may run here (AUTO_ORDER order), and why the others may not;
+    self-tested once per process, whatever the regimes asked for later."""
+    ready, rejected = [], []
     for name in AUTO_ORDER:
         if name == "int_mm" and not has_vnni():
             rejected.append((name, "no VNNI: torch._int_mm is far slower than fp32 without it"))
@@ -130,6 +124,21 @@ def select_cpu_kernel(requested: str = "auto", regime: str = "large") -> KernelC
             ready.append(name)
         else:
             rejected.append((name, why))
+    return tuple(ready), tuple(rejected)
+
+
+@functools.cache
+def select_cpu_kernel(requested: str = "auto", regime: str = "large") -> KernelChoice:
+    """The int8 GEMM for graphs of this M regime ("small" or "large", see SMALL_M)."""
+    if requested == "reference":
+        return KernelChoice(KERNELS["reference"], "requested: target 'reference'")
+    if requested != "auto":
+        why = _self_test(KERNELS[requested])
+        if why:
+            raise RuntimeError(f"cpu_kernel={requested!r} cannot run here: {why}")
+        return KernelChoice(KERNELS[requested], f"requested: cpu_kernel={requested!r}")
+    ready, rejected = _candidates()
+    rejected = list(rejected)  # the raced losers are added below
     if not ready:
         return KernelChoice(KERNELS["reference"], "no fast int8 GEMM passed its self-test here", tuple(rejected))
     if len(ready) == 1:
