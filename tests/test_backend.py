@@ -1,5 +1,6 @@
 """The backend end to end through Inductor on small modules."""
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from torch.testing import FileCheck
 import zq_compile
 from zq_compile import ZeroQuantConfig, recent_reports
 from zq_compile.metrics import sqnr_db
-from tests.modules import Block
+from tests.modules import Block, TwoLayers, attention_inputs
 
 #: SQNR (dB) a compiled model must keep against its fp32 eager self, per scheme and input dtype.
 #: 8-bit weights and activations give ~35-40 dB on a single linear; a block compounds a few.
@@ -173,6 +174,27 @@ def test_quantize_is_one_pass_rounded_values_never_go_to_memory(dtype, kernel):
     for found in rounded:  # the rest of its loop: up to the next parallel loop
         rest = code[found.end():].split("#pragma omp for")[0]
         assert not re.search(rf"\b{found.group(1)}\.store\(", rest), f"a rounded value is stored: {rest[:300]}"
+
+
+def test_bf16_attention_compiles_to_two_bf16_bmm_and_no_fp32_logits():
+    """Read the generated code: each attention is two bmm calls on bf16 buffers, no flash
+    attention call, and no fp32 buffer of the [L, S] logits (codegen/cpu/attention.py writes the
+    softmax so only the bf16 scores and probabilities reach memory)."""
+    import re
+
+    x, mask = attention_inputs(length=40)
+    m = TwoLayers().eval()
+    compiled = torch.compile(m, backend="zeroquant", options={"attention": "bf16"})
+    with torch.inference_mode():
+        out, (code,) = run_and_get_code(compiled, x, mask)
+        ref = m(x, mask)
+    assert sqnr_db(ref, out) > 30
+    assert code.count("extern_kernels.bmm(") == 4
+    assert "scaled_dot_product" not in code.split("def call(")[1]
+    buffers = re.findall(r"empty_strided_cpu\(\(([\d, ]+)\), \([^)]*\), (torch\.\w+)\)", code)
+    per_head = 2 * 4 * 40 * 40  # batch x heads x L x S (the fp32 mask bias is per batch only)
+    logits = [dtype for size, dtype in buffers if math.prod(map(int, size.split(","))) == per_head]
+    assert logits and set(logits) == {"torch.bfloat16"}, buffers
 
 
 def test_entry_point_works_without_importing_zq_compile():

@@ -11,7 +11,8 @@ def test_defaults_are_w8a8_per_channel_symmetric():
 
 
 def test_json_round_trip():
-    c = ZeroQuantConfig(weight_groups=4, symmetric=False, skip=["pooler.*"], disable_passes=["rewrite_linear"])
+    c = ZeroQuantConfig(weight_groups=4, symmetric=False, skip=["pooler.*"], disable_passes=["rewrite_linear"],
+                        attention="fp32")
     text = c.to_json()
     assert json.loads(text)["skip"] == ["pooler.*"]
     back = ZeroQuantConfig.from_json(text)
@@ -31,6 +32,7 @@ def test_frozen():
         ({"preset": "w4a16"}, "preset", "not built yet"),
         ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
+        ({"attention": "fp16"}, "attention", "auto, bf16, fp32"),
         ({"weight_groups": 0}, "weight_groups", "positive int"),
         ({"weight_groups": True}, "weight_groups", "positive int"),
         ({"symmetric": "yes"}, "symmetric", "True, False"),

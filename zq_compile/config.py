@@ -17,6 +17,7 @@ WEIGHT_BITS = (8, 4)
 ACT_BITS = (8, None)  # None: activations stay in floating point (weight-only)
 TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
+ATTENTION = ("auto", "bf16", "fp32")
 #: Schemes whose rewrite and kernels exist in this release. Others validate as data but are
 #: rejected by ZeroQuantConfig until their handler lands (see ``passes/rewrite_linear.py``).
 IMPLEMENTED_SCHEMES = ("w8a8",)
@@ -81,6 +82,9 @@ class ZeroQuantConfig:
         (pure-PyTorch int32 GEMM; slow, exact, for tests and bisection).
     cpu_kernel: "auto" picks the fastest int8 GEMM this CPU supports; "onednn" or "int_mm"
         force one.
+    attention: fp32 scaled-dot-product attention on the cpu target: "auto" runs its two
+        matmuls in bf16 (softmax in fp32) where the CPU has native bf16 dot products and the
+        query has more than a decode step's rows; "bf16" does so on any CPU; "fp32" leaves it.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     """
@@ -91,6 +95,7 @@ class ZeroQuantConfig:
     skip: tuple[str, ...] = ()
     target: str = "auto"
     cpu_kernel: str = "auto"
+    attention: str = "auto"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     version: int = CONFIG_VERSION
@@ -110,6 +115,8 @@ class ZeroQuantConfig:
             _fail("target", self.target, ", ".join(TARGETS))
         if self.cpu_kernel not in CPU_KERNELS:
             _fail("cpu_kernel", self.cpu_kernel, ", ".join(CPU_KERNELS))
+        if self.attention not in ATTENTION:
+            _fail("attention", self.attention, ", ".join(ATTENTION))
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

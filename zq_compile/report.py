@@ -36,6 +36,14 @@ class LinearDecision:
 
 
 @dataclass
+class AttentionDecision:
+    node: str
+    module: str
+    dtype: str  # what its matmuls run in: "bf16" (rewritten) or the dtype it kept
+    reason: str
+
+
+@dataclass
 class CompileReport:
     config: dict
     graph_id: int = field(default_factory=lambda: next(_GRAPH_IDS))
@@ -43,6 +51,7 @@ class CompileReport:
     kernel: str = ""
     kernel_reason: str = ""
     decisions: list[LinearDecision] = field(default_factory=list)
+    attention: list[AttentionDecision] = field(default_factory=list)
     pass_counts: dict[str, int] = field(default_factory=dict)
     disabled_passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -89,6 +98,8 @@ class CompileReport:
             what = d.scheme if d.quantized else "float"
             shape = "x".join(map(str, d.shape)) if d.shape else "?"
             lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}")
+        for a in self.attention:
+            lines.append(f"  {a.dtype:6s} {a.module or '<top>'} [attention] {a.reason}")
         for name, count in self.pass_counts.items():
             lines.append(f"  pass {name}: {count} rewrite(s)")
         for name in self.disabled_passes:

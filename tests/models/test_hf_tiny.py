@@ -6,6 +6,7 @@ import torch
 
 from tests.models.tiny import linear_module_count, model_output, tiny_model
 from zq_compile import recent_reports
+from zq_compile.codegen.cpu.select import has_bf16
 from zq_compile.metrics import sqnr_db
 
 pytestmark = pytest.mark.slow
@@ -31,6 +32,10 @@ def test_every_linear_rewritten_and_close_to_eager(kind):
     reports = recent_reports()[before:]
     for report in reports:
         assert len(report.quantized) == len(report.decisions) == linear_module_count(m), report.summary()
+        # every attention call is accounted for: bf16 matmuls where the CPU has them
+        assert len(report.attention) == m.config.num_hidden_layers, report.summary()
+        want = "bf16" if has_bf16() else "fp32"
+        assert all(a.dtype == want for a in report.attention), report.summary()
     # first shape, then batch and sequence both change at once: one dynamic recompile, no more
     assert len(reports) == 2
 

@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from zq_compile.codegen.cpu.select import has_bf16
+
 #: Inductor config the peers (torchao, PT2E) run under: freezing (weights become constants Inductor
 #: can prepack) and torchao's recommended CPU-relevant flag. Applied as a ``config.patch`` around
 #: every call of those contenders only (compilation is lazy, so it must cover the calls); passed
@@ -89,14 +91,8 @@ def _inductor(bm: BenchModel, example: dict):
     return torch.compile(bm.model)
 
 
-def cpu_has_bf16() -> bool:
-    from zq_compile.codegen.cpu.select import cpu_flags
-
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
 def _inductor_bf16(bm: BenchModel, example: dict):
-    if not cpu_has_bf16():
+    if not has_bf16():
         raise RuntimeError("this CPU has no native bf16 (avx512_bf16 / amx_bf16): not run")
     return _in_dtype(torch.compile(bm.mutable().to(torch.bfloat16)), torch.bfloat16)
 

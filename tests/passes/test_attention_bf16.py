@@ -1,0 +1,133 @@
+"""attention_bf16 on graphs Dynamo captured: which attention calls get bf16 matmuls, which stay
+fp32, and why. Runs the passes without Inductor (``prepare``) and the rewritten graph eagerly."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zq_compile.codegen.cpu.select as select
+from tests.conftest import capture
+from tests.modules import TwoLayers, attention_inputs as _inputs
+from zq_compile import ZeroQuantConfig
+from zq_compile.backend import prepare
+from zq_compile.codegen.cpu.attention import mask_to_bias
+from zq_compile.metrics import sqnr_db
+
+OP = torch.ops.zq.attention_bf16.default
+
+
+def _prepare(fn, *args, **config):
+    gm, inputs = capture(fn, *args)
+    with torch.no_grad():
+        prepared = prepare(gm, inputs, ZeroQuantConfig(**config))
+        (out,) = prepared.gm(*inputs, *prepared.constants)
+    return prepared, out
+
+
+def _count(gm, target):
+    return sum(1 for n in gm.graph.nodes if n.target == target)
+
+
+@pytest.mark.skipif(not select.has_bf16(), reason="auto keeps fp32 attention on a CPU without native bf16")
+def test_both_layers_rewritten_mask_converted_once_and_close_to_eager():
+    m = TwoLayers().eval()
+    x, mask = _inputs()
+    prepared, out = _prepare(m, x, mask)
+    report = prepared.report
+    assert report.pass_counts["attention_bf16"] == 2
+    assert _count(prepared.gm, OP) == 2 and _count(prepared.gm, F.scaled_dot_product_attention) == 0
+    assert _count(prepared.gm, mask_to_bias) == 1  # one bias for both layers
+    assert [a.dtype for a in report.attention] == ["bf16", "bf16"]
+    assert "attention" in report.summary()
+    with torch.no_grad():
+        assert sqnr_db(m(x, mask), out) > 30  # int8 linears and bf16 attention together
+
+
+@pytest.mark.parametrize("config,reason", [
+    ({"attention": "fp32"}, "attention='fp32'"),
+    ({"target": "reference"}, "cpu-target rewrite"),
+])
+def test_config_keeps_fp32_attention(config, reason):
+    x, mask = _inputs()
+    prepared, _ = _prepare(TwoLayers().eval(), x, mask, **config)
+    assert prepared.report.pass_counts["attention_bf16"] == 0
+    assert all(a.dtype == "fp32" and reason in a.reason for a in prepared.report.attention)
+    assert _count(prepared.gm, F.scaled_dot_product_attention) == 2
+
+
+def test_pass_switched_off_by_name():
+    x, mask = _inputs()
+    prepared, _ = _prepare(TwoLayers().eval(), x, mask, disable_passes=("attention_bf16",))
+    assert "attention_bf16" in prepared.report.disabled_passes
+    assert _count(prepared.gm, F.scaled_dot_product_attention) == 2 and _count(prepared.gm, OP) == 0
+
+
+def test_dropout_and_16_bit_inputs_stay():
+    x, mask = _inputs()
+    prepared, _ = _prepare(TwoLayers(dropout=0.1).train(), x, mask)
+    assert all("dropout_p=0.1" in a.reason for a in prepared.report.attention)
+
+    def half(q, k, v):
+        return F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+
+    q = torch.randn(1, 2, 20, 8)
+    prepared, _ = _prepare(half, q, q, q)
+    (a,) = prepared.report.attention
+    assert a.dtype == "fp32" and "torch.bfloat16" in a.reason
+
+
+def test_decode_step_stays_fp32_under_auto_and_is_rewritten_when_asked():
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 40, 16)
+    prepared, _ = _prepare(attend, q, k, k)
+    (a,) = prepared.report.attention
+    assert a.dtype == "fp32" and "decode step" in a.reason
+    prepared, out = _prepare(attend, q, k, k, attention="bf16")
+    assert prepared.report.attention[0].dtype == "bf16"
+    assert sqnr_db(attend(q, k, k), out) > 35
+
+
+def test_causal_with_explicit_scale_is_rewritten_when_asked():
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2)
+
+    q = torch.randn(2, 3, 17, 8)
+    prepared, out = _prepare(attend, q, q * 0.5, q + 1, attention="bf16")
+    (node,) = [n for n in prepared.gm.graph.nodes if n.target == OP]
+    assert node.args[4:] == (0.2, True, False)
+    assert sqnr_db(attend(q, q * 0.5, q + 1), out) > 35
+
+
+def test_cpu_without_native_bf16_keeps_fp32_under_auto(monkeypatch):
+    monkeypatch.setattr(select, "has_bf16", lambda: False)  # the policy as on an AVX2-only CPU
+    x, mask = _inputs()
+    prepared, _ = _prepare(TwoLayers().eval(), x, mask)
+    assert all("no native bf16" in a.reason for a in prepared.report.attention)
+    prepared, _ = _prepare(TwoLayers().eval(), x, mask, attention="bf16")
+    assert prepared.report.pass_counts["attention_bf16"] == 2
+
+
+@pytest.mark.skipif(not select.has_bf16(), reason="auto keeps fp32 attention on a CPU without native bf16")
+def test_dynamic_sequence_and_scores_over_budget_stay_fp32(monkeypatch):
+    import zq_compile.passes.attention_bf16 as attention_pass
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+    q = torch.randn(2, 3, 40, 8)
+    torch._dynamo.mark_dynamic(q, 2)
+    prepared, _ = _prepare(attend, q, q.clone(), q.clone())
+    (a,) = prepared.report.attention
+    assert a.dtype == "fp32" and "sequence length is dynamic" in a.reason
+
+    torch._dynamo.reset()
+    q = torch.randn(2, 3, 40, 8)  # 2 x 3 x 40 x 40 bf16 scores: 18.75 KiB
+    monkeypatch.setattr(attention_pass, "SCORES_BUDGET_MIB", 0.01)
+    prepared, _ = _prepare(attend, q, q, q)
+    (a,) = prepared.report.attention
+    assert a.dtype == "fp32" and "0.0 MiB of bf16 scores per call (budget 0.01 MiB)" in a.reason
+    monkeypatch.setattr(attention_pass, "SCORES_BUDGET_MIB", 0.02)
+    prepared, _ = _prepare(attend, q, q, q)
+    assert prepared.report.attention[0].dtype == "bf16"

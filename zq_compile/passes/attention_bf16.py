@@ -1,0 +1,147 @@
+"""attention_bf16: fp32 scaled-dot-product attention -> bf16 matmuls with an fp32 softmax (cpu).
+
+Before (``F.scaled_dot_product_attention``, as Hugging Face's "sdpa" attention calls it):
+
+    q, k, v [B, H, L|S, D] fp32 ──► scaled_dot_product_attention(q, k, v, mask, scale=..) ──► o fp32
+                                                                 ▲
+    mask [B, 1, L, S] bool (True = attend) ──────────────────────┘   (the same mask node in every layer)
+
+After:
+
+    mask ──► mask_to_bias ──► bias [B, 1, L, S] fp32 (0 / -inf; once per mask, shared by the layers)
+    q, k, v, bias ──► zq.attention_bf16(q, k, v, bias, scale, is_causal, gqa) ──► o fp32
+
+``zq.attention_bf16`` is lowered by ``codegen/cpu/attention.py``: two bf16 ``bmm`` and one fused
+softmax loop, about twice as fast as the fp32 flash kernel on MiniLM's 32x128 batch on a CPU with
+native bf16 dot products (bench/README.md). The linears around it are already int8; ZeroQuant runs
+everything but the linears in 16-bit floats.
+
+Left alone, with the reason recorded: targets other than "cpu", ``attention="fp32"``, inputs that
+are not fp32 CPU tensors, dropout, a scale or flag computed at run time, masks that are neither
+bool nor fp32; and under ``attention="auto"``: CPUs without native bf16, queries of at most 16 rows
+(a decode step: little to gain, and the whole K/V cache would be converted every step), a dynamic
+sequence length (the stored scores would have no bound), and more than ``SCORES_BUDGET_MIB`` of
+scores per call (the batch size may be dynamic: its size at compile time counts).
+Returns the number of attention nodes rewritten.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+from zq_compile.codegen.cpu.attention import mask_to_bias
+from zq_compile.passes.graph_utils import annotate, fake_value, module_path
+from zq_compile.report import AttentionDecision
+
+SDPA = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention,
+        torch.ops.aten.scaled_dot_product_attention.default}
+SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+#: Queries of at most this many rows are decode steps (the same bound as the int8 GEMM's regime).
+DECODE_ROWS = 16
+#: The bf16 path stores the [B, H, L, S] scores (and the probabilities) in bf16; flash attention
+#: streams them. Measured on this project's 2-core Zen 5 (bench/README.md): bf16 wins 1.9x to 2.4x
+#: up to 24 MiB of scores (MiniLM 32x128: 12 MiB), loses 9% at 48 MiB (8x512, head size 32).
+SCORES_BUDGET_MIB = 32
+
+
+def sdpa_arguments(node: fx.Node) -> dict:
+    args = dict(SDPA_DEFAULTS)
+    args.update(zip(SDPA_ARGS, node.args))
+    args.update(node.kwargs)
+    return args
+
+
+def _problem(ctx, a: dict) -> str | None:
+    """Why this attention stays as written, or None."""
+    config = ctx.config
+    if config.attention == "fp32":
+        return "attention='fp32' in the config"
+    if ctx.target != "cpu":
+        return f"target {ctx.target!r}: bf16 attention is a cpu-target rewrite"
+    tensors = [fake_value(a[name]) for name in ("query", "key", "value")]
+    if any(t is None for t in tensors):
+        return "query, key or value is not a traced tensor"
+    if any(t.dtype != torch.float32 for t in tensors):
+        return f"dtype {tensors[0].dtype}: only fp32 attention is rewritten"
+    if any(t.device.type != "cpu" for t in tensors):
+        return f"device {tensors[0].device}: bf16 attention runs on CPU tensors"
+    if a["dropout_p"] != 0:
+        return f"dropout_p={a['dropout_p']}: dropout is left to scaled_dot_product_attention"
+    if not isinstance(a["is_causal"], bool) or not isinstance(a["enable_gqa"], bool):
+        return "is_causal or enable_gqa is computed at run time"
+    if a["scale"] is not None and not isinstance(a["scale"], (int, float)):
+        return "scale is computed at run time"
+    if a["scale"] is None and not isinstance(tensors[0].shape[-1], int):
+        return "head size is symbolic: the default scale is not known at compile time"
+    mask = a["attn_mask"]
+    if mask is not None:
+        m = fake_value(mask)
+        if m is None or m.dtype not in (torch.bool, torch.float32):
+            return f"mask of dtype {None if m is None else m.dtype}: only bool and fp32 masks are rewritten"
+        if a["is_causal"]:
+            return "both a mask and is_causal=True (scaled_dot_product_attention rejects this)"
+    if config.attention == "auto":
+        from zq_compile.codegen.cpu.select import has_bf16
+
+        if not has_bf16():
+            return "this CPU has no native bf16 dot product (avx512_bf16 / amx_bf16): fp32 is faster"
+        rows, keys = tensors[0].shape[-2], tensors[1].shape[-2]
+        if not isinstance(rows, int) or not isinstance(keys, int):
+            return ("sequence length is dynamic: the bf16 path stores the [L, S] scores, which could "
+                    "grow without bound; flash attention streams them")
+        if rows <= DECODE_ROWS:
+            return f"query of {rows} row(s), a decode step: too small to gain from bf16"
+        batch_heads = math.prod(optimization_hint(d) for d in tensors[0].shape[:-2])
+        mib = batch_heads * rows * keys * 2 / 2**20
+        if mib > SCORES_BUDGET_MIB:
+            return (f"{mib:.1f} MiB of bf16 scores per call (budget {SCORES_BUDGET_MIB} MiB): past that, "
+                    "fp32 flash attention is faster here")
+    return None
+
+
+def _bias_for(ctx, mask: fx.Node | None, reader: fx.Node) -> fx.Node | None:
+    """The additive fp32 bias of ``mask``, made once per mask node (before its first reader, as
+    the mask may be a graph input) and shared by its readers."""
+    if mask is None or fake_value(mask).dtype != torch.bool:
+        return mask
+    made = ctx.memo.setdefault("attention_bias", {})
+    if mask not in made:
+        with ctx.gm.graph.inserting_before(reader):
+            bias = ctx.gm.graph.call_function(mask_to_bias, (mask,))
+        annotate(bias, ctx.fake_mode)
+        made[mask] = bias
+    return made[mask]
+
+
+def run(ctx) -> int:
+    graph = ctx.gm.graph
+    rewritten = 0
+    for node in [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA]:
+        a = sdpa_arguments(node)
+        problem = _problem(ctx, a)
+        decision = AttentionDecision(node=node.name, module=module_path(node), dtype="fp32",
+                                     reason=problem or "bf16 matmuls, fp32 softmax")
+        ctx.report.attention.append(decision)
+        if problem:
+            continue
+        q = a["query"]
+        scale = a["scale"] if a["scale"] is not None else fake_value(q).shape[-1] ** -0.5
+        with graph.inserting_before(node):
+            new = graph.call_function(
+                torch.ops.zq.attention_bf16.default,
+                (q, a["key"], a["value"], _bias_for(ctx, a["attn_mask"], node), float(scale), a["is_causal"],
+                 a["enable_gqa"]),
+            )
+        new.meta.update({k: v for k, v in node.meta.items() if k not in ("example_value", "val")})
+        annotate(new, ctx.fake_mode)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        decision.dtype = "bf16"
+        rewritten += 1
+    return rewritten
