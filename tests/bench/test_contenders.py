@@ -29,9 +29,19 @@ def test_select_keeps_the_baseline_and_refuses_unknown_names():
         raise AssertionError("unknown contender accepted")
 
 
+def test_ablations_run_only_when_named():
+    everything = {c.name for c in select(None)}
+    assert "zeroquant w8a8" in everything and "zeroquant w8a8 fp32-attn" not in everything
+    assert [c.name for c in select(["zeroquant w8a8 fp32-attn"])] == [BASELINE, "zeroquant w8a8 fp32-attn"]
+
+
 def _linear():
     torch.manual_seed(0)
     return BenchModel("lin", torch.nn.Linear(16, 8).eval(), "tensor")
+
+
+#: zeroquant contenders that build today (the others must fail with "not built yet")
+BUILT = {"zeroquant w8a8", "zeroquant w8a8 fp32-attn"}
 
 
 def test_failed_contenders_are_recorded_with_their_error_not_dropped():
@@ -45,7 +55,7 @@ def test_failed_contenders_are_recorded_with_their_error_not_dropped():
         Contender("eager fp32", "float", lambda bm, ex: bm.model),
         Contender("boom", "peer", boom),
         Contender("late", "peer", fails_on_call),
-    ] + [c for c in all_contenders() if c.name.startswith("zeroquant") and c.name != "zeroquant w8a8"]
+    ] + [c for c in all_contenders() if c.name.startswith("zeroquant") and c.name not in BUILT]
     logs = []
     with torch.inference_mode():
         field = Field(_linear(), contenders, {"input": torch.randn(4, 16)}, logs.append)

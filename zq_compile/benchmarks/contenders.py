@@ -80,6 +80,8 @@ class Contender:
     build: Builder
     #: what a reader should know about how it ran (dtype, scope of the config patch, ...)
     how: str = ""
+    #: False: runs only when named with --contenders (ablations, kept out of the full run's time)
+    default: bool = True
 
 
 # -- float ---------------------------------------------------------------------------------------
@@ -177,11 +179,11 @@ def _pt2e(bm: BenchModel, example: dict):
 
 
 # -- zeroquant -----------------------------------------------------------------------------------
-def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict):
+def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options):
     import zq_compile
     from zq_compile.config import ZeroQuantConfig
 
-    config = ZeroQuantConfig(preset=preset)  # raises ValueError for presets not built yet
+    config = ZeroQuantConfig(preset=preset, **options)  # ValueError for presets not built yet
     model = bm.model
     if lkd:
         calibrate = getattr(zq_compile, "calibrate", None)
@@ -220,6 +222,10 @@ def all_contenders() -> list[Contender]:
             if lkd:
                 how = "zq_compile.calibrate (LKD) on the calibration batch, then " + how
             out.append(Contender(name, "zeroquant", functools.partial(_zeroquant, preset, lkd), how))
+    out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",
+                         functools.partial(_zeroquant, "w8a8", False, attention="fp32"),
+                         "as zeroquant w8a8 with attention='fp32' (ablation: what bf16 attention adds)",
+                         default=False))
     return out
 
 
@@ -227,7 +233,7 @@ def select(names: list[str] | None) -> list[Contender]:
     """All contenders, or those named (an unknown name is an error listing the known ones)."""
     everything = all_contenders()
     if not names:
-        return everything
+        return [c for c in everything if c.default]
     by_name = {c.name: c for c in everything}
     unknown = [n for n in names if n not in by_name]
     if unknown:
