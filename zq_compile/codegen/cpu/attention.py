@@ -38,6 +38,8 @@ def attention_bf16(
 ) -> torch.Tensor:
     """q [..., H, L, D], k [..., Hk, S, D], v [..., Hk, S, Dv]; bias broadcasts to [..., H, L, S]
     and is added to the scaled scores (-inf masks a key). Returns [..., H, L, Dv] in q's dtype."""
+    if bias is not None and is_causal:
+        raise ValueError("attention_bf16: give a bias or is_causal=True, not both")
     if enable_gqa and k.shape[-3] != q.shape[-3]:
         k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], dim=-3) for t in (k, v))
     scores = torch.matmul((q * scale).to(torch.bfloat16), k.to(torch.bfloat16).transpose(-1, -2))
