@@ -1,9 +1,9 @@
 """Lower zq ops for the chosen kernel: the decomposition table handed to Inductor.
 
 A kernel object supplies ``quantize_per_token`` and ``linear`` written in torch ops (the bf16
-attention has one lowering, ``codegen/cpu/attention.py``); AOT
-autograd traces them in place of the zq ops, so whatever they leave as aten code Inductor fuses,
-and whatever they call as an opaque op (the GEMM) stays one call.
+attention has a single lowering, ``codegen/cpu/attention.py``); AOT autograd traces them in place
+of the zq ops, so whatever they leave as aten code Inductor fuses, and whatever they call as an
+opaque op (the GEMM) stays one call.
 """
 
 from __future__ import annotations

@@ -34,16 +34,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
+from zq_compile.codegen.cpu import select
 from zq_compile.codegen.cpu.attention import mask_to_bias
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.report import AttentionDecision
 
-SDPA = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention,
-        torch.ops.aten.scaled_dot_product_attention.default}
+SDPA = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
 SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
-#: Queries of at most this many rows are decode steps (the same bound as the int8 GEMM's regime).
-DECODE_ROWS = 16
 #: The bf16 path stores the [B, H, L, S] scores (and the probabilities) in bf16; flash attention
 #: streams them. Measured on this project's 2-core Zen 5 (bench/README.md): bf16 wins 1.9x to 2.4x
 #: up to 24 MiB of scores (MiniLM 32x128: 12 MiB), loses 9% at 48 MiB (8x512, head size 32).
@@ -87,15 +85,13 @@ def _problem(ctx, a: dict) -> str | None:
         if a["is_causal"]:
             return "both a mask and is_causal=True (scaled_dot_product_attention rejects this)"
     if config.attention == "auto":
-        from zq_compile.codegen.cpu.select import has_bf16
-
-        if not has_bf16():
+        if not select.has_bf16():
             return "this CPU has no native bf16 dot product (avx512_bf16 / amx_bf16): fp32 is faster"
         rows, keys = tensors[0].shape[-2], tensors[1].shape[-2]
         if not isinstance(rows, int) or not isinstance(keys, int):
             return ("sequence length is dynamic: the bf16 path stores the [L, S] scores, which could "
                     "grow without bound; flash attention streams them")
-        if rows <= DECODE_ROWS:
+        if rows <= select.SMALL_M:  # a decode step, as the int8 GEMM's regime counts it
             return f"query of {rows} row(s), a decode step: too small to gain from bf16"
         batch_heads = math.prod(optimization_hint(d) for d in tensors[0].shape[:-2])
         mib = batch_heads * rows * keys * 2 / 2**20

@@ -44,8 +44,7 @@ def attention_bf16(
         k, v = (t.repeat_interleave(q.shape[-3] // t.shape[-3], dim=-3) for t in (k, v))
     scores = torch.matmul((q * scale).to(torch.bfloat16), k.to(torch.bfloat16).transpose(-1, -2))
     if is_causal:
-        causal = causal_bias(q.shape[-2], k.shape[-2], q.device)
-        bias = causal if bias is None else bias + causal
+        bias = causal_bias(q.shape[-2], k.shape[-2], q.device)
 
     def logits():
         x = scores.float()
