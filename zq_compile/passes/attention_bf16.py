@@ -12,7 +12,7 @@ After:
     q, k, v, bias ──► zq.attention_bf16(q, k, v, bias, scale, is_causal, gqa) ──► o fp32
 
 ``zq.attention_bf16`` is lowered by ``codegen/cpu/attention.py``: two bf16 ``bmm`` and one fused
-softmax loop, about twice as fast as the fp32 flash kernel on MiniLM's 32x128 batch on a CPU with
+softmax loop, 1.45x to 2.4x as fast as the fp32 flash kernel on MiniLM's 32x128 batch on a CPU with
 native bf16 dot products (bench/README.md). The linears around it are already int8; ZeroQuant runs
 everything but the linears in 16-bit floats.
 
@@ -43,8 +43,8 @@ SDPA = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attent
 SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
 #: The bf16 path stores the [B, H, L, S] scores (and the probabilities) in bf16; flash attention
-#: streams them. Measured on this project's 2-core Zen 5 (bench/README.md): bf16 wins 1.9x to 2.4x
-#: up to 24 MiB of scores (MiniLM 32x128: 12 MiB), loses 9% at 48 MiB (8x512, head size 32).
+#: streams them. Measured on this project's 2-core Zen 5 (bench/README.md): bf16 wins 1.45x to 2.1x
+#: up to 24 MiB of scores (MiniLM 32x128: 12 MiB), loses 9% to 13% at 48 MiB (8x512, head size 32).
 SCORES_BUDGET_MIB = 32
 
 
