@@ -14,9 +14,14 @@ def test_every_preset_with_and_without_lkd_is_a_contender():
     for preset in PRESETS:
         assert f"zeroquant {preset}" in names
         assert f"zeroquant {preset}+lkd" in names
-    for peer in ("eager fp32", BASELINE, "inductor bf16", "ao quantize_dynamic", "torchao int8-dyn",
-                 "torchao int8-wo", "torchao int4-wo", "pt2e x86 dyn"):
+    for peer in ("eager fp32", BASELINE, "inductor bf16", "inductor bf16+freezing", "inductor fp32+freezing",
+                 "ao quantize_dynamic", "torchao int8-dyn", "torchao int8-wo", "torchao int4-wo", "pt2e x86 dyn",
+                 "pt2e x86 static"):
         assert peer in names
+
+
+def test_only_the_uncompiled_contenders_are_exempt_from_the_own_graph_check():
+    assert {c.name for c in all_contenders() if not c.compiles} == {"eager fp32", "ao quantize_dynamic"}
 
 
 def test_select_keeps_the_baseline_and_refuses_unknown_names():
@@ -52,7 +57,7 @@ def test_failed_contenders_are_recorded_with_their_error_not_dropped():
         return lambda **kw: (_ for _ in ()).throw(ValueError("bad shape"))
 
     contenders = [
-        Contender("eager fp32", "float", lambda bm, ex: bm.model),
+        Contender("eager fp32", "float", lambda bm, ex: bm.model, compiles=False),
         Contender("boom", "peer", boom),
         Contender("late", "peer", fails_on_call),
     ] + [c for c in all_contenders() if c.name.startswith("zeroquant") and c.name not in BUILT]

@@ -13,10 +13,20 @@ How the peers are run (the fair setting, see shared/design/KERNEL-NOTES.md):
   ``torch._inductor.config.patch`` with ``freezing=True`` and torchao's recommended flag, scoped to
   those calls (``PEER_INDUCTOR_PATCH``).
 - PT2E: ``torch.export`` (static shapes, one export per input shape) →
-  ``prepare_pt2e(X86InductorQuantizer, dynamic per-tensor activations)`` → one calibration call →
-  ``convert_pt2e`` → ``torch.compile`` under the same scoped ``freezing=True`` patch.
+  ``prepare_pt2e(X86InductorQuantizer)`` → calibration → ``convert_pt2e`` → ``torch.compile``
+  under the same scoped patch. Two variants: dynamic per-tensor activation scales (one call with
+  the example is enough: its observers only need to run), and static per-tensor scales calibrated
+  on ``BenchModel.calibration_batches``: other text than the measured one, never the measured
+  inputs (checked).
+- The float contenders "+freezing" run their calls under ``FREEZING_PATCH`` only.
 - Models that are mutated (dtype casts, in-place quantizers) get their own deep copy, so the
   float model every other contender uses is never changed.
+
+Every contender gets its own compiled code (``_compile``): Dynamo keeps compiled graphs on the
+model's code objects, and two ``torch.compile`` calls with equal backends share them, so a deep
+copy of the model with the same dtypes would run the graph compiled for the contender before it
+(seen: bf16 under a freezing patch ran the unfrozen bf16 graph). The harness checks at every build
+that Dynamo compiled a graph for the contender (``Contender.compiles``).
 """
 
 from __future__ import annotations
@@ -37,9 +47,15 @@ from zq_compile.codegen.cpu.select import has_bf16
 #: as ``torch.compile(options=...)`` instead, PT2E fails on this torch with
 #: ``UnsupportedOperatorException: onednn.qlinear_prepack.default``.
 PEER_INDUCTOR_PATCH = {"freezing": True, "force_fuse_int_mm_with_mul": True}
+#: What the float contenders "+freezing" run under (torch's recommended CPU inference setting:
+#: weights become constants Inductor prepacks for oneDNN/MKL), scoped to their calls in the same way.
+FREEZING_PATCH = {"freezing": True}
 #: The contender every ratio is taken against, and the other named reference.
 BASELINE = "inductor fp32"
 TORCHAO_INT8_DYN = "torchao int8-dyn"
+INDUCTOR_BF16_FREEZING = "inductor bf16+freezing"
+INDUCTOR_FP32_FREEZING = "inductor fp32+freezing"
+PT2E_STATIC = "pt2e x86 static"
 
 
 @dataclasses.dataclass
@@ -56,6 +72,29 @@ class BenchModel:
     #: True in the memory probe: the contender may take the model itself instead of a copy, as a
     #: user quantizing in place would (so the fp32 weights are freed where the method frees them)
     owned: bool = False
+    #: ``calibration(inputs)``: batches of the same shapes as ``inputs`` from data that is never
+    #: measured (other sentences, later text windows, other random draws), for the contenders
+    #: that calibrate static scales. Set by each bench section; None: those contenders fail
+    #: saying so (there is no silent fallback to the measured inputs).
+    calibration: Callable[[dict], list[dict]] | None = None
+
+    def calibration_batches(self, inputs: dict) -> list[dict]:
+        """``calibration(inputs)``, checked: same shapes as ``inputs``, and not the measured data."""
+        if self.calibration is None:
+            raise RuntimeError(f"{self.name}: no calibration data set (static scales need inputs other than the "
+                               "measured ones)")
+        batches = self.calibration(inputs)
+        if not batches:
+            raise RuntimeError(f"{self.name}: the calibration data is empty")
+        for batch in batches:
+            tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            for k, v in tensors.items():
+                if k not in inputs or tuple(v.shape) != tuple(inputs[k].shape):
+                    raise ValueError(f"calibration input {k!r} has shape {tuple(v.shape)}, the measured one "
+                                     f"{tuple(inputs[k].shape) if k in inputs else 'does not exist'}")
+            if all(torch.equal(v, inputs[k]) for k, v in tensors.items()):
+                raise ValueError(f"{self.name}: a calibration batch equals the measured inputs")
+        return batches
 
     def mutable(self) -> torch.nn.Module:
         """The model a contender may change (cast, quantize in place): a copy unless owned."""
@@ -82,6 +121,18 @@ class Contender:
     how: str = ""
     #: False: runs only when named with --contenders (ablations, kept out of the full run's time)
     default: bool = True
+    #: True: ``torch.compile`` runs inside it, so its first call must make Dynamo compile at least
+    #: one graph of its own; one that compiles none ran a graph compiled for another contender
+    #: (or eager code under a compiled name) and is reported failed.
+    compiles: bool = True
+
+
+def _compile(model, name: str):
+    """``torch.compile`` for one contender, with its own compiled code. ``name`` is part of the
+    equality of the Inductor backend that Dynamo stores with each compiled graph, so a graph
+    compiled for one contender never passes another's lookup, not even for a deep copy of the
+    same model with the same dtypes (which Dynamo's guards alone do not tell apart)."""
+    return torch.compile(model, name=name)
 
 
 # -- float ---------------------------------------------------------------------------------------
@@ -89,14 +140,21 @@ def _eager(bm: BenchModel, example: dict):
     return bm.model
 
 
-def _inductor(bm: BenchModel, example: dict):
-    return torch.compile(bm.model)
+def compile_float(model: torch.nn.Module, name: str, dtype: torch.dtype = torch.float32,
+                  patch: dict | None = None):
+    """``model`` (already in ``dtype``) through Inductor with its own compiled code, every call under
+    ``patch`` (e.g. ``FREEZING_PATCH``), float inputs cast to ``dtype``. Also what ``make demo``
+    runs for its bf16 + freezing row."""
+    compiled = _compile(model, name)
+    if patch:
+        return _under_patch(compiled, patch, dtype)
+    return _in_dtype(compiled, dtype)
 
 
-def _inductor_bf16(bm: BenchModel, example: dict):
-    if not has_bf16():
+def _inductor(name: str, dtype: torch.dtype, patch: dict | None, bm: BenchModel, example: dict):
+    if dtype == torch.bfloat16 and not has_bf16():
         raise RuntimeError("this CPU has no native bf16 (avx512_bf16 / amx_bf16): not run")
-    return _in_dtype(torch.compile(bm.mutable().to(torch.bfloat16)), torch.bfloat16)
+    return compile_float(bm.model if dtype == torch.float32 else bm.mutable().to(dtype), name, dtype, patch)
 
 
 def _cast_floats(inputs: dict, dtype: torch.dtype) -> dict:
@@ -111,9 +169,12 @@ def _in_dtype(fn, dtype: torch.dtype):
 
 
 # -- peers ---------------------------------------------------------------------------------------
-def _under_peer_patch(compiled, dtype: torch.dtype = torch.float32):
+def _under_patch(compiled, patch: dict, dtype: torch.dtype = torch.float32):
+    """Every call under ``patch``: compilation is lazy (first call, and every recompile at a new
+    shape), so the patch must cover the calls, not the ``torch.compile`` line."""
+
     def run(**inputs):
-        with torch._inductor.config.patch(PEER_INDUCTOR_PATCH):
+        with torch._inductor.config.patch(patch):
             return compiled(**_cast_floats(inputs, dtype) if dtype != torch.float32 else inputs)
 
     return run
@@ -125,7 +186,7 @@ def _quantize_dynamic(bm: BenchModel, example: dict):
     return quantize_dynamic(bm.mutable(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def _torchao(config_name: str, dtype: torch.dtype, bm: BenchModel, example: dict):
+def _torchao(name: str, config_name: str, dtype: torch.dtype, bm: BenchModel, example: dict):
     import torchao.quantization as tq
 
     kwargs: dict[str, Any] = {"set_inductor_config": False}
@@ -134,13 +195,16 @@ def _torchao(config_name: str, dtype: torch.dtype, bm: BenchModel, example: dict
     config = getattr(tq, config_name)(**kwargs)
     model = bm.mutable().to(dtype)
     tq.quantize_(model, config)
-    return _under_peer_patch(torch.compile(model), dtype)
+    return _under_patch(_compile(model, name), PEER_INDUCTOR_PATCH, dtype)
 
 
-def _pt2e(bm: BenchModel, example: dict):
+def _pt2e(name: str, static: bool, bm: BenchModel, example: dict):
     """PT2E is exported at static shapes: with dynamic dims (Dim.AUTO) Inductor's freezing pass
     fails on this torch (``UnsupportedOperatorException: onednn.qlinear_prepack``). So, as a user
-    of static PT2E would, each new input shape is exported, quantized and compiled anew."""
+    of static PT2E would, each new input shape is exported, quantized and compiled anew.
+
+    ``static``: per-tensor activation scales fixed by calibration on ``bm.calibration_batches``
+    (X86InductorQuantizer's default static config); else dynamic per-tensor scales."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -155,10 +219,15 @@ def _pt2e(bm: BenchModel, example: dict):
         if source["model"] is None:
             raise RuntimeError("PT2E: a new input shape needs a new export, and the float model was released")
         exported = torch.export.export(source["model"], (), kwargs, strict=False)
-        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_dynamic=True))
+        quantizer = X86InductorQuantizer().set_global(
+            get_default_x86_inductor_quantization_config(is_dynamic=not static))
         prepared = prepare_pt2e(exported.module(), quantizer)
-        prepared(**kwargs)  # calibration pass (dynamic activations: the observers only need to run)
-        return _under_peer_patch(torch.compile(convert_pt2e(prepared)))
+        if static:
+            for batch in bm.calibration_batches(kwargs):
+                prepared(**{**kwargs, **batch})
+        else:
+            prepared(**kwargs)  # dynamic activations: the observers only need to run
+        return _under_patch(_compile(convert_pt2e(prepared), name), PEER_INDUCTOR_PATCH)
 
     def run(**inputs):
         # A prefill is the exported cache-less forward (it returns no cache); a decode step is not.
@@ -199,21 +268,35 @@ def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options)
 def all_contenders() -> list[Contender]:
     from zq_compile.config import PRESETS
 
+    def inductor(name, dtype, patch, how, default=True):
+        return Contender(name, "float", functools.partial(_inductor, name, dtype, patch), how, default)
+
+    def torchao(name, config_name, dtype, how):
+        return Contender(name, "peer", functools.partial(_torchao, name, config_name, dtype), how)
+
     out = [
-        Contender("eager fp32", "float", _eager, "the fp32 model, no compile"),
-        Contender(BASELINE, "float", _inductor, "torch.compile, default Inductor settings"),
-        Contender("inductor bf16", "float", _inductor_bf16, "model cast to bf16, torch.compile"),
+        Contender("eager fp32", "float", _eager, "the fp32 model, no compile", compiles=False),
+        inductor(BASELINE, torch.float32, None, "torch.compile, default Inductor settings"),
+        # Where the CPU has native bf16, bf16 + freezing is the strongest float contender and fp32
+        # + freezing only costs bench time; elsewhere fp32 + freezing is the float one to beat.
+        inductor(INDUCTOR_FP32_FREEZING, torch.float32, FREEZING_PATCH,
+                 "torch.compile under Inductor freezing (config.patch around its calls)", default=not has_bf16()),
+        inductor("inductor bf16", torch.bfloat16, None, "model cast to bf16, torch.compile (no freezing)"),
+        inductor(INDUCTOR_BF16_FREEZING, torch.bfloat16, FREEZING_PATCH,
+                 "model cast to bf16, torch.compile under Inductor freezing (config.patch around its calls)"),
         Contender("ao quantize_dynamic", "peer", _quantize_dynamic,
-                  "torch.ao.quantization.quantize_dynamic (qint8, per-tensor dynamic act), eager"),
-        Contender(TORCHAO_INT8_DYN, "peer",
-                  functools.partial(_torchao, "Int8DynamicActivationInt8WeightConfig", torch.float32),
-                  "torchao Int8DynamicActivationInt8WeightConfig + torch.compile(freezing)"),
-        Contender("torchao int8-wo", "peer", functools.partial(_torchao, "Int8WeightOnlyConfig", torch.float32),
-                  "torchao Int8WeightOnlyConfig + torch.compile(freezing)"),
-        Contender("torchao int4-wo", "peer", functools.partial(_torchao, "Int4WeightOnlyConfig", torch.bfloat16),
-                  "torchao Int4WeightOnlyConfig(group_size=128), model in bf16, + torch.compile(freezing)"),
-        Contender("pt2e x86 dyn", "peer", _pt2e,
-                  "torch.export + PT2E X86InductorQuantizer (dynamic act) + torch.compile(freezing)"),
+                  "torch.ao.quantization.quantize_dynamic (qint8, per-tensor dynamic act), eager", compiles=False),
+        torchao(TORCHAO_INT8_DYN, "Int8DynamicActivationInt8WeightConfig", torch.float32,
+                "torchao Int8DynamicActivationInt8WeightConfig + torch.compile(freezing)"),
+        torchao("torchao int8-wo", "Int8WeightOnlyConfig", torch.float32,
+                "torchao Int8WeightOnlyConfig + torch.compile(freezing)"),
+        torchao("torchao int4-wo", "Int4WeightOnlyConfig", torch.bfloat16,
+                "torchao Int4WeightOnlyConfig(group_size=128), model in bf16, + torch.compile(freezing)"),
+        Contender("pt2e x86 dyn", "peer", functools.partial(_pt2e, "pt2e x86 dyn", False),
+                  "torch.export + PT2E X86InductorQuantizer (dynamic per-tensor act) + torch.compile(freezing)"),
+        Contender(PT2E_STATIC, "peer", functools.partial(_pt2e, PT2E_STATIC, True),
+                  "torch.export + PT2E X86InductorQuantizer (static per-tensor act, calibrated on other text than "
+                  "the measured) + torch.compile(freezing)"),
     ]
     for preset in PRESETS:
         for lkd in (False, True):

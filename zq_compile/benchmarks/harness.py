@@ -39,8 +39,20 @@ def _error(exc: BaseException) -> str:
     return first[:400]
 
 
+def graphs_compiled() -> int:
+    """Graphs Dynamo has compiled in this process so far (any backend, any contender)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 class Field:
-    """The contenders of one model: built functions, and the failure of each one that failed."""
+    """The contenders of one model: built functions, and the failure of each one that failed.
+
+    A contender that compiles (``Contender.compiles``) must make Dynamo compile a graph of its own
+    at its first call: one that compiled none ran a graph Dynamo had compiled for another
+    contender (or eager code under a compiled name) and is failed, never measured. The count is
+    kept in its status (``graphs``)."""
 
     def __init__(self, bm: BenchModel, contenders: list[Contender], example: dict, log: Log):
         self.bm = bm
@@ -50,10 +62,15 @@ class Field:
         for c in contenders:
             start = time.perf_counter()
             try:
+                before = graphs_compiled()
                 fn = c.build(bm, example)
                 bm.call(fn, example)  # torch.compile compiles here
+                graphs = graphs_compiled() - before
+                if c.compiles and graphs == 0:
+                    raise RuntimeError("Dynamo compiled no graph for this contender at its first call: it ran code "
+                                       "compiled for another contender (or eager code)")
                 self.fns[c.name] = fn
-                self.status[c.name] = {"ok": True, "build_s": round(time.perf_counter() - start, 1)}
+                self.status[c.name] = {"ok": True, "build_s": round(time.perf_counter() - start, 1), "graphs": graphs}
                 log(f"  {c.name:22s} ready in {time.perf_counter() - start:5.1f}s")
                 gc.collect()
             except Exception as exc:  # noqa: BLE001  (a failed contender is a result, not a crash)
@@ -115,10 +132,14 @@ def encoder_section(bm: BenchModel, contenders: list[Contender], shapes: list[tu
                     warmup: int, log: Log, tokenizer=None, labelled: list[tuple[str, int]] | None = None) -> dict:
     """Latency over ``shapes`` (the first is the headline: built, and accuracy measured, there).
     Also serves causal LMs as a plain-forward prefill sweep (logits for every position, no cache)."""
+    from zq_compile.benchmarks import calibration
     from zq_compile.models import mean_pool
 
     texts = [t for t, _ in labelled] if labelled else None
     vocab = bm.model.config.vocab_size
+    if bm.calibration is None:  # static scales: other sentences (or other random ids) than measured
+        bm = dataclasses.replace(bm, calibration=calibration.sentences(tokenizer, calibration.wikipedia_sentences(), vocab)
+                                 if tokenizer is not None else calibration.random_ids(vocab))
 
     def make_inputs(batch, seq):
         inputs = encoder_inputs(tokenizer, texts, batch, seq, vocab)
@@ -260,10 +281,13 @@ def dynamo_settings():
 
 
 def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.Tensor, new_tokens: int,
-                   runs: int, warmup: int, log: Log, text_note: str = "") -> dict:
+                   runs: int, warmup: int, log: Log, text_note: str = "",
+                   calibration_ids: torch.Tensor | None = None) -> dict:
     """``windows``: [count, L] token ids; perplexity over all of them (when the text is real; each
     window is one prefill, batch 1), prefill latency of one window, greedy decode of ``new_tokens``
-    after the first window."""
+    after the first window. ``calibration_ids``: token ids none of which are measured (the text
+    after the windows), for the contenders with static scales; default: random ids."""
+    from zq_compile.benchmarks import calibration
     from zq_compile.benchmarks.accuracy import nll_sum, perplexity
 
     length = windows.shape[1]
@@ -278,7 +302,11 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
         gens[id(fn)] = gen
         return gen
 
-    wrapped = dataclasses.replace(bm)
+    if calibration_ids is None:
+        gen = torch.Generator().manual_seed(1)
+        calibration_ids = torch.randint(0, bm.model.config.vocab_size, (calibration.BATCHES * windows.shape[1],),
+                                        generator=gen)
+    wrapped = dataclasses.replace(bm, calibration=bm.calibration or calibration.token_stream(calibration_ids))
     wrapped.call = builder_call  # type: ignore[method-assign]
     field = Field(wrapped, contenders, example, log)
     result: dict[str, Any] = {"model": bm.name, "note": bm.note, "kind": bm.kind, "prefill_tokens": length,
@@ -346,6 +374,10 @@ def linear_section(bm: BenchModel, contenders: list[Contender], ms_list: list[in
     gen = torch.Generator().manual_seed(0)
     xs = {m: torch.randn(m, k, generator=gen) for m in ms_list}
     log(f"{bm.name}: building {len(contenders)} contenders, M in {ms_list}")
+    if bm.calibration is None:
+        from zq_compile.benchmarks.calibration import random_tensors
+
+        bm = dataclasses.replace(bm, calibration=random_tensors())
     field = Field(bm, contenders, {"input": xs[ms_list[0]]}, log)
     rows = []
     for m in ms_list:

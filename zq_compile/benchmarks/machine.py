@@ -32,11 +32,13 @@ def _version(dist: str) -> str | None:
 
 def machine_info() -> dict:
     from zq_compile.codegen.cpu.select import cpu_flags
+    from zq_compile.cpu_class import cpu_class_label
 
     flags = cpu_flags()
     return {
         "cpu_model": _cpuinfo_field("model name") or platform.processor(),
         "cpu_flags": [f for f in _INTERESTING_FLAGS if f in flags],
+        "cpu_class": cpu_class_label(flags),
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -46,10 +48,18 @@ def machine_info() -> dict:
     }
 
 
+def class_of(info: dict) -> str:
+    """The CPU class of a recorded result (results from before the field existed: from its flags,
+    which include every flag the class reads)."""
+    from zq_compile.cpu_class import cpu_class_label
+
+    return info.get("cpu_class") or cpu_class_label(info.get("cpu_flags", ()))
+
+
 def describe(info: dict) -> str:
     v = info["versions"]
     return (
-        f"{info['cpu_model']} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
+        f"{info['cpu_model']}, CPU class {class_of(info)} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
         f"{' '.join(info['cpu_flags'])}), torch {v['torch']}, torchao {v['torchao']}, "
         f"transformers {v['transformers']}"
     )

@@ -69,6 +69,10 @@ def probe(model_name: str, contender: str, batch: int, seq: int) -> dict:
     else:
         raise ValueError(f"memory probe: unknown model {model_name!r}; known: minilm, bert-base")
     bm.owned = True
+    from zq_compile.benchmarks import calibration
+
+    bm.calibration = (calibration.sentences(tok, calibration.wikipedia_sentences(), bm.model.config.vocab_size)
+                      if tok is not None else calibration.random_ids(bm.model.config.vocab_size))
     loaded = _status_kib("VmRSS")
     inputs = encoder_inputs(tok, texts, batch, seq, bm.model.config.vocab_size)
     (c,) = [c for c in C.all_contenders() if c.name == contender]

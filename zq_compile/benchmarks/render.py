@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from zq_compile.benchmarks.contenders import BASELINE, TORCHAO_INT8_DYN
-from zq_compile.benchmarks.machine import describe
+from zq_compile.benchmarks.machine import class_of, describe
 
 
 def _load(v) -> str:
@@ -26,6 +26,11 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 def _names(result: dict) -> list[str]:
     return [c["name"] for c in result["contenders"]]
+
+
+def _on(result: dict) -> str:
+    """What every table's caption ends with: the CPU class its figures were measured on."""
+    return f" CPU class: {class_of(result['machine'])}."
 
 
 def _fmt(v, spec: str, missing: str = "-") -> str:
@@ -50,7 +55,7 @@ def minilm_table(result: dict) -> list[str]:
     mem = result["sections"].get("memory", {}).get("minilm", {}).get("per_contender", {})
     lines = [f"**MiniLM-L6** ({sec['note']}), batch {head['batch']} x seq {head['seq']}; accuracy on the "
              f"{sec.get('accuracy', {}).get('sentences', '?')} Pang & Lee sentences "
-             f"(sentiment: test split of {sec.get('accuracy', {}).get('split', {}).get('test', '?')})", ""]
+             f"(sentiment: test split of {sec.get('accuracy', {}).get('split', {}).get('test', '?')})." + _on(result), ""]
     rows = []
     for name in _names(result):
         failed = _status(sec, name)
@@ -80,7 +85,7 @@ def sweep_table(result: dict, key: str) -> list[str]:
     if not sec or len(sec["latency"]) < 1 or (key == "minilm" and len(sec["latency"]) < 2):
         return []
     shapes = sec["latency"]
-    lines = [f"**{sec['model']}** prefill latency, ms (speedup vs {BASELINE}), batch x seq:", ""]
+    lines = [f"**{sec['model']}** prefill latency, ms (speedup vs {BASELINE}), batch x seq." + _on(result), ""]
     rows = []
     for name in _names(result):
         row = [name]
@@ -99,7 +104,7 @@ def linear_table(result: dict) -> list[str]:
     if not sec:
         return []
     lines = [f"**Linear microbenchmark** K={sec['K']} N={sec['N']}: speedup vs {BASELINE} (its ms in the first row)"
-             + (f". Note: {sec['rerun']}" if sec.get("rerun") else ""), ""]
+             + (f". Note: {sec['rerun']}" if sec.get("rerun") else "") + "." + _on(result), ""]
     rows = [[f"{BASELINE} (ms)"] + [_fmt(r["ms"].get(BASELINE), ".3f") for r in sec["rows"]]]
     for name in _names(result):
         if name == BASELINE:
@@ -127,7 +132,7 @@ def causal_table(result: dict, key: str) -> list[str]:
              f"{sec['decode_tokens']} greedy tokens on transformers' dynamic KV cache; top-1 = fp32: share "
              f"of next-token argmaxes equal to eager fp32's over the perplexity text; greedy differs from "
              f"token: first generated token that differs from eager fp32's (#0 = the first)."
-             + (f" Perplexity: {sec['text']}." if sec.get("text") else ""), ""]
+             + (f" Perplexity: {sec['text']}." if sec.get("text") else "") + _on(result), ""]
     header = ["contender"] + (["perplexity", "vs fp32", "top-1 = fp32"] if sec.get("text") else []) + [
         "prefill ms", f"vs {BASELINE}", "decode tok/s", f"vs {BASELINE}", "greedy differs from token"]
     rows = []
@@ -152,6 +157,78 @@ def causal_table(result: dict, key: str) -> list[str]:
     return lines
 
 
+def _families(result: dict) -> dict[str, str]:
+    return {c["name"]: c.get("family", "") for c in result["contenders"]}
+
+
+def _measures(result: dict) -> list[tuple[str, str, dict[str, float], bool]]:
+    """(model, what, value per contender, higher is better) for every speed figure of the run."""
+    out = []
+    for key in ("minilm", "bert", "gpt2"):
+        sec = result["sections"].get(key)
+        for s in (sec or {}).get("latency", []):
+            out.append((sec["model"], f"{s['batch']}x{s['seq']} ms", s["ms"], False))
+    sec = result["sections"].get("smollm2")
+    if sec:
+        out.append((sec["model"], f"prefill 1x{sec['prefill_tokens']} ms", sec.get("prefill", {}).get("ms", {}), False))
+        out.append((sec["model"], "decode tok/s", {k: v["tokens_per_s"] for k, v in sec.get("decode", {}).items()},
+                    True))
+    sec = result["sections"].get("linear")
+    for r in (sec or {}).get("rows", []):
+        out.append((sec.get("model", f"Linear {sec['K']}->{sec['N']}"), f"M={r['M']} ms", r["ms"], False))
+    return out
+
+
+def fastest_peers(result: dict) -> list[dict]:
+    """Per speed figure: the fastest contender that is not zeroquant (any float or peer
+    contender, the baseline included) and each zeroquant contender's speed relative to it
+    (> 1: zeroquant is faster)."""
+    families = _families(result)
+    rows = []
+    for model, what, values, higher in _measures(result):
+        peers = {k: v for k, v in values.items() if families.get(k) != "zeroquant" and v}
+        if not peers:
+            continue
+        best = (max if higher else min)(peers, key=peers.get)
+        zq = {k: v for k, v in values.items() if families.get(k) == "zeroquant" and v}
+        rows.append({
+            "model": model, "what": what, "fastest_peer": best, "fastest_peer_value": peers[best],
+            "zeroquant": {k: {"value": v, "vs_fastest_peer": (v / peers[best]) if higher else (peers[best] / v)}
+                          for k, v in zq.items()},
+        })
+    return rows
+
+
+def _val(v: float) -> str:
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+def fastest_peer_table(result: dict) -> list[str]:
+    rows = fastest_peers(result)
+    if not rows:
+        return []
+    zq_names = [n for n in _names(result) if any(n in r["zeroquant"] for r in rows)]
+    lines = ["**Fastest peer per model**: the fastest contender that is not zeroquant (float or quantized), and each "
+             "zeroquant contender's speed relative to it (>1.00x: zeroquant is faster)." + _on(result), ""]
+    table = []
+    for r in rows:
+        cells = [r["model"], r["what"], r["fastest_peer"], _val(r["fastest_peer_value"])]
+        for n in zq_names:
+            z = r["zeroquant"].get(n)
+            cells.append(f"{_val(z['value'])} ({z['vs_fastest_peer']:.2f}x)" if z else "failed")
+        table.append(cells)
+    lines += _table(["model", "figure", "fastest peer", "its value"] + [f"{n} (vs fastest peer)" for n in zq_names],
+                    table)
+    return lines
+
+
+def contender_notes(result: dict) -> list[str]:
+    notes = [c for c in result["contenders"] if c.get("how")]
+    if not notes:
+        return []
+    return ["How each contender ran:", ""] + [f"- {c['name']}: {c['how']}" for c in notes]
+
+
 def failures(result: dict) -> list[str]:
     by_error: dict[str, list[str]] = {}
     for key, sec in result["sections"].items():
@@ -171,9 +248,9 @@ def markdown(result: dict) -> str:
              f"({result['plan'].get('big_model_runs', result['plan']['runs'])} for BERT-base, GPT-2, SmolLM2) after "
              f"{result['plan']['warmup']} warm-up round(s). Load average (1/5/15 min) at start "
              f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}.", ""]
-    for block in (minilm_table(result), sweep_table(result, "minilm"), sweep_table(result, "bert"),
-                  causal_table(result, "smollm2"), sweep_table(result, "gpt2"), linear_table(result),
-                  failures(result)):
+    for block in (fastest_peer_table(result), minilm_table(result), sweep_table(result, "minilm"),
+                  sweep_table(result, "bert"), causal_table(result, "smollm2"), sweep_table(result, "gpt2"),
+                  linear_table(result), contender_notes(result), failures(result)):
         if block:
             parts += block + [""]
     return "\n".join(parts)
