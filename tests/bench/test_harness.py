@@ -61,3 +61,19 @@ def test_causal_section_perplexity_decode_and_failures_on_tiny_llama():
     assert out["decode"]["eager fp32"]["greedy_match_fp32"] == 1.0
     assert out["decode"]["zeroquant w8a8"]["tokens_per_s"] > 0
     assert "not built yet" in out["contenders"]["zeroquant w4a8"]["error"]
+
+
+def test_pt2e_static_on_a_causal_lm_calibrates_on_other_ids_and_runs_prefill_only():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300)).eval()
+    bm = BenchModel("tiny-llama", model, "causal-lm")
+    windows = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), dynamo_settings():
+        out = causal_section(bm, select(["eager fp32", "pt2e x86 static"]), windows, new_tokens=3, runs=1, warmup=0,
+                             log=_quiet, text_note="random ids", calibration_ids=torch.arange(100, 160))
+    assert out["perplexity"]["pt2e x86 static"]["vs_eager_fp32"] == pytest.approx(1.0, abs=0.05)
+    assert "pt2e x86 static" in out["prefill"]["ms"]
+    assert "no KV cache" in out["contenders"]["pt2e x86 static"]["error"]  # decode needs a cache it lacks
