@@ -59,7 +59,8 @@ def class_of(info: dict) -> str:
 def describe(info: dict) -> str:
     v = info["versions"]
     return (
-        f"{info['cpu_model']}, CPU class {class_of(info)} ({info['logical_cpus']} logical CPUs, {info['torch_threads']} torch threads, "
+        f"{info['cpu_model']}, CPU class {class_of(info)} ({info['logical_cpus']} logical CPUs, "
+        f"{info['torch_threads']} torch threads, "
         f"{' '.join(info['cpu_flags'])}), torch {v['torch']}, torchao {v['torchao']}, "
         f"transformers {v['transformers']}"
     )

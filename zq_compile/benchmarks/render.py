@@ -55,7 +55,8 @@ def minilm_table(result: dict) -> list[str]:
     mem = result["sections"].get("memory", {}).get("minilm", {}).get("per_contender", {})
     lines = [f"**MiniLM-L6** ({sec['note']}), batch {head['batch']} x seq {head['seq']}; accuracy on the "
              f"{sec.get('accuracy', {}).get('sentences', '?')} Pang & Lee sentences "
-             f"(sentiment: test split of {sec.get('accuracy', {}).get('split', {}).get('test', '?')})." + _on(result), ""]
+             f"(sentiment: test split of {sec.get('accuracy', {}).get('split', {}).get('test', '?')})."
+             + _on(result), ""]
     rows = []
     for name in _names(result):
         failed = _status(sec, name)
