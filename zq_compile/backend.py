@@ -20,7 +20,7 @@ import torch.fx as fx
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
 from zq_compile.binding import WeightBinding
 from zq_compile.config import ZeroQuantConfig
-from zq_compile.lowering import decompositions_for
+from zq_compile.lowering import MergeDuplicateCasts, decompositions_for
 from zq_compile.passes.context import PassContext
 from zq_compile.passes.graph_utils import clone_graph_module
 from zq_compile.passes.runner import run_passes
@@ -87,7 +87,8 @@ def zeroquant_backend(
     compiled = compile_fx(
         prepared.gm,
         list(example_inputs) + _static_fakes(prepared.constants),
-        config_patches={**INDUCTOR_PATCHES, **(list_mode_options(mode) if mode else {})},
+        config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": MergeDuplicateCasts(),
+                        **(list_mode_options(mode) if mode else {})},
         decompositions=decompositions_for(prepared.kernel),
     )
     record(prepared.report)
