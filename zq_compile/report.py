@@ -55,6 +55,8 @@ class CompileReport:
     pass_counts: dict[str, int] = field(default_factory=dict)
     disabled_passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what is stored between the int8 GEMMs and why (passes/bf16_activations.py)
+    activations: str = ""
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
 
@@ -100,6 +102,8 @@ class CompileReport:
             lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}")
         for a in self.attention:
             lines.append(f"  {a.dtype:6s} {a.module or '<top>'} [attention] {a.reason}")
+        if self.activations:
+            lines.append(f"  activations: {self.activations}")
         for name, count in self.pass_counts.items():
             lines.append(f"  pass {name}: {count} rewrite(s)")
         for name in self.disabled_passes:
