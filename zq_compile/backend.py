@@ -19,6 +19,7 @@ import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
 from zq_compile.binding import WeightBinding
+from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import MergeDuplicateCasts, decompositions_for
 from zq_compile.passes.context import PassContext
@@ -84,13 +85,15 @@ def zeroquant_backend(
 
     config = ZeroQuantConfig.from_options(options)
     prepared = prepare(gm, example_inputs, config)
-    compiled = compile_fx(
-        prepared.gm,
-        list(example_inputs) + _static_fakes(prepared.constants),
-        config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": MergeDuplicateCasts(),
-                        **(list_mode_options(mode) if mode else {})},
-        decompositions=decompositions_for(prepared.kernel),
-    )
+    prepared.report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)
+    with counting_inductor_bytes(prepared.report):
+        compiled = compile_fx(
+            prepared.gm,
+            list(example_inputs) + _static_fakes(prepared.constants),
+            config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": MergeDuplicateCasts(),
+                            **(list_mode_options(mode) if mode else {})},
+            decompositions=decompositions_for(prepared.kernel),
+        )
     record(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
