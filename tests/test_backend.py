@@ -184,7 +184,7 @@ def test_bf16_attention_compiles_to_two_bf16_bmm_and_no_fp32_logits():
 
     x, mask = attention_inputs(length=40)
     m = TwoLayers().eval()
-    compiled = torch.compile(m, backend="zeroquant", options={"attention": "bf16"})
+    compiled = torch.compile(m, backend="zeroquant", options={"attention": "bf16_matmul"})
     with torch.inference_mode():
         out, (code,) = run_and_get_code(compiled, x, mask)
         ref = m(x, mask)
