@@ -48,14 +48,14 @@ def counting_inductor_bytes(report):
 
 def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
     """Bytes the quantized linears' GEMMs read and write at the traced shapes: the 8-bit
-    activation, the int8 weight and the output (bf16 from oneDNN when the result is bf16, else
-    4 bytes: fp32 or int32)."""
+    activation, the int8 weight and the output (bf16 from oneDNN when the result is bf16 and the
+    weights symmetric, else 4 bytes: fp32 or int32)."""
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
         x_shape = node.args[0].meta["example_value"].shape
         m = math.prod(_hint(d) for d in x_shape[:-1])
         n, k = node.args[2].meta["example_value"].shape
-        out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4)
+        out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4) if node.args[4] is None else 4
         total += m * k + n * k + m * n * out
     return total
 
