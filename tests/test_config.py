@@ -32,7 +32,7 @@ def test_frozen():
         ({"preset": "w4a16"}, "preset", "not built yet"),
         ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
-        ({"attention": "fp16"}, "attention", "auto, bf16, fp32"),
+        ({"attention": "fp16"}, "attention", "auto, bf16, bf16_matmul, fp32"),
         ({"weight_groups": 0}, "weight_groups", "positive int"),
         ({"weight_groups": True}, "weight_groups", "positive int"),
         ({"symmetric": "yes"}, "symmetric", "True, False"),

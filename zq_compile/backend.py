@@ -19,8 +19,9 @@ import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
 from zq_compile.binding import WeightBinding
+from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
-from zq_compile.lowering import decompositions_for
+from zq_compile.lowering import MergeDuplicateCasts, decompositions_for
 from zq_compile.passes.context import PassContext
 from zq_compile.passes.graph_utils import clone_graph_module
 from zq_compile.passes.runner import run_passes
@@ -52,7 +53,7 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
     gm = clone_graph_module(gm)
     ctx = PassContext(gm, list(example_inputs), config, report, target)
     run_passes(ctx)
-    kernel = _choose_kernel(target, config, report, m_regime(gm))
+    kernel = _choose_kernel(target, config, report, m_regime(gm), gm)
     if ctx.gradients_stopped:
         msg = (
             "grad mode was on while compiling: quantized linears are inference-only, so no "
@@ -84,12 +85,15 @@ def zeroquant_backend(
 
     config = ZeroQuantConfig.from_options(options)
     prepared = prepare(gm, example_inputs, config)
-    compiled = compile_fx(
-        prepared.gm,
-        list(example_inputs) + _static_fakes(prepared.constants),
-        config_patches={**INDUCTOR_PATCHES, **(list_mode_options(mode) if mode else {})},
-        decompositions=decompositions_for(prepared.kernel),
-    )
+    prepared.report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)
+    with counting_inductor_bytes(prepared.report):
+        compiled = compile_fx(
+            prepared.gm,
+            list(example_inputs) + _static_fakes(prepared.constants),
+            config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": MergeDuplicateCasts(),
+                            **(list_mode_options(mode) if mode else {})},
+            decompositions=decompositions_for(prepared.kernel),
+        )
     record(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
@@ -151,13 +155,19 @@ def m_regime(gm: fx.GraphModule) -> str:
     return "small"
 
 
-def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, regime: str):
-    from zq_compile.codegen.cpu.select import select_cpu_kernel
+def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, regime: str, gm=None):
+    from zq_compile.codegen.cpu.select import choose_for_shapes, select_cpu_kernel
 
     if target == "triton":
         from zq_compile.codegen.triton.kernel import select_triton_kernel
 
         choice = select_triton_kernel()
+    elif target == "cpu" and config.cpu_kernel == "auto" and gm is not None and gemm_shapes(gm):
+        choice, line, float_note = choose_for_shapes(gemm_shapes(gm), _gemm_bf16(gm))
+        if line:
+            report.races.append(line)
+        if float_note:
+            report.note(float_note)
     else:
         choice = select_cpu_kernel("reference" if target == "reference" else config.cpu_kernel, regime)
     report.kernel = choice.kernel.name
@@ -165,6 +175,25 @@ def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, 
     for name, why in choice.rejected:
         report.note(f"kernel {name} not used: {why}")
     return choice.kernel
+
+
+def gemm_shapes(gm: fx.GraphModule) -> tuple[tuple[int, int, int, int], ...]:
+    """(M, K, N, count) of the graph's quantized linears at their traced sizes (hints for
+    dynamic ones), most frequent first."""
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    counts: dict[tuple[int, int, int], int] = {}
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+        lead = node.args[0].meta["example_value"].shape[:-1]
+        m = math.prod(int(optimization_hint(d)) if not isinstance(d, int) else d for d in lead)
+        n, k = node.args[2].meta["example_value"].shape
+        counts[(m, k, n)] = counts.get((m, k, n), 0) + 1
+    return tuple((m, k, n, c) for (m, k, n), c in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _gemm_bf16(gm: fx.GraphModule) -> bool:
+    return any(n.args[6] == torch.bfloat16
+               for n in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default))
 
 
 def _append_constants(compiled, prepared: Prepared):

@@ -17,7 +17,8 @@ WEIGHT_BITS = (8, 4)
 ACT_BITS = (8, None)  # None: activations stay in floating point (weight-only)
 TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
-ATTENTION = ("auto", "bf16", "fp32")
+ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
+ACTIVATIONS = ("auto", "bf16", "fp32")
 #: Schemes whose rewrite and kernels exist in this release. Others validate as data but are
 #: rejected by ZeroQuantConfig until their handler lands (see ``passes/rewrite_linear.py``).
 IMPLEMENTED_SCHEMES = ("w8a8",)
@@ -82,9 +83,14 @@ class ZeroQuantConfig:
         (pure-PyTorch int32 GEMM; slow, exact, for tests and bisection).
     cpu_kernel: "auto" picks the fastest int8 GEMM this CPU supports; "onednn" or "int_mm"
         force one.
-    attention: fp32 scaled-dot-product attention on the cpu target: "auto" runs its two
-        matmuls in bf16 (softmax in fp32) where the CPU has native bf16 dot products and the
-        query has more than a decode step's rows; "bf16" does so on any CPU; "fp32" leaves it.
+    attention: fp32 scaled-dot-product attention on the cpu target: "auto" runs it in bf16
+        (ATen's flash kernel on bf16 q/k/v, softmax statistics in fp32) where the CPU has native
+        bf16 dot products and the query has more than a decode step's rows; "bf16" does so on
+        any CPU; "bf16_matmul" uses our two-bmm lowering instead of flash; "fp32" leaves it.
+    activations: what fp32 models store between the quantized linears on the cpu target:
+        "auto" is bf16 where the CPU has native bf16 (avx512_bf16 / amx_bf16), else fp32;
+        "bf16" asks for it (ValueError on a CPU without native bf16); "fp32" keeps fp32. The
+        arithmetic stays fp32 either way; bf16/fp16 models keep their own dtype.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     """
@@ -96,6 +102,7 @@ class ZeroQuantConfig:
     target: str = "auto"
     cpu_kernel: str = "auto"
     attention: str = "auto"
+    activations: str = "auto"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     version: int = CONFIG_VERSION
@@ -117,6 +124,14 @@ class ZeroQuantConfig:
             _fail("cpu_kernel", self.cpu_kernel, ", ".join(CPU_KERNELS))
         if self.attention not in ATTENTION:
             _fail("attention", self.attention, ", ".join(ATTENTION))
+        if self.activations not in ACTIVATIONS:
+            _fail("activations", self.activations, ", ".join(ACTIVATIONS))
+        if self.activations == "bf16" and self.target in ("auto", "cpu"):
+            from zq_compile.codegen.cpu.select import cpu_description, has_bf16
+
+            if not has_bf16():
+                _fail("activations", self.activations,
+                      f"auto, fp32 on this CPU ({cpu_description()} has no native bf16: avx512_bf16 / amx_bf16)")
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

@@ -4,14 +4,22 @@ A kernel object supplies ``quantize_per_token`` and ``linear`` written in torch 
 attention has a single lowering, ``codegen/cpu/attention.py``); AOT autograd traces them in place
 of the zq ops, so whatever they leave as aten code Inductor fuses, and whatever they call as an
 opaque op (the GEMM) stays one call.
+
+``MergeDuplicateCasts`` runs on the post-grad graph (Inductor's ``post_grad_custom_pre_pass``,
+set in our compile call only): each linear's decomposition traces its own ``x_q + 128 -> uint8``
+chain, so Q, K and V reading one quantized activation gave three identical chains, and Inductor
+wrote the int8 activation plus three uint8 copies of it. Merged, it writes one uint8 copy.
 """
 
 from __future__ import annotations
 
 import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.decomposition import select_decomp_table
 
 from zq_compile.codegen.cpu.attention import attention_bf16
+
+aten, prims = torch.ops.aten, torch.ops.prims
 
 
 def decompositions_for(kernel) -> dict:
@@ -20,3 +28,48 @@ def decompositions_for(kernel) -> dict:
     table[torch.ops.zq.linear_w8a8.default] = kernel.linear
     table[torch.ops.zq.attention_bf16.default] = attention_bf16
     return table
+
+
+#: Pure, deterministic ops whose duplicates (same target, same arguments) may be merged: casts,
+#: views and the scalar add of the uint8 shift. Nothing random, nothing that mutates. Only
+#: integer results are merged: float chains are duplicated on purpose where a value must stay
+#: in registers (``quant/activation.py``, ``codegen/cpu/attention.py``), and merging them
+#: would make Inductor store it.
+MERGEABLE = frozenset({
+    prims.convert_element_type.default, aten.view.default, aten._unsafe_view.default,
+    aten.reshape.default, aten.add.Tensor, aten.add.Scalar,
+})
+
+
+class MergeDuplicateCasts(CustomGraphPass):
+    """Replace every MERGEABLE node with an integer result by the first node with the same
+    target and arguments."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        seen: dict[tuple, torch.fx.Node] = {}
+        for node in list(graph.nodes):
+            if node.op != "call_function" or node.target not in MERGEABLE:
+                continue
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.is_floating_point() or val.is_complex():
+                continue
+            try:
+                key = (node.target, _freeze(node.args), _freeze(node.kwargs))
+                hash(key)
+            except TypeError:  # an unhashable argument (a list of SymInts is fine, a tensor not)
+                continue
+            first = seen.setdefault(key, node)
+            if first is not node:
+                node.replace_all_uses_with(first)
+                graph.erase_node(node)
+
+    def uuid(self):
+        return get_hash_for_files((__file__,))
+
+
+def _freeze(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value

@@ -55,6 +55,15 @@ class CompileReport:
     pass_counts: dict[str, int] = field(default_factory=dict)
     disabled_passes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: what is stored between the int8 GEMMs and why (passes/bf16_activations.py)
+    activations: str = ""
+    #: bytes per forward at the traced shapes (bytes_moved.py): Inductor's generated kernels
+    #: (None: not code-generated in this call, e.g. served by the FX graph cache) and the GEMMs
+    inductor_bytes: int | None = None
+    inductor_kernels: int = 0
+    gemm_bytes: int = 0
+    #: the compile-time races (codegen/cpu/select.py): lines of "what, times, choice"
+    races: list[str] = field(default_factory=list)
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
 
@@ -73,6 +82,14 @@ class CompileReport:
     @property
     def quant_bytes(self) -> int:
         return sum(d.quant_bytes for d in self.quantized)
+
+    def bytes_text(self) -> str:
+        mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
+        gemms = f"int8 GEMMs {mib(self.gemm_bytes)} (from their shapes)"
+        if self.inductor_bytes is None:
+            return f"{gemms}; Inductor's kernels not counted (graph not code-generated in this call: FX graph cache)"
+        return (f"{mib(self.inductor_bytes + self.gemm_bytes)} = Inductor's {self.inductor_kernels} kernels "
+                f"{mib(self.inductor_bytes)} + {gemms}")
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -100,6 +117,11 @@ class CompileReport:
             lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}")
         for a in self.attention:
             lines.append(f"  {a.dtype:6s} {a.module or '<top>'} [attention] {a.reason}")
+        if self.activations:
+            lines.append(f"  activations: {self.activations}")
+        lines.extend(f"  race: {r}" for r in self.races)
+        if self.decisions or self.inductor_bytes:
+            lines.append(f"  bytes per forward: {self.bytes_text()}")
         for name, count in self.pass_counts.items():
             lines.append(f"  pass {name}: {count} rewrite(s)")
         for name in self.disabled_passes:

@@ -32,7 +32,7 @@ def _count(gm, target):
 def test_both_layers_rewritten_mask_converted_once_and_close_to_eager():
     m = TwoLayers().eval()
     x, mask = _inputs()
-    prepared, out = _prepare(m, x, mask)
+    prepared, out = _prepare(m, x, mask, attention="bf16_matmul")
     report = prepared.report
     assert report.pass_counts["attention_bf16"] == 2
     assert _count(prepared.gm, OP) == 2 and _count(prepared.gm, F.scaled_dot_product_attention) == 0
@@ -94,7 +94,7 @@ def test_causal_with_explicit_scale_is_rewritten_when_asked():
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2)
 
     q = torch.randn(2, 3, 17, 8)
-    prepared, out = _prepare(attend, q, q * 0.5, q + 1, attention="bf16")
+    prepared, out = _prepare(attend, q, q * 0.5, q + 1, attention="bf16_matmul")
     (node,) = [n for n in prepared.gm.graph.nodes if n.target == OP]
     assert node.args[4:] == (0.2, True, False)
     assert sqnr_db(attend(q, q * 0.5, q + 1), out) > 35
@@ -131,3 +131,31 @@ def test_dynamic_sequence_and_scores_over_budget_stay_fp32(monkeypatch):
     monkeypatch.setattr(attention_pass, "SCORES_BUDGET_MIB", 0.02)
     prepared, _ = _prepare(attend, q, q, q)
     assert prepared.report.attention[0].dtype == "bf16"
+
+
+@pytest.mark.skipif(not select.has_bf16(), reason="auto keeps fp32 attention on a CPU without native bf16")
+@pytest.mark.parametrize("causal", [False, True])
+def test_auto_runs_flash_attention_on_bf16_inputs(causal):
+    """attention="auto": the fp32 SDPA becomes ATen's SDPA on bf16 q/k/v (Inductor lowers it to
+    the CPU flash kernel), its result cast back to fp32; no zq.attention_bf16 op."""
+    m = TwoLayers().eval()
+    x, mask = _inputs()
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2)
+
+    if causal:
+        q = torch.randn(2, 3, 17, 8)
+        prepared, out = _prepare(attend, q, q * 0.5, q + 1)
+        want = attend(q, q * 0.5, q + 1)
+    else:
+        prepared, out = _prepare(m, x, mask)
+        with torch.no_grad():
+            want = m(x, mask)
+    sdpa = [n for n in prepared.gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert sdpa and _count(prepared.gm, OP) == 0
+    for node in sdpa:
+        assert all(a.meta["example_value"].dtype == torch.bfloat16 for a in node.args[:3])
+        assert node.kwargs["is_causal"] is causal and (not causal or node.kwargs["scale"] == 0.2)
+    assert all("flash" in a.reason and a.dtype == "bf16" for a in prepared.report.attention)
+    assert sqnr_db(want, out) > 30

@@ -179,7 +179,8 @@ def test_dump_graphs_writes_before_and_after(tmp_path):
     _prepare(torch.nn.Linear(8, 4), torch.randn(2, 8), dump_graphs=str(tmp_path))
     names = sorted(f.name for f in tmp_path.iterdir())
     assert [n.split("_", 1)[1] for n in names] == ["00_rewrite_linear_after.py", "00_rewrite_linear_before.py",
-                                                   "01_attention_bf16_after.py", "01_attention_bf16_before.py"]
+                                                   "01_attention_bf16_after.py", "01_attention_bf16_before.py",
+                                                   "02_bf16_activations_after.py", "02_bf16_activations_before.py"]
     after = next(f for f in tmp_path.iterdir() if f.name.endswith("after.py")).read_text()
     assert "zq.linear_w8a8" in after
 

@@ -6,15 +6,23 @@ Before (``F.scaled_dot_product_attention``, as Hugging Face's "sdpa" attention c
                                                                  ▲
     mask [B, 1, L, S] bool (True = attend) ──────────────────────┘   (the same mask node in every layer)
 
-After:
+After (``attention="auto"`` / ``"bf16"``: ATen's flash attention on bf16 inputs):
+
+    q, k, v ──► to(bf16) ──► scaled_dot_product_attention(.., mask (fp32 masks to bf16), scale=..) ──► to(fp32) ──► o
+
+After (``attention="bf16_matmul"``: our own lowering, ``codegen/cpu/attention.py``):
 
     mask ──► mask_to_bias ──► bias [B, 1, L, S] fp32 (0 / -inf; once per mask, shared by the layers)
     q, k, v, bias ──► zq.attention_bf16(q, k, v, bias, scale, is_causal, gqa) ──► o fp32
 
-``zq.attention_bf16`` is lowered by ``codegen/cpu/attention.py``: two bf16 ``bmm`` and one fused
-softmax loop, 1.45x to 2.4x as fast as the fp32 flash kernel on MiniLM's 32x128 batch on a CPU with
-native bf16 dot products (bench/README.md). The linears around it are already int8; ZeroQuant runs
-everything but the linears in 16-bit floats.
+Why flash by default: side by side under Inductor, bf16 q/k/v, interleaved, on the 2-core Zen 5
+(avx512_bf16, no AMX) this project is built on, fastest of 15 runs: MiniLM 32x12x128x32 flash
+52 ms vs our two-bmm lowering 62 ms, BERT-base 8x12x128x64 28 vs 44 ms; a second run (machine
+more loaded) 103 vs 164 and 51 vs 160. On an AMX Xeon the issue measured flash 30 ms vs ours 54
+per MiniLM forward. Flash streams the scores instead of storing [B, H, L, S] twice in bf16.
+(The machine was shared by other jobs: ratios, not absolute times; the race is not repeated at
+compile time because our lowering is only fast once Inductor has fused it.) The linears around it
+are already int8; ZeroQuant runs everything but the linears in 16-bit floats.
 
 Left alone, with the reason recorded: targets other than "cpu", ``attention="fp32"``, inputs that
 are not fp32 CPU tensors, dropout, a scale or flag computed at run time, masks that are neither
@@ -115,6 +123,30 @@ def _bias_for(ctx, mask: fx.Node | None, reader: fx.Node) -> fx.Node | None:
     return made[mask]
 
 
+def _flash_bf16(ctx, node: fx.Node, a: dict, scale: float) -> fx.Node:
+    """q, k, v (and an fp32 mask) cast to bf16, ATen's SDPA, the result cast back to fp32.
+    Inductor lowers it to the CPU flash kernel, which streams the scores (never stored)."""
+    graph = ctx.gm.graph
+    with graph.inserting_before(node):
+        low = []
+        for name in ("query", "key", "value"):
+            cast = graph.call_method("to", (a[name], torch.bfloat16))
+            annotate(cast, ctx.fake_mode)
+            low.append(cast)
+        mask = a["attn_mask"]
+        if mask is not None and fake_value(mask).dtype == torch.float32:
+            mask = graph.call_method("to", (mask, torch.bfloat16))
+            annotate(mask, ctx.fake_mode)
+        out = graph.call_function(F.scaled_dot_product_attention, tuple(low), {
+            "attn_mask": mask, "dropout_p": 0.0, "is_causal": a["is_causal"], "scale": scale,
+            "enable_gqa": a["enable_gqa"]})
+        out.meta.update({k: v for k, v in node.meta.items() if k not in ("example_value", "val")})
+        annotate(out, ctx.fake_mode)
+        back = graph.call_method("to", (out, torch.float32))
+        annotate(back, ctx.fake_mode)
+    return back
+
+
 def run(ctx) -> int:
     graph = ctx.gm.graph
     rewritten = 0
@@ -128,14 +160,19 @@ def run(ctx) -> int:
             continue
         q = a["query"]
         scale = a["scale"] if a["scale"] is not None else fake_value(q).shape[-1] ** -0.5
-        with graph.inserting_before(node):
-            new = graph.call_function(
-                torch.ops.zq.attention_bf16.default,
-                (q, a["key"], a["value"], _bias_for(ctx, a["attn_mask"], node), float(scale), a["is_causal"],
-                 a["enable_gqa"]),
-            )
-        new.meta.update({k: v for k, v in node.meta.items() if k not in ("example_value", "val")})
-        annotate(new, ctx.fake_mode)
+        if ctx.config.attention == "bf16_matmul":
+            with graph.inserting_before(node):
+                new = graph.call_function(
+                    torch.ops.zq.attention_bf16.default,
+                    (q, a["key"], a["value"], _bias_for(ctx, a["attn_mask"], node), float(scale), a["is_causal"],
+                     a["enable_gqa"]),
+                )
+            new.meta.update({k: v for k, v in node.meta.items() if k not in ("example_value", "val")})
+            annotate(new, ctx.fake_mode)
+            decision.reason = "bf16 matmuls, fp32 softmax (attention='bf16_matmul')"
+        else:
+            new = _flash_bf16(ctx, node, a, float(scale))
+            decision.reason = "bf16 flash attention (ATen's fused kernel on bf16 q/k/v, fp32 softmax statistics)"
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         decision.dtype = "bf16"

@@ -95,21 +95,41 @@ def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
     return entry
 
 
+#: What oneDNN may write. bf16 halves the bytes of the GEMM's output and of the epilogue's read
+#: of it, with fp32's range; fp16 is not offered: acc * w_scale is y / x_scale, which overflows
+#: fp16 whenever a token's activations are small (x_scale << 1).
+GEMM_OUT_DTYPES = (torch.float32, torch.bfloat16)
+
+
 @torch.library.custom_op("zq::onednn_u8s8_mm", mutates_args=())
-def onednn_u8s8_mm(x_u8: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """uint8 x_u8 [M, K] (zero point 128) x int8 w_q [N, K] -> fp32 [M, N] = acc * w_scale[row]."""
+def onednn_u8s8_mm(x_u8: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
+                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 x_u8 [M, K] (zero point 128) x int8 w_q [N, K] -> [M, N] = acc * w_scale[row], written
+    by oneDNN in ``out_dtype`` (fp32 or bf16; it accumulates in int32 and scales in fp32)."""
+    if out_dtype not in GEMM_OUT_DTYPES:
+        raise ValueError(f"onednn_u8s8_mm: out_dtype={out_dtype} is not valid; allowed: torch.float32, torch.bfloat16")
     p = onednn_packed(w_q, w_scale)
     if x_u8.shape[0] == 0:
-        return x_u8.new_zeros((0, w_q.shape[0]), dtype=torch.float32)
+        return x_u8.new_zeros((0, w_q.shape[0]), dtype=out_dtype)
     return torch.ops.onednn.qlinear_pointwise(
         x_u8.contiguous(), 1.0, 128, p.packed, p.row_scale, p.row_zero,
-        None, 1.0, 0, torch.float32, "none", [], "",
+        None, 1.0, 0, out_dtype, "none", [], "",
     )
 
 
 @onednn_u8s8_mm.register_fake
-def _(x_u8, w_q, w_scale):
-    return x_u8.new_empty((x_u8.shape[0], w_q.shape[0]), dtype=torch.float32)
+def _(x_u8, w_q, w_scale, out_dtype=torch.float32):
+    return x_u8.new_empty((x_u8.shape[0], w_q.shape[0]), dtype=out_dtype)
+
+
+def shifted_uint8(x_q: torch.Tensor) -> torch.Tensor:
+    """x_q + 128 as uint8, [M, K]: what oneDNN's u8s8 GEMM reads (zero point 128).
+
+    Q, K and V each trace this on one x_q; lowering.py merges the three identical chains, so
+    Inductor writes one uint8 copy inside the quantize kernel and no int8 one."""
+    k = x_q.shape[-1]
+    # via int32: Inductor's CPU codegen does not vectorize int16 arithmetic.
+    return (x_q.reshape(-1, k).to(torch.int32) + 128).to(torch.uint8)
 
 
 def _zero_correction(w_scale, w_zero, n):
@@ -149,9 +169,14 @@ class OneDnnKernel(CpuKernel):
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         n, k = w_q.shape
-        # via int32: Inductor's CPU codegen does not vectorize int16 arithmetic.
-        x_u8 = (x_q.reshape(-1, k).to(torch.int32) + 128).to(torch.uint8)
-        acc = torch.ops.zq.onednn_u8s8_mm(x_u8, w_q, w_scale)
+        x_u8 = shifted_uint8(x_q)
+        # A bf16 result (a bf16 model, or the bf16 activations pass) lets oneDNN write bf16: the
+        # epilogue still computes in fp32, but half the bytes go to memory and back. Not with a
+        # weight zero point: its correction is subtracted from the GEMM's output, and the
+        # cancellation would magnify bf16's rounding (measured: 19% off on one output).
+        bf16_ok = out_dtype == torch.bfloat16 and w_zero is None
+        gemm_dtype = torch.bfloat16 if bf16_ok else torch.float32
+        acc = torch.ops.zq.onednn_u8s8_mm(x_u8, w_q, w_scale, gemm_dtype)
         return epilogue(acc, x_q, x_scale, None, _zero_correction(w_scale, w_zero, n), bias, out_dtype)
 
 

@@ -169,3 +169,94 @@ def select_cpu_kernel(requested: str = "auto", regime: str = "large") -> KernelC
 
 def default_cpu_kernel() -> CpuKernel:
     return select_cpu_kernel("auto").kernel
+
+
+#: Rows the shape race times at most: past this, time grows linearly with M and the ranking of
+#: the kernels no longer changes, so larger graphs are raced at this M (the report says so).
+RACE_MAX_M = 4096
+
+
+def _time_variants(fns: dict, rounds: int) -> dict[str, float]:
+    """Fastest ms of each zero-argument callable, taking turns (see ``_race``)."""
+    import time
+
+    times = {name: float("inf") for name in fns}
+    for i in range(rounds + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if i >= 1:  # the first round packs weights and creates primitives
+                times[name] = min(times[name], (time.perf_counter() - start) * 1e3)
+    return times
+
+
+@functools.cache
+def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[str, ...], gemm_bf16: bool,
+                rounds: int = 5) -> dict[str, float]:
+    """ms per forward of the graph's GEMMs, per variant: ``shapes`` are (M, K, N, count).
+
+    Variants: each int8 kernel in ``kernels`` as the pipeline would call it (oneDNN writing bf16
+    when ``gemm_bf16``, else fp32; ``_int_mm`` writing int32), oneDNN writing fp32 as well when
+    the pipeline is bf16 (what the fp32 pipeline would pay), and the best float alternative the
+    CPU has: ``F.linear`` in bf16 where it has native bf16, else in fp32. GEMMs alone: the
+    epilogues are fused into Inductor's kernels, whose bytes the report counts.
+    """
+    import torch.nn.functional as F
+
+    from zq_compile.codegen.cpu.kernels import onednn_packed
+
+    g = torch.Generator().manual_seed(0)
+    float_dtype = torch.bfloat16 if has_bf16() else torch.float32
+    totals: dict[str, float] = {}
+    for m, k, n, count in shapes:
+        m = min(m, RACE_MAX_M)
+        x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
+        x_u8 = (x_q.to(torch.int32) + 128).to(torch.uint8)
+        w_q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        w_s = torch.rand(n, generator=g)
+        x_f = torch.randn(m, k, generator=g).to(float_dtype)
+        w_f = torch.randn(n, k, generator=g).to(float_dtype)
+        fns = {}
+        if "onednn" in kernels:
+            onednn_packed(w_q, w_s)
+            out = [torch.bfloat16, torch.float32] if gemm_bf16 else [torch.float32]
+            for dt in out:
+                name = f"onednn->{'bf16' if dt == torch.bfloat16 else 'fp32'}"
+                fns[name] = lambda dt=dt: torch.ops.zq.onednn_u8s8_mm(x_u8, w_q, w_s, dt)
+        if "int_mm" in kernels:
+            w_t = w_q.t()
+            fns["int_mm->int32"] = lambda: torch._int_mm(x_q, w_t)
+        fns[f"{'bf16' if float_dtype == torch.bfloat16 else 'fp32'} F.linear"] = lambda: F.linear(x_f, w_f)
+        for name, ms in _time_variants(fns, rounds).items():
+            totals[name] = totals.get(name, 0.0) + ms * count
+    return totals
+
+
+def choose_for_shapes(shapes, gemm_bf16: bool) -> tuple[KernelChoice, str, str | None]:
+    """The int8 kernel for a graph with these GEMM shapes, raced on them (KERNEL-NOTES.md: a
+    proxy problem saw oneDNN and _int_mm within 1% where the graph's own shapes put oneDNN 3x
+    ahead). Returns the choice, the race line for the report, and a note when the float
+    alternative beat every int8 variant."""
+    ready, rejected = _candidates()
+    if len(ready) < 2:
+        choice = select_cpu_kernel("auto", "large")
+        return choice, "", None
+    times = race_shapes(tuple(shapes), tuple(ready), gemm_bf16)
+    own = {"onednn": "onednn->bf16" if gemm_bf16 else "onednn->fp32", "int_mm": "int_mm->int32"}
+    best = ready[0]
+    for name in ready[1:]:
+        if times[own[name]] < RACE_MARGIN * times[own[best]]:
+            best = name
+    where = ", ".join(f"{m}x{k}x{n}" + (f" (x{c})" if c > 1 else "") for m, k, n, c in shapes)
+    capped = " (M capped at %d)" % RACE_MAX_M if any(m > RACE_MAX_M for m, *_ in shapes) else ""
+    line = (f"GEMMs per forward at this graph's shapes {where}{capped}: "
+            + ", ".join(f"{v} {t:.2f} ms" for v, t in sorted(times.items(), key=lambda kv: kv[1]))
+            + f" -> {best}")
+    losers = tuple((n, f"slower than {best} at this graph's shapes ({line})") for n in ready if n != best)
+    choice = KernelChoice(KERNELS[best], f"raced at this graph's shapes on {cpu_description()}", rejected + losers)
+    float_name = next(v for v in times if v.endswith("F.linear"))
+    note = None
+    if times[float_name] < min(times[own[n]] for n in ready):
+        note = (f"no int8 variant beats {float_name} on this CPU at these shapes "
+                f"({float_name} {times[float_name]:.2f} ms vs {best} {times[own[best]]:.2f} ms for the GEMMs)")
+    return choice, line, note

@@ -1,0 +1,66 @@
+"""Bytes moved per forward by one compiled graph: what Inductor's generated kernels read and
+write, plus the int8 GEMMs' own bytes from their shapes. On a CPU it is the bytes, more than the
+int8 arithmetic, that set the time (AMX above all), so a change that moves fewer bytes is seen
+here on any machine, whatever its timings.
+
+Inductor sizes every kernel's reads and writes (``GraphLowering.count_bytes``) but only while
+its ``inductor_metrics`` log is on; ``counting_inductor_bytes`` turns it on (silently) for our
+compile call alone. A graph Inductor's FX graph cache serves is not code-generated again and is
+not counted: the report says so instead of a number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import torch
+
+#: bytes per output element each kernel's GEMM writes, per result dtype of zq.linear_w8a8
+_GEMM_OUT_BYTES = {"onednn": {torch.bfloat16: 2}, "int_mm": {}, "reference": {}}
+
+
+@contextlib.contextmanager
+def counting_inductor_bytes(report):
+    from torch._inductor import compile_fx, metrics
+    from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
+
+    log = compile_fx.inductor_metrics_log
+    saved = (log.level, log.disabled, log.propagate, metrics.nodes_num_elem)
+    counted: list = []
+    metrics.nodes_num_elem = counted
+    log.setLevel(logging.INFO)
+    log.disabled, log.propagate = False, False  # no handler of its own: nothing is printed
+    try:
+        yield
+    finally:
+        log.setLevel(saved[0])
+        log.disabled, log.propagate, metrics.nodes_num_elem = saved[1], saved[2], saved[3]
+    if counted:
+        # count_bytes records bytes // 4 per scheduler node; extern nodes (the GEMMs, bmm) are
+        # counted from their shapes instead (gemm_bytes), so they are left out here.
+        report.inductor_bytes = sum(4 * n for node, n in counted
+                                    if not isinstance(node, (ExternKernelSchedulerNode, NopKernelSchedulerNode)))
+        report.inductor_kernels = sum(1 for node, _ in counted
+                                      if not isinstance(node, (ExternKernelSchedulerNode, NopKernelSchedulerNode)))
+
+
+def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
+    """Bytes the quantized linears' GEMMs read and write at the traced shapes: the 8-bit
+    activation, the int8 weight and the output (bf16 from oneDNN when the result is bf16 and the
+    weights symmetric, else 4 bytes: fp32 or int32)."""
+    total = 0
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+        x_shape = node.args[0].meta["example_value"].shape
+        m = math.prod(_hint(d) for d in x_shape[:-1])
+        n, k = node.args[2].meta["example_value"].shape
+        out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4) if node.args[4] is None else 4
+        total += m * k + n * k + m * n * out
+    return total
+
+
+def _hint(d) -> int:
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    return int(optimization_hint(d)) if not isinstance(d, int) else d
