@@ -21,6 +21,7 @@ import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses
 from zq_compile.binding import WeightBinding
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import decompositions_for
+from zq_compile.ops.linear_wo import finalize_weights as finalize_scheme_weights
 from zq_compile.passes.context import PassContext
 from zq_compile.passes.graph_utils import clone_graph_module
 from zq_compile.passes.runner import run_passes
@@ -61,6 +62,7 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
     _finalize_weights(ctx, kernel)
+    finalize_scheme_weights(ctx)  # INT4 / weight-only constants: the kernels' own copies
     if not report.decisions:
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
     elif not report.quantized:

@@ -12,6 +12,7 @@ import torch
 from torch._inductor.decomposition import select_decomp_table
 
 from zq_compile.codegen.cpu.attention import attention_bf16
+from zq_compile.ops.linear_wo import decompositions as scheme_decompositions
 
 
 def decompositions_for(kernel) -> dict:
@@ -19,4 +20,5 @@ def decompositions_for(kernel) -> dict:
     table[torch.ops.zq.quantize_per_token.default] = kernel.quantize_per_token
     table[torch.ops.zq.linear_w8a8.default] = kernel.linear
     table[torch.ops.zq.attention_bf16.default] = attention_bf16
+    table.update(scheme_decompositions())  # zq::linear_wo, zq::linear_w4a8 (their kernel is an argument)
     return table
