@@ -29,7 +29,12 @@ def test_frozen():
     "kwargs, field, allowed",
     [
         ({"preset": "w3a3"}, "preset", "w8a8"),
-        ({"preset": "w4a16"}, "preset", "not built yet"),
+        ({"preset": "w4/8a9"}, "preset", "w8a8, w4/8a8, w4a8, w8a16, w4a16"),
+        ({"group_size": 96}, "group_size", "32, 64, 128"),
+        ({"overrides": {"*.mlp.*": "w2a8"}}, "overrides", "w4/8a8"),
+        ({"overrides": ["*.mlp.*"]}, "overrides", "dict"),
+        ({"module_types": {"": "w8a8"}}, "module_types", "non-empty"),
+        ({"roles": {"*.fc": "mlp"}}, "roles", "attention, ffn, other"),
         ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
         ({"attention": "fp16"}, "attention", "auto, bf16, fp32"),

@@ -146,7 +146,8 @@ def m_regime(gm: fx.GraphModule) -> str:
     decode step), else "large". Kernels are chosen per regime (codegen/cpu/select.py)."""
     from zq_compile.codegen.cpu.select import SMALL_M
 
-    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+    targets = (torch.ops.zq.linear_w8a8.default, torch.ops.zq.linear_wo.default, torch.ops.zq.linear_w4a8.default)
+    for node in (n for t in targets for n in gm.graph.find_nodes(op="call_function", target=t)):
         rows = math.prod(node.args[0].meta["example_value"].shape[:-1])
         if not isinstance(rows, int) or rows > SMALL_M:
             return "large"

@@ -197,7 +197,7 @@ def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options)
 
 
 def all_contenders() -> list[Contender]:
-    from zq_compile.config import PRESETS
+    from zq_compile.config import PRESET_NAMES
 
     out = [
         Contender("eager fp32", "float", _eager, "the fp32 model, no compile"),
@@ -215,7 +215,7 @@ def all_contenders() -> list[Contender]:
         Contender("pt2e x86 dyn", "peer", _pt2e,
                   "torch.export + PT2E X86InductorQuantizer (dynamic act) + torch.compile(freezing)"),
     ]
-    for preset in PRESETS:
+    for preset in PRESET_NAMES:
         for lkd in (False, True):
             name = f"zeroquant {preset}" + ("+lkd" if lkd else "")
             how = f"zq_compile.compile(model, ZeroQuantConfig(preset={preset!r}))"
