@@ -72,6 +72,22 @@ def _near(start: fx.Node, want, forward: bool, hops: int) -> bool:
     return False
 
 
+#: Ops that leave a graph input a graph input (a transposed weight is still a weight).
+_VIEWS = {"t", "transpose", "permute", "contiguous", "to", "float", "half", "bfloat16", "detach", "view",
+          "reshape", "expand"}
+
+
+def _weight_like(node: fx.Node) -> bool:
+    """A graph input (parameter, buffer) seen through views: not an activation."""
+    while node.op in ("call_function", "call_method"):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        inputs = node.all_input_nodes
+        if name not in _VIEWS or len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return node.op in ("placeholder", "get_attr")
+
+
 def _walk(starts, forward: bool, linears: set, stop: set) -> set:
     """Linears reached from ``starts`` through non-linear nodes, not crossing ``stop``."""
     found, seen, todo = set(), set(), list(starts)
@@ -80,10 +96,10 @@ def _walk(starts, forward: bool, linears: set, stop: set) -> set:
         if n in seen or not isinstance(n, fx.Node):
             continue
         seen.add(n)
+        if n in stop or n.op in ("placeholder", "output", "get_attr"):
+            continue
         if n in linears:
             found.add(n)
-            continue
-        if n in stop or n.op in ("placeholder", "output", "get_attr"):
             continue
         todo.extend(n.users if forward else n.all_input_nodes)
     return found
@@ -97,7 +113,7 @@ def classify(graph: fx.Graph, linears: list[fx.Node]) -> dict[fx.Node, str]:
         if _is(n, SDPA, {"scaled_dot_product_attention"}):
             cores.append(n)
             core_inputs.extend(a for a in n.args[:3] if isinstance(a, fx.Node))
-        elif _is(n, MATMULS, {"matmul", "bmm", "__matmul__"}) and n not in linear_set:
+        elif _is(n, MATMULS, {"matmul", "bmm", "__matmul__"}) and not any(map(_weight_like, n.all_input_nodes)):
             scores = _near(n, lambda m: _is(m, SOFTMAX, {"softmax"}), forward=True, hops=SOFTMAX_HOPS)
             probs = _near(n, lambda m: _is(m, SOFTMAX, {"softmax"}), forward=False, hops=SOFTMAX_HOPS)
             if scores or probs:
@@ -118,6 +134,7 @@ def classify(graph: fx.Graph, linears: list[fx.Node]) -> dict[fx.Node, str]:
     ffn_up = _walk([n.args[0] for n in ffn_out if n.args and isinstance(n.args[0], fx.Node)],
                    False, linear_set, stop)
     ffn = ffn_in | ffn_out | ffn_up
+    attention |= set(cores) & linear_set  # an activation-activation matmul is attention's own
     return {n: "attention" if n in attention else "ffn" if n in ffn else "other" for n in linears}
 
 
