@@ -12,6 +12,8 @@ each kernel's ``linear`` is both the eager body and the decomposition Inductor t
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -96,25 +98,50 @@ def decompositions() -> dict:
 
 def finalize_weights(ctx) -> int:
     """Let each node's kernel swap its weight constant for what it wants the graph to hold
-    (ATen INT4 or the int8 copy: a one-byte handle to the kernel's own copy). Returns how many."""
+    (ATen INT4 or the int8 copy: a one-byte handle to the kernel's own copy), and make the
+    weight's re-quantization (``binding.py``, other float weights at call time) do the same:
+    the compiled graph expects the handle's layout. Returns how many were swapped."""
     from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
     from zq_compile.codegen.cpu.weight_only import WO_KERNELS
 
     index = {name: i for i, (name, _) in enumerate(ctx.constants)}
-    value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
     done = 0
     for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_wo.default):
-        x, w, ws, wz, _b, bits, gs, k, kernel, _ = node.args
-        done += _swap(ctx, index, w, WO_KERNELS[kernel].finalize_weight(value(w), value(ws), value(wz), bits, gs, k))
+        _x, w, ws, wz, _b, bits, gs, k, kernel, _ = node.args
+        finalize = functools.partial(_wo_finalize, WO_KERNELS[kernel], bits, gs, k)
+        done += _swap(ctx, index, w, ws, wz, finalize)
     for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w4a8.default):
         _xq, _xs, w, ws, wz, _b, gs, k, kernel, _ = node.args
-        done += _swap(ctx, index, w, W4A8_KERNELS[kernel].finalize_weight(value(w), value(ws), value(wz), gs, k))
+        finalize = functools.partial(_w4a8_finalize, W4A8_KERNELS[kernel], gs, k)
+        done += _swap(ctx, index, w, ws, wz, finalize)
     return done
 
 
-def _swap(ctx, index, node, new) -> int:
-    i = index[node.name]
+def _wo_finalize(kernel, bits, gs, k, w, ws, wz):
+    return kernel.finalize_weight(w, ws, wz, bits, gs, k)
+
+
+def _w4a8_finalize(kernel, gs, k, w, ws, wz):
+    return kernel.finalize_weight(w, ws, wz, gs, k)
+
+
+def _swap(ctx, index, w, ws, wz, finalize) -> int:
+    i = index[w.name]
+    if ctx.constants[i][0] in ctx.memo.setdefault("finalized", set()):
+        return 0  # a weight shared by several nodes (one kernel per graph regime)
+    value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
+    new = finalize(value(w), value(ws), value(wz))
+    ctx.memo["finalized"].add(ctx.constants[i][0])
     if new is ctx.constants[i][1]:
         return 0
-    ctx.constants[i] = (node.name, new)
+    ctx.constants[i] = (w.name, new)
+    for source in ctx.weight_sources:
+        if source.slots.get("w") == i:
+            source.quantize = functools.partial(_quantize_then_finalize, source.quantize, finalize)
     return 1
+
+
+def _quantize_then_finalize(quantize, finalize, w_nk):
+    made = dict(quantize(w_nk))
+    made["w"] = finalize(made["w"], made["ws"], made.get("wz"))
+    return made

@@ -33,8 +33,8 @@ class W4A8(W8A8):
 
         w, w_s, w_z = weight
         x_val = fake_value(x)
-        k = x_val.shape[-1]
-        n = fake_value(w).shape[0]
+        # K from the weight constant (static), never the activation's (symbolic in dynamic graphs)
+        n, k = fake_value(w).shape[0], fake_value(w).shape[1] * 2  # INT4 widths: multiples of 32
         group_size = k // fake_value(w_s).shape[1]
         regime = regime_of(x_val)
         gemm = "reference" if ctx.target == "reference" else select_cpu_kernel(ctx.config.cpu_kernel, regime).kernel.name

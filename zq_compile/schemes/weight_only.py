@@ -60,8 +60,9 @@ class WeightOnly(SchemeHandler):
 
         w, w_s, w_z = weight
         x_val = fake_value(x)
-        k = x_val.shape[-1]
-        n = fake_value(w).shape[0]
+        # K from the weight constant (static), never the activation's (symbolic in dynamic graphs)
+        n, width = fake_value(w).shape
+        k = width * 2 if self.bits == 4 else width  # INT4 widths here are multiples of 32
         group_size = k // fake_value(w_s).shape[1] if self.bits == 4 else 0
         regime = regime_of(x_val)
         choice = select_wo_kernel(regime, self.bits, "reference" if ctx.target == "reference" else "auto")
