@@ -29,7 +29,12 @@ def test_frozen():
     "kwargs, field, allowed",
     [
         ({"preset": "w3a3"}, "preset", "w8a8"),
-        ({"preset": "w4a16"}, "preset", "not built yet"),
+        ({"preset": "w4/8a9"}, "preset", "w8a8, w4/8a8, w4a8, w8a16, w4a16"),
+        ({"group_size": 96}, "group_size", "32, 64, 128"),
+        ({"overrides": {"*.mlp.*": "w2a8"}}, "overrides", "w4/8a8"),
+        ({"overrides": ["*.mlp.*"]}, "overrides", "dict"),
+        ({"module_types": {"": "w8a8"}}, "module_types", "non-empty"),
+        ({"roles": {"*.fc": "mlp"}}, "roles", "attention, ffn, other"),
         ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
         ({"attention": "fp16"}, "attention", "auto, bf16, bf16_matmul, fp32"),
@@ -69,3 +74,26 @@ def test_scheme_validation():
         QuantScheme(weight_bits=2)
     with pytest.raises(ValueError, match="act_bits=4"):
         QuantScheme(act_bits=4)
+
+
+def test_scheme_fields_round_trip_through_json_in_any_order():
+    c = ZeroQuantConfig(preset="w4/8a8", group_size=64, overrides={"*.mlp.*": "w4a16", "*.fc": "w8a16"},
+                        module_types={"LlamaAttention": "w8a16"}, roles={"*.lm_head": "ffn"})
+    back = ZeroQuantConfig.from_json(c.to_json())
+    assert back == c and hash(back) == hash(c)
+    assert back.to_dict()["overrides"] == {"*.fc": "w8a16", "*.mlp.*": "w4a16"}
+    assert ZeroQuantConfig(overrides={"*.fc": "w8a16", "*.mlp.*": "w4a16"}) == ZeroQuantConfig(
+        overrides={"*.mlp.*": "w4a16", "*.fc": "w8a16"})
+
+
+@pytest.mark.parametrize("preset, want", [("w4a8", 128), ("w4a16", 128), ("w8a8", None), ("w8a16", None)])
+def test_presets_carry_their_int4_group_size(preset, want):
+    assert ZeroQuantConfig(preset=preset).scheme.group_size == want
+    assert ZeroQuantConfig(preset=preset, group_size=32).scheme.group_size == (32 if want else None)
+
+
+def test_unknown_preset_lists_every_valid_one():
+    with pytest.raises(ValueError) as e:
+        ZeroQuantConfig(preset="int4")
+    for name in ("w8a8", "w4/8a8", "w4a8", "w8a16", "w4a16"):
+        assert name in str(e.value)

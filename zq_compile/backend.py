@@ -22,6 +22,7 @@ from zq_compile.binding import WeightBinding
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import MergeDuplicateCasts, decompositions_for
+from zq_compile.ops.linear_wo import finalize_weights as finalize_scheme_weights
 from zq_compile.passes.context import PassContext
 from zq_compile.passes.graph_utils import clone_graph_module
 from zq_compile.passes.runner import run_passes
@@ -62,6 +63,7 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
     _finalize_weights(ctx, kernel)
+    finalize_scheme_weights(ctx)  # INT4 / weight-only constants: the kernels' own copies
     if not report.decisions:
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
     elif not report.quantized:
@@ -148,7 +150,8 @@ def m_regime(gm: fx.GraphModule) -> str:
     decode step), else "large". Kernels are chosen per regime (codegen/cpu/select.py)."""
     from zq_compile.codegen.cpu.select import SMALL_M
 
-    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+    targets = (torch.ops.zq.linear_w8a8.default, torch.ops.zq.linear_wo.default, torch.ops.zq.linear_w4a8.default)
+    for node in (n for t in targets for n in gm.graph.find_nodes(op="call_function", target=t)):
         rows = math.prod(node.args[0].meta["example_value"].shape[:-1])
         if not isinstance(rows, int) or rows > SMALL_M:
             return "large"

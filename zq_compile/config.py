@@ -19,9 +19,10 @@ TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
 ACTIVATIONS = ("auto", "bf16", "fp32")
-#: Schemes whose rewrite and kernels exist in this release. Others validate as data but are
-#: rejected by ZeroQuantConfig until their handler lands (see ``passes/rewrite_linear.py``).
-IMPLEMENTED_SCHEMES = ("w8a8",)
+#: Group sizes along the input dimension for INT4 weights (what INT4 kernels take).
+INT4_GROUP_SIZES = (32, 64, 128)
+#: What the attention/FFN classification (``schemes/policy.py``) can say of a linear.
+ROLES = ("attention", "ffn", "other")
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
@@ -35,12 +36,15 @@ class QuantScheme:
     weight_bits: 8 or 4. act_bits: 8 (dynamic per-token int8) or None (weight-only).
     weight_groups: number of groups along the output rows; None means one group per row
     (per-channel). symmetric: symmetric weight quantization (no zero point).
+    group_size: INT4 only: inputs per group along K (32, 64, 128), each block of
+    (row group, K group) has its own scale; None for 8-bit weights.
     """
 
     weight_bits: int = 8
     act_bits: int | None = 8
     weight_groups: int | None = None
     symmetric: bool = True
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight_bits not in WEIGHT_BITS:
@@ -55,6 +59,10 @@ class QuantScheme:
             _fail("weight_groups", self.weight_groups, "a positive int, or None for per-channel")
         if not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False")
+        if self.weight_bits == 4 and self.group_size not in INT4_GROUP_SIZES:
+            _fail("group_size", self.group_size, ", ".join(map(str, INT4_GROUP_SIZES)) + " (INT4 weights)")
+        if self.weight_bits == 8 and self.group_size is not None:
+            _fail("group_size", self.group_size, "None for 8-bit weights (groups along K are INT4's)")
 
     @property
     def name(self) -> str:
@@ -64,18 +72,53 @@ class QuantScheme:
 
 PRESETS: dict[str, QuantScheme] = {
     "w8a8": QuantScheme(weight_bits=8, act_bits=8),
-    "w4a8": QuantScheme(weight_bits=4, act_bits=8),
+    "w4a8": QuantScheme(weight_bits=4, act_bits=8, group_size=128),
     "w8a16": QuantScheme(weight_bits=8, act_bits=None),
-    "w4a16": QuantScheme(weight_bits=4, act_bits=None),
+    "w4a16": QuantScheme(weight_bits=4, act_bits=None, group_size=128),
 }
+#: Presets that give each linear a scheme by its role in the graph (``schemes/policy.py``).
+#: w4/8a8 is the paper's W4/8-A8: INT4 feed-forward weights, INT8 attention weights, INT8
+#: activations; linears that are neither (LM head, pooler, classifier) keep INT8.
+MIXED_PRESETS: dict[str, dict[str, str]] = {
+    "w4/8a8": {"attention": "w8a8", "ffn": "w4a8", "other": "w8a8"},
+}
+PRESET_NAMES: tuple[str, ...] = ("w8a8", "w4/8a8", "w4a8", "w8a16", "w4a16")
+#: Presets whose rewrite and kernels exist in this release (all of them now).
+IMPLEMENTED_SCHEMES = PRESET_NAMES
+
+
+def _pairs(field_name: str, value: Any, allowed_values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """A {key: value} mapping from users or JSON as a hashable tuple of pairs, validated."""
+    if isinstance(value, dict):
+        value = tuple(value.items())
+    try:
+        pairs = tuple((k, v) for k, v in value)
+    except (TypeError, ValueError):
+        _fail(field_name, value, "a dict {glob or type name: value}")
+    for k, v in pairs:
+        if not isinstance(k, str) or not k:
+            _fail(field_name, value, "a dict with non-empty string keys")
+        if v not in allowed_values:
+            _fail(f"{field_name}[{k!r}]", v, ", ".join(allowed_values))
+    # Stored sorted: which glob wins never depends on the order a dict or JSON file had.
+    return tuple(sorted(pairs))
 
 
 @dataclass(frozen=True)
 class ZeroQuantConfig:
     """Everything the backend needs to know; also what ``options=`` of torch.compile carries.
 
-    preset: name of the scheme every eligible linear gets (see ``PRESETS``).
+    preset: name of the scheme every eligible linear gets (see ``PRESETS``), or a mixed preset
+        (``MIXED_PRESETS``: "w4/8a8") that picks it by the linear's role in the graph.
     weight_groups / symmetric: override the preset's weight grouping / symmetry.
+    group_size: inputs per group along K for INT4 weights (32, 64, 128). A linear whose input
+        width it does not divide gets the largest of those that does, or INT8 (see README).
+    overrides: {glob over module paths: preset}, e.g. {"*.mlp.*": "w4a8"}; of the globs that
+        match, the longest (most specific) wins; overrides come before ``module_types``.
+    module_types: {nn.Module class name: preset}, e.g. {"LlamaMLP": "w4a16"}, matched against
+        the modules a linear was called in (innermost first; plain or dotted class names).
+    roles: {glob over module paths: "attention" | "ffn" | "other"}, overrides what the graph
+        says a linear is (used by mixed presets).
     skip: fnmatch globs over module paths (``"pooler.*"``, ``"*.lm_head"``); matching linears
         stay in floating point, with the glob recorded as the reason.
     target: "auto" (triton kernels on CUDA tensors, cpu kernels on CPU tensors), "cpu", "triton"
@@ -98,6 +141,10 @@ class ZeroQuantConfig:
     preset: str = "w8a8"
     weight_groups: int | None = None
     symmetric: bool | None = None
+    group_size: int = 128
+    overrides: tuple[tuple[str, str], ...] = ()
+    module_types: tuple[tuple[str, str], ...] = ()
+    roles: tuple[tuple[str, str], ...] = ()
     skip: tuple[str, ...] = ()
     target: str = "auto"
     cpu_kernel: str = "auto"
@@ -108,10 +155,13 @@ class ZeroQuantConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            _fail("preset", self.preset, ", ".join(PRESETS))
-        if self.preset not in IMPLEMENTED_SCHEMES:
-            _fail("preset", self.preset, ", ".join(IMPLEMENTED_SCHEMES) + " (others are not built yet)")
+        if self.preset not in PRESET_NAMES:
+            _fail("preset", self.preset, ", ".join(PRESET_NAMES))
+        if self.group_size not in INT4_GROUP_SIZES or isinstance(self.group_size, bool):
+            _fail("group_size", self.group_size, ", ".join(map(str, INT4_GROUP_SIZES)))
+        object.__setattr__(self, "overrides", _pairs("overrides", self.overrides, PRESET_NAMES))
+        object.__setattr__(self, "module_types", _pairs("module_types", self.module_types, PRESET_NAMES))
+        object.__setattr__(self, "roles", _pairs("roles", self.roles, ROLES))
         # Lists arrive from JSON and from users; store tuples so the config stays hashable.
         for name in ("skip", "disable_passes"):
             value = getattr(self, name)
@@ -143,15 +193,23 @@ class ZeroQuantConfig:
         unknown = [p for p in self.disable_passes if p not in PASS_ORDER]
         if unknown:
             _fail("disable_passes", unknown, ", ".join(PASS_ORDER))
-        self.scheme  # validates the merged scheme (weight_groups) now, not at compile time
+        for name in {self.preset, *(p for _, p in self.overrides + self.module_types)}:
+            for scheme_name in MIXED_PRESETS.get(name, {"": name}).values():
+                self.scheme_named(scheme_name)  # validates the merged schemes now, not at compile time
 
     @property
     def scheme(self) -> QuantScheme:
-        base = PRESETS[self.preset]
+        """The scheme of the preset (of a mixed preset: the one its attention linears get)."""
+        return self.scheme_named(MIXED_PRESETS.get(self.preset, {}).get("attention", self.preset))
+
+    def scheme_named(self, name: str) -> QuantScheme:
+        """A uniform preset's scheme with this config's weight_groups / symmetric / group_size."""
+        base = PRESETS[name]
         return dataclasses.replace(
             base,
             weight_groups=self.weight_groups if self.weight_groups is not None else base.weight_groups,
             symmetric=self.symmetric if self.symmetric is not None else base.symmetric,
+            group_size=self.group_size if base.weight_bits == 4 else None,
         )
 
     # -- serialisation -------------------------------------------------------------------
@@ -159,6 +217,8 @@ class ZeroQuantConfig:
         d = dataclasses.asdict(self)
         d["skip"] = list(self.skip)
         d["disable_passes"] = list(self.disable_passes)
+        for name in ("overrides", "module_types", "roles"):
+            d[name] = dict(getattr(self, name))
         return d
 
     def to_json(self) -> str:
@@ -188,4 +248,4 @@ class ZeroQuantConfig:
         return cls.from_dict(dict(options))
 
 
-__all__ = ["QuantScheme", "ZeroQuantConfig", "PRESETS"]
+__all__ = ["QuantScheme", "ZeroQuantConfig", "PRESETS", "PRESET_NAMES", "MIXED_PRESETS"]

@@ -18,6 +18,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from torch._inductor.decomposition import select_decomp_table
 
 from zq_compile.codegen.cpu.attention import attention_bf16
+from zq_compile.ops.linear_wo import decompositions as scheme_decompositions
 
 aten, prims = torch.ops.aten, torch.ops.prims
 
@@ -27,6 +28,7 @@ def decompositions_for(kernel) -> dict:
     table[torch.ops.zq.quantize_per_token.default] = kernel.quantize_per_token
     table[torch.ops.zq.linear_w8a8.default] = kernel.linear
     table[torch.ops.zq.attention_bf16.default] = attention_bf16
+    table.update(scheme_decompositions())  # zq::linear_wo, zq::linear_w4a8 (their kernel is an argument)
     return table
 
 

@@ -29,6 +29,7 @@ class LinearDecision:
     reason: str
     float_bytes: int = 0
     quant_bytes: int = 0
+    role: str = ""  # "attention" | "ffn" | "other", from the graph (schemes/policy.py)
 
     @property
     def quantized(self) -> bool:

@@ -266,7 +266,7 @@ def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options)
 
 
 def all_contenders() -> list[Contender]:
-    from zq_compile.config import PRESETS
+    from zq_compile.config import PRESET_NAMES
 
     def inductor(name, dtype, patch, how, default=True):
         return Contender(name, "float", functools.partial(_inductor, name, dtype, patch), how, default)
@@ -298,7 +298,7 @@ def all_contenders() -> list[Contender]:
                   "torch.export + PT2E X86InductorQuantizer (static per-tensor act, calibrated on other text than "
                   "the measured) + torch.compile(freezing)"),
     ]
-    for preset in PRESETS:
+    for preset in PRESET_NAMES:
         for lkd in (False, True):
             name = f"zeroquant {preset}" + ("+lkd" if lkd else "")
             how = f"zq_compile.compile(model, ZeroQuantConfig(preset={preset!r}))"

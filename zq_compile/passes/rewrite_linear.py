@@ -5,7 +5,8 @@ contiguous/to(dtype), which are folded at compile time):
 
     x ──► linear(x, W[N,K], b) ──► y        x ──► matmul(x, W[K,N]) ──► y     (also @, mm)
                                             addmm(b, x, W[K,N]) ──► y          (beta = alpha = 1)
-After (w8a8; the scheme's handler in ``zq_compile/schemes`` draws its own part):
+After (w8a8; the scheme's handler in ``zq_compile/schemes`` draws its own part; which scheme a
+linear gets, from overrides, module types and its attention/FFN role, is ``schemes/policy.py``'s):
 
     x ──► zq.quantize_per_token ──► (x_q, x_s) ──► zq.linear_w8a8(x_q, x_s, Wq, Ws, Wz, b) ──► y
                                                           ▲    ▲    ▲
@@ -34,6 +35,7 @@ from zq_compile.binding import WeightSource
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
 from zq_compile.schemes import handler_for
+from zq_compile.schemes.policy import classify, scheme_for
 
 aten = torch.ops.aten
 
@@ -126,13 +128,12 @@ def constant_roots(node: fx.Node) -> list[fx.Node]:
     return [r for n in node.all_input_nodes for r in constant_roots(n)]
 
 
-def _weight_source(ctx, m: LinearMatch, handler, groups: int, slots: dict[str, int]) -> WeightSource | None:
+def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int]) -> WeightSource | None:
     """How to redo this weight's quantization from other float inputs (None: a get_attr
     constant of the graph itself, which cannot change between calls)."""
     roots = constant_roots(m.weight)
     if not roots:
         return None
-    scheme = ctx.config.scheme
 
     def make_float(values):
         w = constant_value(ctx, m.weight, env=dict(zip(roots, values)))
@@ -170,8 +171,26 @@ def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
     return None
 
 
-def _decide(ctx, m: LinearMatch, module: str):
-    """(W[N, K], groups, reason) if the node is rewritten, else (None, None, reason)."""
+def _decide(ctx, m: LinearMatch, module: str, role: str = "other"):
+    """(W[N, K], scheme, groups, reason) if the node is rewritten, else (None, None, None, reason)."""
+    w_nk, groups, reason = _check(ctx, m, module)
+    if w_nk is None:
+        return None, None, None, reason
+    n, k = w_nk.shape
+    scheme, why = scheme_for(ctx.config, m.node, module, role, n, k)
+    if scheme.name != "w8a8" and ctx.target == "triton":
+        return None, None, None, f"{why}: scheme {scheme.name} has no Triton kernel yet (w8a8 only)"
+    groups = scheme.weight_groups or n
+    reason = f"{scheme.name}, " + ("per-channel" if groups == n else f"{groups} groups")
+    if n % groups:
+        used = math.gcd(n, groups)
+        reason = f"{scheme.name}, {used} groups (weight_groups={groups} does not divide {n} rows)"
+        groups = used
+    return w_nk, scheme, groups, f"{reason}; {why}"
+
+
+def _check(ctx, m: LinearMatch, module: str):
+    """(W[N, K], None, "") if the node may be rewritten, else (None, None, reason)."""
     skip = next((g for g in ctx.config.skip if fnmatch.fnmatchcase(module, g)), None)
     if skip is not None:
         return None, None, f"module matches skip glob {skip!r}"
@@ -210,22 +229,15 @@ def _decide(ctx, m: LinearMatch, module: str):
         return None, None, f"bias is not one value per output ({None if b_val is None else tuple(b_val.shape)})"
     if not torch.isfinite(w).all():
         return None, None, "weight holds NaN or Inf"
-    scheme = ctx.config.scheme
-    groups = scheme.weight_groups or n
-    reason = f"{scheme.name}, " + ("per-channel" if groups == n else f"{groups} groups")
-    if n % groups:
-        used = math.gcd(n, groups)
-        reason = f"{scheme.name}, {used} groups (weight_groups={groups} does not divide {n} rows)"
-        groups = used
-    return w_nk, groups, reason
+    return w_nk, None, ""
 
 
 def run(ctx) -> int:
     graph = ctx.gm.graph
-    handler = handler_for(ctx.config.scheme)
     quantized_weights: dict[tuple, list[fx.Node]] = {}
     rewritten = 0
     candidates = [n for n in graph.nodes if match(n) is not None]
+    roles = classify(graph, candidates)  # before any rewrite: the float graph's data flow
     # Quantizing a large model's weights takes a while: show it, on a terminal only.
     progress = tqdm(total=len(candidates), desc="zeroquant: quantizing weights", unit="linear",
                     disable=len(candidates) < 64 or not sys.stderr.isatty())
@@ -234,16 +246,17 @@ def run(ctx) -> int:
         m = match(node)
         progress.update()
         module = module_path(node)
-        w_nk, groups, reason = _decide(ctx, m, module)
+        w_nk, scheme, groups, reason = _decide(ctx, m, module, roles[node])
         decision = LinearDecision(node=node.name, module=module, op=m.op,
                                   shape=tuple(w_nk.shape) if w_nk is not None else None,
-                                  scheme=None, reason=reason)
+                                  scheme=None, reason=reason, role=roles[node])
         ctx.report.decisions.append(decision)
         if w_nk is None:
             continue
-        key = (m.weight, m.weight_is_nk)
+        handler = handler_for(scheme)
+        key = (m.weight, m.weight_is_nk, scheme)
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-            qw = handler.quantize(w_nk, ctx.config.scheme, groups)
+            qw = handler.quantize(w_nk, scheme, groups)
             prefix = f"{node.name}_"
             quantized_weights[key] = []
             slots = {}
@@ -251,7 +264,7 @@ def run(ctx) -> int:
                 if t is not None:
                     slots[name] = len(ctx.constants)
                 quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
-            source = _weight_source(ctx, m, handler, groups, slots)
+            source = _weight_source(ctx, m, handler, scheme, groups, slots)
             if source is not None:
                 ctx.weight_sources.append(source)
             decision.quant_bytes = qw.nbytes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from zq_compile.config import QuantScheme
 from zq_compile.schemes.base import HANDLERS, SchemeHandler
-from zq_compile.schemes import w8a8  # noqa: F401  (registers)
+from zq_compile.schemes import w4a8, w8a8, weight_only  # noqa: F401  (registers)
 
 
 def handler_for(scheme: QuantScheme) -> SchemeHandler:

@@ -25,6 +25,18 @@ class W8A8(SchemeHandler):
 
     def emit(self, ctx, x, weight, bias, out_dtype):
         graph = ctx.gm.graph
+        x_q, x_s = self.quantized_activation(ctx, x)
+        w_q, w_s, w_z = weight
+        y = graph.call_function(
+            torch.ops.zq.linear_w8a8.default,
+            (x_q, x_s, w_q, w_s, w_z, inference_only(ctx, bias), out_dtype),
+        )
+        annotate(y, ctx.fake_mode)
+        return y
+
+    def quantized_activation(self, ctx, x):
+        """(x_q, x_s) for ``x``, emitted once per activation and shared by its consumers."""
+        graph = ctx.gm.graph
         memo = ctx.memo.setdefault("quantize_per_token", {})
         if x not in memo:
             q = graph.call_function(torch.ops.zq.quantize_per_token.default, (inference_only(ctx, x), 8))
@@ -34,14 +46,7 @@ class W8A8(SchemeHandler):
             for n in (x_q, x_s):
                 annotate(n, ctx.fake_mode)
             memo[x] = (x_q, x_s)
-        x_q, x_s = memo[x]
-        w_q, w_s, w_z = weight
-        y = graph.call_function(
-            torch.ops.zq.linear_w8a8.default,
-            (x_q, x_s, w_q, w_s, w_z, inference_only(ctx, bias), out_dtype),
-        )
-        annotate(y, ctx.fake_mode)
-        return y
+        return memo[x]
 
 
 register(W8A8())

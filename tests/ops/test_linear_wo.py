@@ -1,0 +1,140 @@
+"""Weight-only and W4A8 CPU kernels against their pure-PyTorch references (SQNR, NaN rules)."""
+
+import pytest
+import torch
+
+import zq_compile.ops  # noqa: F401  (registers the ops)
+from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
+from zq_compile.codegen.cpu.weight_only import WO_KERNELS
+from zq_compile.metrics import sqnr_db
+from zq_compile.quant.activation import quantize_per_token_ref
+from zq_compile.quant.kgroups import quantize_kgroups
+from zq_compile.quant.weight import quantize_weight
+
+N, K, GS = 48, 96, 32  # K a multiple of 32 but not of 64 or 128 (the other block sizes)
+#: bf16 activations or bf16 outputs carry an 8-bit mantissa (~45-50 dB alone); 30 dB leaves room
+#: for accumulation order and still fails for any wrong scale, group or nibble (those give < 10).
+FLOOR_DB = 30
+
+
+def _weight(bits, symmetric=True, seed=0):
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(seed)) * 0.05
+    if bits == 4:
+        qw = quantize_kgroups(w, GS, symmetric=symmetric)
+        return qw.qdata, qw.scale, qw.zero_point, GS
+    qw = quantize_weight(w, bits=8, symmetric=symmetric)
+    return qw.qdata, qw.scale, qw.zero_point, 0
+
+
+def _x(m, dtype, seed=1):
+    x = torch.randn(m, K, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    x[0] = 0  # an all-zero row
+    return x
+
+
+def _available(kernel, bits):
+    why = kernel.unavailable_reason(bits, N, K, GS)
+    if why:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 13, 67])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["aten", "dequant", "dequant_bf16"])
+def test_weight_only_kernel_matches_reference(name, bits, m, dtype):
+    kernel = WO_KERNELS[name]
+    _available(kernel, bits)
+    w, s, z, gs = _weight(bits)
+    x = _x(m, dtype)
+    bias = torch.randn(N).to(dtype)
+    got = kernel.linear(x, w, s, z, bias, bits, gs, K, dtype)
+    want = WO_KERNELS["reference"].linear(x, w, s, z, bias, bits, gs, K, torch.float32)
+    assert got.dtype == dtype and got.shape == (m, N)
+    assert torch.equal(got[0].float(), bias.float().to(dtype).float())  # zero row -> bias exactly
+    if m > 1:
+        assert sqnr_db(want, got.float()) > FLOOR_DB
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["aten", "dequant"])
+def test_asymmetric_weights(name, bits):
+    _available(WO_KERNELS[name], bits)
+    w, s, z, gs = _weight(bits, symmetric=False)
+    x = _x(13, torch.float32)
+    got = WO_KERNELS[name].linear(x, w, s, z, None, bits, gs, K, torch.float32)
+    want = WO_KERNELS["reference"].linear(x, w, s, z, None, bits, gs, K, torch.float32)
+    assert sqnr_db(want, got) > FLOOR_DB
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["aten", "dequant", "reference"])
+def test_nan_and_inf_rows_stay_in_their_row(name, bits):
+    _available(WO_KERNELS[name], bits)
+    w, s, z, gs = _weight(bits)
+    x = _x(5, torch.float32)
+    x[2, 7] = float("nan")
+    x[3, 1] = float("inf")
+    y = WO_KERNELS[name].linear(x, w, s, z, None, bits, gs, K, torch.float32)
+    assert not torch.isfinite(y[2]).any() and not torch.isfinite(y[3]).all()
+    assert torch.isfinite(y[[0, 1, 4]]).all()
+
+
+def test_aten_int4_handle_holds_the_only_copy():
+    kernel = WO_KERNELS["aten"]
+    _available(kernel, 4)
+    w, s, z, gs = _weight(4)
+    handle = kernel.finalize_weight(w, s, z, 4, gs, K)
+    assert handle.shape == w.shape and handle.stride() == (0, 0) and handle.untyped_storage().nbytes() == 1
+    x = _x(7, torch.bfloat16)
+    assert torch.equal(kernel.linear(x, handle, s, z, None, 4, gs, K, torch.bfloat16),
+                       kernel.linear(x, w, s, z, None, 4, gs, K, torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 13, 67])
+@pytest.mark.parametrize("name", ["int8:onednn", "int8:int_mm", "int4pack"])
+def test_w4a8_kernel_matches_reference(name, m, dtype):
+    kernel = W4A8_KERNELS[name]
+    why = kernel.unavailable_reason(N, K)
+    if why:
+        pytest.skip(why)
+    w, s, z, gs = _weight(4)
+    x_q, x_s = quantize_per_token_ref(_x(m, dtype))
+    bias = torch.randn(N)
+    try:
+        got = kernel.linear(x_q, x_s, w, s, z, bias, gs, K, dtype)
+    except RuntimeError as e:  # torch._int_mm has shape limits on some builds
+        if name == "int8:int_mm":
+            pytest.skip(f"torch._int_mm: {e}")
+        raise
+    want = W4A8_KERNELS["reference"].linear(x_q, x_s, w, s, z, bias, gs, K, torch.float32)
+    assert got.dtype == dtype
+    assert torch.equal(got[0].float(), bias.to(dtype).float())
+    if m > 1:
+        assert sqnr_db(want, got.float()) > FLOOR_DB
+
+
+def test_w4a8_nan_row_stays_in_its_row():
+    w, s, z, gs = _weight(4)
+    x = _x(4, torch.float32)
+    x[2, 0] = float("nan")
+    x_q, x_s = quantize_per_token_ref(x)
+    for name in ("int8:onednn", "reference"):
+        y = W4A8_KERNELS[name].linear(x_q, x_s, w, s, z, None, gs, K, torch.float32)
+        assert not torch.isfinite(y[2]).any() and torch.isfinite(y[[0, 1, 3]]).all(), name
+
+
+def test_ops_check_their_arguments():
+    w, s, z, gs = _weight(4)
+    x = torch.randn(3, K)
+    with pytest.raises(ValueError, match="group_size=40"):
+        torch.ops.zq.linear_wo(x, w, s, z, None, 4, 40, K, "reference", torch.float32)
+    with pytest.raises(ValueError, match="packed uint8"):
+        torch.ops.zq.linear_wo(x, w.view(torch.int8), s, z, None, 4, gs, K, "reference", torch.float32)
+    with pytest.raises(ValueError, match="bits=3"):
+        torch.ops.zq.linear_wo(x, w, s, z, None, 3, gs, K, "reference", torch.float32)
+    with pytest.raises(TypeError, match="floating"):
+        torch.ops.zq.linear_wo(x.to(torch.int8), w, s, z, None, 4, gs, K, "reference", torch.float32)
+    y = torch.ops.zq.linear_wo(x, w, s, z, None, 4, gs, K, "dequant", torch.float32)
+    assert y.shape == (3, N)

@@ -1,0 +1,225 @@
+"""CPU kernels behind zq::linear_w4a8 (packed INT4 weights with K groups, int8 activations).
+
+- ``reference``: dequantize both sides to fp32 and multiply (the oracle).
+- ``int8:<gemm>``: the W4A8 path for large M. Once per weight, the INT4 values times their
+  block scales are re-rounded to int8 with one scale per output row (``quant/kgroups.py``
+  ``to_int8_per_row``), handed to the int8 GEMM the w8a8 path uses (``kernels.py``: oneDNN u8s8
+  or torch._int_mm) and kept in that kernel's form; the graph then holds a one-byte handle in
+  place of the INT4 copy. The kernel holds int8 bytes (N * K), not INT4 ones: the price of an
+  int8 GEMM on a CPU, recorded in the report.
+- ``int4pack``: for small M. The int8 activations times their scales (exact in bf16 for the
+  int8 values; the scale rounds to bf16) go through ATen's INT4 GEMM (``weight_only.py``),
+  which reads the INT4 weight itself: the kernel holds N * K / 2 bytes.
+Which one runs is raced per M regime (``select_w4a8_kernel``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from zq_compile.codegen.cpu.weight_only import WO_KERNELS, _finish, _is_handle, dequant_weight
+from zq_compile.quant.kgroups import to_int8_per_row
+
+
+@dataclass
+class _AsInt8:
+    version: int
+    w8: torch.Tensor  # what the int8 GEMM takes (oneDNN: its handle)
+    s8: torch.Tensor  # fp32 [N]
+
+
+_AS_INT8: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _int8_kernel(inner: str):
+    from zq_compile.codegen.cpu.kernels import KERNELS
+
+    return KERNELS[inner]
+
+
+def _make_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
+    w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k)
+    return _AsInt8(w._version, _int8_kernel(inner).finalize_weight(w8, s8), s8)
+
+
+def as_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
+    hit = _AS_INT8.get(w)
+    if hit is not None and hit.version == w._version:
+        return hit
+    if _is_handle(w):
+        raise RuntimeError("zq::w4a8_int8_mm got a released INT4 weight handle it has no int8 copy for")
+    entry = _make_int8(w, w_scale, w_zero, group_size, k, inner)
+    _AS_INT8[w] = entry
+    return entry
+
+
+@torch.library.custom_op("zq::w4a8_int8_mm", mutates_args=())
+def w4a8_int8_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor | None,
+                 group_size: int, in_features: int, inner: str) -> torch.Tensor:
+    """x [M, K] (uint8 with zero point 128 for oneDNN, else int8) x INT4 w -> fp32 [M, N]
+    = int32 accumulator times the per-row scale of the int8 copy of w."""
+    e = as_int8(w, w_scale, w_zero, group_size, in_features, inner)
+    if inner == "onednn":
+        return torch.ops.zq.onednn_u8s8_mm(x, e.w8, e.s8)
+    if inner == "int_mm":
+        return torch._int_mm(x, e.w8.t()).float() * e.s8
+    return torch.ops.zq.int8_mm_ref(x, e.w8).float() * e.s8
+
+
+@w4a8_int8_mm.register_fake
+def _(x, w, w_scale, w_zero, group_size, in_features, inner):
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.float32)
+
+
+class W4A8Kernel:
+    name = ""
+    description = ""
+
+    def unavailable_reason(self, n: int, k: int) -> str | None:
+        return None
+
+    def finalize_weight(self, w, w_scale, w_zero, group_size, k) -> torch.Tensor:
+        return w
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+        raise NotImplementedError
+
+
+class ReferenceW4A8(W4A8Kernel):
+    name = "reference"
+    description = "dequantize activations and INT4 weights to fp32 and multiply (the oracle)"
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+        wf = dequant_weight(w, w_scale, w_zero, 4, group_size, k, torch.float32)
+        x = x_q.float() * x_scale
+        return _finish(x.reshape(-1, k) @ wf.t(), x_q, bias, out_dtype)
+
+
+class Int8W4A8(W4A8Kernel):
+    def __init__(self, inner: str):
+        self.inner = inner
+        self.name = f"int8:{inner}"
+        self.description = f"INT4 re-rounded to int8 per row once, then the {inner} int8 GEMM"
+
+    def unavailable_reason(self, n, k):
+        return _int8_kernel(self.inner).unavailable_reason()
+
+    def finalize_weight(self, w, w_scale, w_zero, group_size, k):
+        handle = torch.zeros(1, dtype=torch.uint8).expand(w.shape)
+        entry = _make_int8(w, w_scale, w_zero, group_size, k, self.inner)
+        entry.version = handle._version
+        _AS_INT8[handle] = entry
+        return handle
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+        x2 = x_q.reshape(-1, k)
+        if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
+            x2 = (x2.to(torch.int32) + 128).to(torch.uint8)
+        acc = torch.ops.zq.w4a8_int8_mm(x2, w, w_scale, w_zero, group_size, k, self.inner)
+        y = acc.reshape(*x_q.shape[:-1], acc.shape[-1]) * x_scale
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(out_dtype)
+
+
+class Int4PackW4A8(W4A8Kernel):
+    name = "int4pack"
+    description = "int8 activations times their scales in bf16 through ATen's INT4 GEMM"
+
+    def unavailable_reason(self, n, k):
+        return WO_KERNELS["aten"].unavailable_reason(4, n, k, 32)
+
+    def finalize_weight(self, w, w_scale, w_zero, group_size, k):
+        return WO_KERNELS["aten"].finalize_weight(w, w_scale, w_zero, 4, group_size, k)
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+        x = (x_q.float() * x_scale).to(torch.bfloat16)
+        return WO_KERNELS["aten"].linear(x, w, w_scale, w_zero, bias, 4, group_size, k, out_dtype)
+
+
+W4A8_KERNELS: dict[str, W4A8Kernel] = {
+    k.name: k for k in (Int8W4A8("onednn"), Int8W4A8("int_mm"), Int8W4A8("reference"), Int4PackW4A8(),
+                        ReferenceW4A8())
+}
+RACE_MARGIN = 0.9
+
+
+@dataclass(frozen=True)
+class W4A8Choice:
+    kernel: str
+    reason: str
+
+
+def _problem(m, k, n, group_size, seed=0):
+    from zq_compile.quant.activation import quantize_per_token_ref
+    from zq_compile.quant.kgroups import quantize_kgroups
+
+    g = torch.Generator().manual_seed(seed)
+    x_q, x_s = quantize_per_token_ref(torch.randn(m, k, generator=g))
+    qw = quantize_kgroups(torch.randn(n, k, generator=g) * 0.05, group_size=group_size)
+    return x_q, x_s, qw.qdata, qw.scale
+
+
+def self_test(name: str) -> str | None:
+    kernel = W4A8_KERNELS[name]
+    why = kernel.unavailable_reason(32, 96)
+    if why:
+        return why
+    x_q, x_s, w, s = _problem(13, 96, 32, 32)
+    try:
+        got = kernel.linear(x_q, x_s, w, s, None, None, 32, 96, torch.float32)
+    except Exception as e:  # reported verbatim
+        return f"self-test raised {type(e).__name__}: {e}"
+    want = W4A8_KERNELS["reference"].linear(x_q, x_s, w, s, None, None, 32, 96, torch.float32)
+    err = ((got - want).norm() / want.norm()).item()
+    if not err < 2e-2:  # int8 re-rounding of INT4 / bf16 activations: well under 1%
+        return f"self-test mismatch vs reference (relative error {err:.3g})"
+    return None
+
+
+def race(names, regime: str, rounds: int = 15) -> dict[str, float]:
+    """Fastest microseconds of each kernel on one problem of this regime (turns, minimum)."""
+    from zq_compile.codegen.cpu.select import RACE_SHAPES
+
+    m, k = RACE_SHAPES[regime]
+    x_q, x_s, w, s = _problem(m, k, k, 128)
+    weights = {n: W4A8_KERNELS[n].finalize_weight(w, s, None, 128, k) for n in names}
+    times = {n: float("inf") for n in names}
+    for i in range(rounds + 2):
+        for n in names:
+            start = time.perf_counter()
+            W4A8_KERNELS[n].linear(x_q, x_s, weights[n], s, None, None, 128, k, torch.float32)
+            if i >= 2:
+                times[n] = min(times[n], (time.perf_counter() - start) * 1e6)
+    return times
+
+
+@functools.cache
+def select_w4a8_kernel(regime: str, int8_gemm: str) -> W4A8Choice:
+    """``int8_gemm``: the int8 GEMM the w8a8 path chose for this regime (``select.py``);
+    it and ATen's INT4 GEMM are raced for this M regime."""
+    if int8_gemm == "reference":
+        return W4A8Choice("reference", "requested: target 'reference'")
+    ready, rejected = [], []
+    for name in (f"int8:{int8_gemm}", "int4pack"):
+        why = self_test(name)
+        (rejected.append(f"{name}: {why}") if why else ready.append(name))
+    if not ready:
+        return W4A8Choice("reference", "no W4A8 kernel passed its self-test: " + "; ".join(rejected))
+    times = race(ready, regime) if len(ready) > 1 else {ready[0]: float("nan")}
+    best = ready[0]
+    for name in ready[1:]:
+        if times[name] < RACE_MARGIN * times[best]:
+            best = name
+    from zq_compile.codegen.cpu.select import RACE_SHAPES
+
+    m, k = RACE_SHAPES[regime]
+    reason = f"raced W4A8 for {regime} M at {m}x{k}x{k}: " + ", ".join(f"{n} {times[n]:.0f} us" for n in ready)
+    if rejected:
+        reason += "; not run: " + "; ".join(rejected)
+    return W4A8Choice(best, reason)

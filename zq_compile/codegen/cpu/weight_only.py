@@ -1,0 +1,280 @@
+"""CPU kernels behind zq::linear_wo (INT8 or INT4 weights, floating activations).
+
+Each ``linear`` is torch-op code: the op's eager body and the decomposition Inductor traces.
+- ``reference``: dequantize the weight to fp32 and run an fp32 matmul (the oracle).
+- ``dequant``: dequantize in the activation's dtype and ``F.linear``; inside Inductor the unpack
+  and scaling fuse into one pass that writes the float weight, then the float GEMM.
+- ``dequant_bf16``: the same with the activation and weight in bf16 (for fp32 models on CPUs
+  with native bf16 dot products), output cast back.
+- ``aten``: ATen's weight-only GEMMs, ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``,
+  run on bf16 activations (their fp32 path was 100x+ slower in our probe: bench/schemes_kernels.py).
+  INT4 needs ATen's own blocked layout: it is made once per weight and the graph then holds a
+  one-byte handle in place of our packed copy, so the INT4 bytes exist once (as with oneDNN's
+  int8 weights in ``kernels.py``).
+Which one runs is raced per M regime (``select_wo_kernel``), like the int8 GEMMs.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+
+from zq_compile.quant.kgroups import block_view, dequantize_kgroups
+
+
+def group_rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.repeat_interleave(n // t.numel())
+
+
+def dequant_weight(w, w_scale, w_zero, bits: int, group_size: int, k: int, dtype) -> torch.Tensor:
+    """W[N, K] in ``dtype`` from its quantized form (torch ops only: Inductor fuses it)."""
+    n = w.shape[0]
+    if bits == 4:
+        return dequantize_kgroups(w, w_scale, w_zero, group_size, k, dtype)
+    q = w.float()
+    if w_zero is not None:
+        q = q - group_rows(w_zero.float(), n)[:, None]
+    return (q * group_rows(w_scale.float(), n)[:, None]).to(dtype)
+
+
+def _finish(y2, x, bias, out_dtype):
+    y = y2.reshape(*x.shape[:-1], y2.shape[-1])
+    if bias is not None:
+        y = y.float() + bias.float()
+    return y.to(out_dtype)
+
+
+class WoKernel:
+    name = ""
+    description = ""
+
+    def unavailable_reason(self, bits: int, n: int, k: int, group_size: int) -> str | None:
+        return None
+
+    def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k) -> torch.Tensor:
+        """What the compiled graph holds for the weight (by default the weight itself)."""
+        return w
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+        raise NotImplementedError
+
+
+class ReferenceWo(WoKernel):
+    name = "reference"
+    description = "dequantize to fp32, fp32 matmul (the oracle)"
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+        wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, torch.float32)
+        return _finish(F.linear(x.reshape(-1, k).float(), wf), x, bias, out_dtype)
+
+
+class DequantWo(WoKernel):
+    name = "dequant"
+    description = "dequantize in the activation dtype (fused by Inductor), then F.linear"
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+        wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, x.dtype)
+        return _finish(F.linear(x.reshape(-1, k), wf), x, bias, out_dtype)
+
+
+class DequantBf16Wo(WoKernel):
+    name = "dequant_bf16"
+    description = "dequantize to bf16 (fused by Inductor), then a bf16 F.linear"
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+        wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, torch.bfloat16)
+        return _finish(F.linear(x.reshape(-1, k).to(torch.bfloat16), wf), x, bias, out_dtype)
+
+
+# -- ATen's weight-only GEMMs ------------------------------------------------------------------
+
+
+@dataclass
+class _Int4Pack:
+    version: int
+    packed: torch.Tensor  # ATen's blocked INT4 layout
+    scale_zeros: torch.Tensor  # bf16 [K / group_size, N, 2]
+
+
+_INT4_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _int4_pack(w, w_scale, w_zero, group_size, k) -> _Int4Pack:
+    from zq_compile.quant.int4 import unpack_int4
+
+    n = w.shape[0]
+    q = unpack_int4(w, k).to(torch.int32) + 8  # ATen takes unsigned nibbles: w = (q - 8) * s + z
+    scale = block_view(w_scale.float(), n, k)
+    zero = torch.zeros_like(scale) if w_zero is None else -block_view(w_zero.float(), n, k) * scale
+    return _Int4Pack(
+        version=w._version,
+        packed=torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1),
+        scale_zeros=torch.stack((scale.t(), zero.t()), dim=-1).to(torch.bfloat16).contiguous(),
+    )
+
+
+def _is_handle(t: torch.Tensor) -> bool:
+    return t.dim() == 2 and t.numel() > 1 and t.stride() == (0, 0)
+
+
+def int4_packed(w, w_scale, w_zero, group_size, k) -> _Int4Pack:
+    hit = _INT4_PACKED.get(w)
+    if hit is not None and hit.version == w._version:
+        return hit
+    if _is_handle(w):
+        raise RuntimeError("zq::int4pack_mm got a released INT4 weight handle it has no packed copy for")
+    entry = _int4_pack(w, w_scale, w_zero, group_size, k)
+    _INT4_PACKED[w] = entry
+    return entry
+
+
+@torch.library.custom_op("zq::int4pack_mm", mutates_args=())
+def int4pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor | None,
+                group_size: int, in_features: int) -> torch.Tensor:
+    """bf16 x [M, K] x INT4 w (packed, ``quant/kgroups.py``) -> bf16 [M, N], via ATen."""
+    p = int4_packed(w, w_scale, w_zero, group_size, in_features)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), p.packed, group_size, p.scale_zeros)
+
+
+@int4pack_mm.register_fake
+def _(x, w, w_scale, w_zero, group_size, in_features):
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("zq::int8pack_mm", mutates_args=())
+def int8pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale_rows: torch.Tensor) -> torch.Tensor:
+    """bf16 x [M, K] x int8 w [N, K] * bf16 scale [N] -> bf16 [M, N], via ATen. Opaque to
+    Inductor: its own lowering of _weight_int8pack_mm rejects unrealized (fused) inputs."""
+    return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, w_scale_rows.contiguous())
+
+
+@int8pack_mm.register_fake
+def _(x, w, w_scale_rows):
+    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.bfloat16)
+
+
+class AtenWo(WoKernel):
+    name = "aten"
+    description = "ATen _weight_int8pack_mm / _weight_int4pack_mm_for_cpu on bf16 activations"
+
+    def unavailable_reason(self, bits, n, k, group_size):
+        op = "_weight_int4pack_mm_for_cpu" if bits == 4 else "_weight_int8pack_mm"
+        if not hasattr(torch.ops.aten, op):
+            return f"torch.ops.aten.{op} is missing from this torch build"
+        if bits == 4 and n % 16:
+            return f"ATen's INT4 layout needs N divisible by 16 (N={n})"
+        return None
+
+    def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k):
+        if bits != 4:
+            return w
+        handle = torch.zeros(1, dtype=torch.uint8).expand(w.shape)
+        entry = _int4_pack(w, w_scale, w_zero, group_size, k)
+        entry.version = handle._version
+        _INT4_PACKED[handle] = entry
+        return handle
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+        x2 = x.reshape(-1, k).to(torch.bfloat16)
+        n = w.shape[0]
+        if bits == 4:
+            y = torch.ops.zq.int4pack_mm(x2, w, w_scale, w_zero, group_size, k)
+        else:
+            y = torch.ops.zq.int8pack_mm(x2, w, group_rows(w_scale.float(), n).to(torch.bfloat16))
+            if w_zero is not None:  # sum_k x (q - z) s = [x q s] - rowsum(x) * (z s)
+                y = y.float() - x2.float().sum(-1, keepdim=True) * group_rows(w_scale.float() * w_zero.float(), n)
+        return _finish(y, x, bias, out_dtype)
+
+
+WO_KERNELS: dict[str, WoKernel] = {k.name: k for k in (AtenWo(), DequantWo(), DequantBf16Wo(), ReferenceWo())}
+AUTO_ORDER = ("aten", "dequant", "dequant_bf16")
+#: A later kernel must beat the ones before it by this factor (noise on a shared machine).
+RACE_MARGIN = 0.9
+
+
+@dataclass(frozen=True)
+class WoChoice:
+    kernel: str
+    reason: str
+
+
+def _problem(m: int, k: int, n: int, bits: int, dtype, group_size: int = 32, seed=0):
+    from zq_compile.quant.kgroups import quantize_kgroups
+    from zq_compile.quant.weight import quantize_weight
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    wf = torch.randn(n, k, generator=g) * 0.05
+    if bits == 4:
+        qw = quantize_kgroups(wf, group_size=group_size)
+        return x, qw.qdata, qw.scale, None, group_size
+    qw = quantize_weight(wf, bits=8)
+    return x, qw.qdata, qw.scale, None, 0
+
+
+def self_test(name: str, bits: int) -> str | None:
+    """None if the kernel matches the fp32 reference on a small awkward problem."""
+    kernel = WO_KERNELS[name]
+    x, w, s, z, gs = _problem(13, 96, 32, bits, torch.float32)
+    why = kernel.unavailable_reason(bits, 32, 96, gs)
+    if why:
+        return why
+    try:
+        got = kernel.linear(x, w, s, z, None, bits, gs, 96, torch.float32)
+    except Exception as e:  # a broken build raises all sorts; reported verbatim
+        return f"self-test raised {type(e).__name__}: {e}"
+    want = WO_KERNELS["reference"].linear(x, w, s, z, None, bits, gs, 96, torch.float32)
+    err = ((got - want).norm() / want.norm()).item()
+    if not err < 2e-2:  # bf16 activations and scales: ~3 significant digits
+        return f"self-test mismatch vs reference (relative error {err:.3g})"
+    return None
+
+
+def race(names, regime: str, bits: int, dtype=torch.float32, rounds: int = 15) -> dict[str, float]:
+    """Fastest microseconds of each kernel's eager ``linear`` on one problem of this regime,
+    kernels taking turns (a burst of load hits all alike). The dequant kernels run unfused here
+    (Inductor fuses their unpack and scaling), so their times are upper bounds."""
+    from zq_compile.codegen.cpu.select import RACE_SHAPES
+
+    m, k = RACE_SHAPES[regime]
+    x, w, s, z, gs = _problem(m, k, k, bits, dtype, group_size=128)
+    weights = {n: WO_KERNELS[n].finalize_weight(w, s, z, bits, gs, k) for n in names}
+    times = {n: float("inf") for n in names}
+    for i in range(rounds + 2):
+        for n in names:
+            start = time.perf_counter()
+            WO_KERNELS[n].linear(x, weights[n], s, z, None, bits, gs, k, dtype)
+            if i >= 2:
+                times[n] = min(times[n], (time.perf_counter() - start) * 1e6)
+    return times
+
+
+@functools.cache
+def select_wo_kernel(regime: str, bits: int, requested: str = "auto") -> WoChoice:
+    """The weight-only kernel for graphs of this M regime ("small" or "large")."""
+    if requested == "reference":
+        return WoChoice("reference", "requested: target 'reference'")
+    ready, rejected = [], []
+    for name in AUTO_ORDER:
+        why = self_test(name, bits)
+        (rejected.append(f"{name}: {why}") if why else ready.append(name))
+    if not ready:
+        return WoChoice("reference", "no fast weight-only kernel passed its self-test: " + "; ".join(rejected))
+    times = race(ready, regime, bits) if len(ready) > 1 else {ready[0]: float("nan")}
+    best = ready[0]
+    for name in ready[1:]:
+        if times[name] < RACE_MARGIN * times[best]:
+            best = name
+    from zq_compile.codegen.cpu.select import RACE_SHAPES
+
+    m, k = RACE_SHAPES[regime]
+    raced = ", ".join(f"{n} {times[n]:.0f} us" for n in ready)
+    reason = f"raced INT{bits} weight-only for {regime} M at {m}x{k}x{k}: {raced}"
+    if rejected:
+        reason += "; not run: " + "; ".join(rejected)
+    return WoChoice(best, reason)

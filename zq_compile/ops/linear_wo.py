@@ -1,0 +1,147 @@
+"""zq::linear_wo (weight-only INT8/INT4) and zq::linear_w4a8 (INT4 weights, INT8 activations).
+
+linear_wo:   y = x @ dequant(W)^T + bias, x floating [..., K] (fp32, bf16, fp16).
+linear_w4a8: y = (x_q * x_scale) @ dequant(W)^T + bias, x_q int8 [..., K] with one fp32 scale
+             per token (from zq::quantize_per_token).
+W is int8 [N, K] with w_scale fp32 [G] (G groups of output rows) when bits = 8, or packed INT4
+uint8 [N, K/2] with w_scale fp32 [G, K / group_size] (``quant/kgroups.py``) when bits = 4;
+w_zero (int32, like w_scale) for asymmetric weights. ``kernel`` names the implementation the
+backend chose for the graph's M regime (``codegen/cpu/weight_only.py``, ``codegen/cpu/w4a8.py``);
+each kernel's ``linear`` is both the eager body and the decomposition Inductor traces.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def check_wo_args(x, w, w_scale, w_zero, bias, bits: int, group_size: int, in_features: int) -> None:
+    n = w.shape[0]
+    if bits == 8:
+        if w.dtype != torch.int8 or w.shape[1] != in_features:
+            raise ValueError(f"8-bit weight must be int8 [N, {in_features}], got {w.dtype} {tuple(w.shape)}")
+        if w_scale.dim() != 1 or n % w_scale.numel():
+            raise ValueError(f"{w_scale.numel()} weight groups do not divide {n} rows")
+    elif bits == 4:
+        if w.dtype != torch.uint8 or w.shape[1] != (in_features + 1) // 2:
+            raise ValueError(f"INT4 weight must be packed uint8 [N, {(in_features + 1) // 2}], "
+                             f"got {w.dtype} {tuple(w.shape)}")
+        if group_size < 1 or in_features % group_size:
+            raise ValueError(f"group_size={group_size} does not divide K={in_features}")
+        if w_scale.dim() != 2 or w_scale.shape[1] != in_features // group_size or n % w_scale.shape[0]:
+            raise ValueError(f"INT4 scales {tuple(w_scale.shape)} do not fit [G | {n}, {in_features // group_size}]")
+    else:
+        raise ValueError(f"bits={bits} is not valid; allowed: 8, 4")
+    if x.shape[-1] != in_features:
+        raise ValueError(f"activation has {x.shape[-1]} features, weight expects {in_features}")
+    if w_zero is not None and w_zero.shape != w_scale.shape:
+        raise ValueError("w_zero must have one entry per weight scale")
+    if bias is not None and bias.shape != (n,):
+        raise ValueError(f"bias {tuple(bias.shape)} must be ({n},)")
+
+
+@torch.library.custom_op("zq::linear_wo", mutates_args=())
+def linear_wo(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor | None,
+              bias: torch.Tensor | None, bits: int, group_size: int, in_features: int, kernel: str,
+              out_dtype: torch.dtype) -> torch.Tensor:
+    from zq_compile.codegen.cpu.weight_only import WO_KERNELS
+
+    if not x.is_floating_point():
+        raise TypeError(f"linear_wo wants floating activations, got {x.dtype}")
+    check_wo_args(x, w, w_scale, w_zero, bias, bits, group_size, in_features)
+    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype)
+
+
+@linear_wo.register_fake
+def _(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype):
+    return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype)
+
+
+@torch.library.custom_op("zq::linear_w4a8", mutates_args=())
+def linear_w4a8(x_q: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
+                w_zero: torch.Tensor | None, bias: torch.Tensor | None, group_size: int, in_features: int,
+                kernel: str, out_dtype: torch.dtype) -> torch.Tensor:
+    from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
+
+    if x_q.dtype != torch.int8 or x_scale.shape != (*x_q.shape[:-1], 1):
+        raise ValueError(f"linear_w4a8 wants int8 x_q and one scale per token, got {x_q.dtype} "
+                         f"{tuple(x_q.shape)} / {tuple(x_scale.shape)}")
+    check_wo_args(x_q, w, w_scale, w_zero, bias, 4, group_size, in_features)
+    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype)
+
+
+@linear_w4a8.register_fake
+def _(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype):
+    return x_q.new_empty((*x_q.shape[:-1], w.shape[0]), dtype=out_dtype)
+
+
+def _linear_wo_lowered(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype):
+    from zq_compile.codegen.cpu.weight_only import WO_KERNELS
+
+    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype)
+
+
+def _linear_w4a8_lowered(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype):
+    from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
+
+    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype)
+
+
+def decompositions() -> dict:
+    """What the backend hands Inductor for these ops: the named kernel's torch-op code, so
+    unpacking, dequantization, casts and bias fuse and only the GEMM stays opaque."""
+    return {torch.ops.zq.linear_wo.default: _linear_wo_lowered,
+            torch.ops.zq.linear_w4a8.default: _linear_w4a8_lowered}
+
+
+def finalize_weights(ctx) -> int:
+    """Let each node's kernel swap its weight constant for what it wants the graph to hold
+    (ATen INT4 or the int8 copy: a one-byte handle to the kernel's own copy), and make the
+    weight's re-quantization (``binding.py``, other float weights at call time) do the same:
+    the compiled graph expects the handle's layout. Returns how many were swapped."""
+    from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
+    from zq_compile.codegen.cpu.weight_only import WO_KERNELS
+
+    index = {name: i for i, (name, _) in enumerate(ctx.constants)}
+    done = 0
+    for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_wo.default):
+        _x, w, ws, wz, _b, bits, gs, k, kernel, _ = node.args
+        finalize = functools.partial(_wo_finalize, WO_KERNELS[kernel], bits, gs, k)
+        done += _swap(ctx, index, w, ws, wz, finalize)
+    for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w4a8.default):
+        _xq, _xs, w, ws, wz, _b, gs, k, kernel, _ = node.args
+        finalize = functools.partial(_w4a8_finalize, W4A8_KERNELS[kernel], gs, k)
+        done += _swap(ctx, index, w, ws, wz, finalize)
+    return done
+
+
+def _wo_finalize(kernel, bits, gs, k, w, ws, wz):
+    return kernel.finalize_weight(w, ws, wz, bits, gs, k)
+
+
+def _w4a8_finalize(kernel, gs, k, w, ws, wz):
+    return kernel.finalize_weight(w, ws, wz, gs, k)
+
+
+def _swap(ctx, index, w, ws, wz, finalize) -> int:
+    i = index[w.name]
+    if ctx.constants[i][0] in ctx.memo.setdefault("finalized", set()):
+        return 0  # a weight shared by several nodes (one kernel per graph regime)
+    value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
+    new = finalize(value(w), value(ws), value(wz))
+    ctx.memo["finalized"].add(ctx.constants[i][0])
+    if new is ctx.constants[i][1]:
+        return 0
+    ctx.constants[i] = (w.name, new)
+    for source in ctx.weight_sources:
+        if source.slots.get("w") == i:
+            source.quantize = functools.partial(_quantize_then_finalize, source.quantize, finalize)
+    return 1
+
+
+def _quantize_then_finalize(quantize, finalize, w_nk):
+    made = dict(quantize(w_nk))
+    made["w"] = finalize(made["w"], made["ws"], made.get("wz"))
+    return made
