@@ -18,6 +18,8 @@ ACT_BITS = (8, None)  # None: activations stay in floating point (weight-only)
 TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "fp32")
+#: smooth=: "auto" searches these alphas (and no smoothing) on the calibration data.
+SMOOTH_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: Schemes whose rewrite and kernels exist in this release. Others validate as data but are
 #: rejected by ZeroQuantConfig until their handler lands (see ``passes/rewrite_linear.py``).
 IMPLEMENTED_SCHEMES = ("w8a8",)
@@ -69,6 +71,32 @@ PRESETS: dict[str, QuantScheme] = {
 }
 
 
+def _check_smooth(value: Any) -> Any:
+    """"auto", False, or an alpha in [0, 1] given as {"alpha": a} or a; returns the stored form."""
+    allowed = '"auto", False, {"alpha": a} with 0 <= a <= 1'
+    if value == "auto" or value is False:
+        return value
+    if isinstance(value, dict):
+        if set(value) != {"alpha"}:
+            _fail("smooth", value, allowed)
+        value = value["alpha"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        _fail("smooth", value, allowed)
+    return float(value)
+
+
+def _check_keep_float(value: Any) -> None:
+    allowed = '"auto", an int >= 0 (that many worst linears), a float (SQNR floor in dB)'
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail("keep_float", value, allowed)
+    if isinstance(value, int) and value < 0:
+        _fail("keep_float", value, allowed)
+    if isinstance(value, float) and value != value:
+        _fail("keep_float", value, allowed)
+
+
 @dataclass(frozen=True)
 class ZeroQuantConfig:
     """Everything the backend needs to know; also what ``options=`` of torch.compile carries.
@@ -85,6 +113,13 @@ class ZeroQuantConfig:
     attention: fp32 scaled-dot-product attention on the cpu target: "auto" runs its two
         matmuls in bf16 (softmax in fp32) where the CPU has native bf16 dot products and the
         query has more than a decode step's rows; "bf16" does so on any CPU; "fp32" leaves it.
+    smooth: outlier smoothing of each quantized linear's input channels (calibrate/smooth.py):
+        "auto" picks alpha from ``SMOOTH_ALPHAS`` (or none) by model-level error on the
+        calibration data; False turns it off; {"alpha": a} (stored as the float a) fixes alpha.
+    keep_float: linears the accuracy policy leaves in float (calibrate/policy.py): "auto" keeps
+        lm_head / embedding-tied linears and then the worst linears while the model-level
+        error on the calibration data improves; an int keeps that many of the worst; a float is
+        a floor in dB: every linear whose output SQNR is below it stays float.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     """
@@ -96,6 +131,8 @@ class ZeroQuantConfig:
     target: str = "auto"
     cpu_kernel: str = "auto"
     attention: str = "auto"
+    smooth: Any = "auto"
+    keep_float: Any = "auto"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     version: int = CONFIG_VERSION
@@ -117,6 +154,8 @@ class ZeroQuantConfig:
             _fail("cpu_kernel", self.cpu_kernel, ", ".join(CPU_KERNELS))
         if self.attention not in ATTENTION:
             _fail("attention", self.attention, ", ".join(ATTENTION))
+        object.__setattr__(self, "smooth", _check_smooth(self.smooth))
+        _check_keep_float(self.keep_float)
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):
