@@ -8,9 +8,9 @@ Everything is decided on the calibration data, deterministically (ties broken by
 2. each alpha (smooth="auto": none and ``SMOOTH_ALPHAS``) is scored by the model-level SQNR of
    a run with every linear fake-quantized as the w8a8 kernels quantize it; the best is kept;
 3. a float run measures each linear's output SQNR with its input in float (its own error);
-4. keep_float: "auto" keeps lm_head / embedding-tied linears, then the lowest-SQNR linears one
-   at a time while the model-level SQNR improves by at least ``MIN_GAIN_DB`` (at most
-   ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
+4. keep_float: "auto" keeps lm_head / embedding-tied linears, then, among the linears at least
+   ``OUTLIER_DB`` below the median SQNR, the lowest one at a time while the model-level SQNR
+   improves by at least ``MIN_GAIN_DB`` (at most ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
    every linear below that many dB.
 """
 
@@ -32,6 +32,9 @@ from zq_compile.config import SMOOTH_ALPHAS
 MIN_GAIN_DB = 0.1
 #: ... and never keeps more than this fraction of the quantizable linears float (speed).
 AUTO_MAX_FRACTION = 0.02
+#: ... and considers only linears whose SQNR is this far below the median: an outlier layer,
+#: not one of many alike (keeping those float buys little accuracy per unit of speed lost).
+OUTLIER_DB = 6.0
 #: TODO(schemes): keep them at w8a16 once that scheme is built; float until then.
 KEPT_AS = "float"
 
@@ -181,7 +184,9 @@ def _keep(policy, live, sqnr, heads, scales, score, report) -> dict[str, str]:
         current = report.model_sqnr_db if not heads else score(scales, set(live) - set(heads))
         report.model_sqnr_db_after_policy = current
         limit = max(1, math.floor(AUTO_MAX_FRACTION * len(order)))
-        for key in order[:limit]:
+        median = sorted(sqnr[k] for k in order)[len(order) // 2] if order else 0.0
+        candidates = [k for k in order if sqnr[k] <= median - OUTLIER_DB]
+        for key in candidates[:limit]:
             trial = score(scales, set(live) - set(kept) - {key})
             report.policy_steps.append((live[key].module, trial))
             if trial - current < MIN_GAIN_DB:
