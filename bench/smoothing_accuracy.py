@@ -105,7 +105,10 @@ def main() -> None:
     result = {}
     with torch.inference_mode():
         if args.simulate:
-            result["smollm2 (simulated)"] = simulate_smollm2(log)
+            if args.only in (None, "minilm"):
+                result["minilm (simulated)"] = simulate_minilm(log)
+            if args.only in (None, "smollm2"):
+                result["smollm2 (simulated)"] = simulate_smollm2(log)
             args.only = "none"
         if args.only in (None, "minilm"):
             result["minilm"] = minilm(log)
@@ -162,6 +165,45 @@ def simulate_smollm2(log) -> dict:
     for alpha in (0.3, 0.5, 0.7):
         result[f"w8a8 + smoothing alpha {alpha}"] = value = ppl(alpha, ())
         log(f"alpha {alpha}: {value:.3f}")
+    return result
+
+
+def simulate_minilm(log) -> dict:
+    """MiniLM embedding cosine vs fp32 on the 200 polarity sentences (seq 128), simulated as in
+    ``simulate_smollm2``; calibrated on 32 Wikipedia paragraphs."""
+    from zq_compile.calibrate import _module_runner, _sites
+    from zq_compile.calibrate.policy import Simulator, group_scales
+    from zq_compile.data import polarity_sentences, wikipedia_prose
+    from zq_compile.metrics import mean_cosine
+    from zq_compile.models import load_minilm, mean_pool
+
+    model, tok = load_minilm()
+    batch = dict(tok([t for t, _ in polarity_sentences()], padding="max_length", truncation=True, max_length=128,
+                     return_tensors="pt"))
+    calibration = [dict(tok(wikipedia_prose()[:32], padding="max_length", truncation=True, max_length=128,
+                            return_tensors="pt"))]
+    config = ZeroQuantConfig()
+    found = _sites(model, config)
+    sim = Simulator({k: s for k, (s, _) in found.items()})
+    sim.mode = "stats"
+    _module_runner(model, calibration, found)(sim)
+    absmax = sim.stats.values
+
+    def emb(alpha, kept):
+        sim.mode = "quant" if alpha != "fp32" else "float"
+        sim.set_plan(group_scales(sim.sites, absmax, None if alpha == "fp32" else alpha), set(sim.sites) - set(kept))
+        (out,) = _module_runner(model, [batch], found)(sim)
+        return mean_pool(out[0], batch["attention_mask"])
+
+    ref = emb("fp32", ())
+    result = {"w8a8": mean_cosine(ref, emb(None, ()))}
+    log(f"MiniLM w8a8 cosine {result['w8a8']:.5f}")
+    for name, options in (("w8a8 + smoothing", dict(keep_float=0)), ("w8a8 + smoothing + policy", {})):
+        report = zq_compile.calibrate(model, ZeroQuantConfig(**options), calibration)
+        log(str(report))
+        kept = [k for k in sim.sites if any(la.module == k and la.kept_float for la in report.layers)]
+        result[name] = mean_cosine(ref, emb(report.alpha, kept))
+        log(f"MiniLM {name} cosine {result[name]:.5f}")
     return result
 
 

@@ -201,3 +201,27 @@ def test_calibration_data_with_nan_or_inf_is_refused(bad):
     x[0, 2, 5] = bad
     with pytest.raises(ValueError, match=r"data\[1\]\['inputs_embeds'\]"):
         zq_compile.calibrate(m, None, [{"input_ids": _ids()}, {"inputs_embeds": x}])
+
+
+def test_smoothing_adds_no_kernel_division_fused_into_the_quantize():
+    """Read the generated code of a LayerNorm -> Linear -> GeLU -> Linear block: with smoothing
+    the LayerNorm weight is folded and the GeLU output's 1/s multiply is fused into the quantize
+    kernel, so the number of generated kernels and of GEMM calls is the same as without."""
+    from torch._inductor.utils import run_and_get_code
+
+    from tests.modules import Block
+
+    codes = {}
+    for smooth in (False, 0.5):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        m = Block().eval()
+        compiled = torch.compile(m, backend="zeroquant", options={"smooth": smooth, "keep_float": 0})
+        with torch.inference_mode():
+            _, (codes[smooth],) = run_and_get_code(compiled, torch.randn(4, 13, 64))
+        report = zq_compile.recent_reports()[-1]
+    assert any("1 folded into the norm" in n and "1 divided" in n for n in report.notes), report.notes
+    kernels = {k: code.count("cpp_fused_") for k, code in codes.items()}
+    assert kernels[0.5] == kernels[False] > 0, kernels
+    gemms = {k: code.count("_mm") for k, code in codes.items()}
+    assert gemms[0.5] == gemms[False]

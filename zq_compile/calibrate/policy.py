@@ -28,6 +28,8 @@ from zq_compile.calibrate.smooth import fake_linear, quantized_weight, smooth_sc
 from zq_compile.calibrate.stats import AbsMax
 from zq_compile.config import SMOOTH_ALPHAS
 
+#: fewer calibration tokens than this get a note in the report
+FEW_TOKENS = 64
 #: "auto" stops adding float linears when the model-level SQNR gains less than this.
 MIN_GAIN_DB = 0.1
 #: ... and never keeps more than this fraction of the quantizable linears float (speed).
@@ -144,6 +146,9 @@ def decide(sites: dict[str, Site], run: Callable[[Simulator], list[list[torch.Te
         tokens = max(sim.stats.rows.values(), default=0)
         report = CalibrationReport(source=source, batches=batches, tokens=tokens, smooth=config.smooth,
                                    keep_float=config.keep_float)
+        if tokens < FEW_TOKENS:
+            report.notes.append(f"statistics from {tokens} token(s) only: for steadier choices, call "
+                                "zq_compile.calibrate(model, config, data) with representative inputs first")
         if missing:
             report.notes.append(f"{len(missing)} linear(s) never ran on the calibration data: not smoothed")
         heads = {k for k, s in live.items() if s.head} if config.keep_float == "auto" else set()
