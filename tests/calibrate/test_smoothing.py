@@ -203,6 +203,7 @@ def test_calibration_data_with_nan_or_inf_is_refused(bad):
         zq_compile.calibrate(m, None, [{"input_ids": _ids()}, {"inputs_embeds": x}])
 
 
+@pytest.mark.slow  # two Inductor compiles (70 s on the loaded shared machine)
 def test_smoothing_adds_no_kernel_division_fused_into_the_quantize():
     """Read the generated code of a LayerNorm -> Linear -> GeLU -> Linear block: with smoothing
     the LayerNorm weight is folded and the GeLU output's 1/s multiply is fused into the quantize
