@@ -6,6 +6,7 @@
 
 from zq_compile import ops  # noqa: F401  (registers the zq:: ops)
 from zq_compile.api import compile  # noqa: A004
+from zq_compile.calibrate import calibrate
 from zq_compile.config import PRESETS, QuantScheme, ZeroQuantConfig
 from zq_compile.report import CompileReport, LinearDecision, recent_reports
 
@@ -15,6 +16,7 @@ __all__ = [
     "LinearDecision",
     "QuantScheme",
     "ZeroQuantConfig",
+    "calibrate",
     "compile",
     "recent_reports",
 ]

@@ -23,6 +23,8 @@ ACTIVATIONS = ("auto", "bf16", "fp32")
 INT4_GROUP_SIZES = (32, 64, 128)
 #: What the attention/FFN classification (``schemes/policy.py``) can say of a linear.
 ROLES = ("attention", "ffn", "other")
+#: smooth=: "auto" searches these alphas (and no smoothing) on the calibration data.
+SMOOTH_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def _fail(field_name: str, value: Any, allowed: str) -> None:
@@ -104,6 +106,32 @@ def _pairs(field_name: str, value: Any, allowed_values: tuple[str, ...]) -> tupl
     return tuple(sorted(pairs))
 
 
+def _check_smooth(value: Any) -> Any:
+    """"auto", False, or an alpha in [0, 1] given as {"alpha": a} or a; returns the stored form."""
+    allowed = '"auto", False, {"alpha": a} with 0 <= a <= 1'
+    if value == "auto" or value is False:
+        return value
+    if isinstance(value, dict):
+        if set(value) != {"alpha"}:
+            _fail("smooth", value, allowed)
+        value = value["alpha"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        _fail("smooth", value, allowed)
+    return float(value)
+
+
+def _check_keep_float(value: Any) -> None:
+    allowed = '"auto", an int >= 0 (that many worst linears), a float (SQNR floor in dB)'
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail("keep_float", value, allowed)
+    if isinstance(value, int) and value < 0:
+        _fail("keep_float", value, allowed)
+    if isinstance(value, float) and value != value:
+        _fail("keep_float", value, allowed)
+
+
 @dataclass(frozen=True)
 class ZeroQuantConfig:
     """Everything the backend needs to know; also what ``options=`` of torch.compile carries.
@@ -134,6 +162,13 @@ class ZeroQuantConfig:
         "auto" is bf16 where the CPU has native bf16 (avx512_bf16 / amx_bf16), else fp32;
         "bf16" asks for it (ValueError on a CPU without native bf16); "fp32" keeps fp32. The
         arithmetic stays fp32 either way; bf16/fp16 models keep their own dtype.
+    smooth: outlier smoothing of each quantized linear's input channels (calibrate/smooth.py):
+        "auto" picks alpha from ``SMOOTH_ALPHAS`` (or none) by model-level error on the
+        calibration data; False turns it off; {"alpha": a} (stored as the float a) fixes alpha.
+    keep_float: linears the accuracy policy leaves in float (calibrate/policy.py): "auto" keeps
+        lm_head / embedding-tied linears and then the worst linears while the model-level
+        error on the calibration data improves; an int keeps that many of the worst; a float is
+        a floor in dB: every linear whose output SQNR is below it stays float.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     """
@@ -150,6 +185,8 @@ class ZeroQuantConfig:
     cpu_kernel: str = "auto"
     attention: str = "auto"
     activations: str = "auto"
+    smooth: Any = "auto"
+    keep_float: Any = "auto"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     version: int = CONFIG_VERSION
@@ -182,6 +219,8 @@ class ZeroQuantConfig:
             if not has_bf16():
                 _fail("activations", self.activations,
                       f"auto, fp32 on this CPU ({cpu_description()} has no native bf16: avx512_bf16 / amx_bf16)")
+        object.__setattr__(self, "smooth", _check_smooth(self.smooth))
+        _check_keep_float(self.keep_float)
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

@@ -67,6 +67,8 @@ class CompileReport:
     races: list[str] = field(default_factory=list)
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
+    #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run
+    calibration: object = None
 
     @property
     def quantized(self) -> list[LinearDecision]:
@@ -130,6 +132,8 @@ class CompileReport:
         if self.requantized:
             lines.append(f"  weights re-quantized {self.requantized} time(s): the graph was called with "
                          "other or edited float weights")
+        if self.calibration is not None:
+            lines.extend("  " + line for line in self.calibration.summary_lines())
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 

@@ -96,7 +96,8 @@ def test_shared_weight_is_quantized_once():
     def tied(x):
         return lin(lin(x))
 
-    p, _ = _prepare(tied, torch.randn(2, 16))
+    # (smoothing off: each input would get its own s, and so its own quantized W * s)
+    p, _ = _prepare(tied, torch.randn(2, 16), smooth=False, keep_float=0)
     assert len(p.report.quantized) == 2
     assert len(p.constants) == 2  # one int8 weight + one scale tensor, shared
     assert "quantized once" in p.report.quantized[1].reason
@@ -104,7 +105,7 @@ def test_shared_weight_is_quantized_once():
 
 def test_weights_are_quantized_at_compile_time_not_per_call():
     m = torch.nn.Linear(16, 8)
-    p, _ = _prepare(m, torch.randn(2, 16))
+    p, _ = _prepare(m, torch.randn(2, 16), smooth=False)  # (smoothing adds a 1/s constant)
     w_q, w_s = p.constants
     assert w_q.dtype == torch.int8 and w_q.shape == (8, 16) and w_s.shape == (8,)
     assert _count(p.gm, torch.ops.zq.quantize_per_token.default) == 1  # activations only
@@ -178,10 +179,12 @@ def test_disable_pass_by_name():
 def test_dump_graphs_writes_before_and_after(tmp_path):
     _prepare(torch.nn.Linear(8, 4), torch.randn(2, 8), dump_graphs=str(tmp_path))
     names = sorted(f.name for f in tmp_path.iterdir())
-    assert [n.split("_", 1)[1] for n in names] == ["00_rewrite_linear_after.py", "00_rewrite_linear_before.py",
-                                                   "01_attention_bf16_after.py", "01_attention_bf16_before.py",
-                                                   "02_bf16_activations_after.py", "02_bf16_activations_before.py"]
-    after = next(f for f in tmp_path.iterdir() if f.name.endswith("after.py")).read_text()
+    assert [n.split("_", 1)[1] for n in names] == [
+        "00_calibrate_linears_after.py", "00_calibrate_linears_before.py", "01_smooth_outliers_after.py",
+        "01_smooth_outliers_before.py", "02_rewrite_linear_after.py", "02_rewrite_linear_before.py",
+        "03_attention_bf16_after.py", "03_attention_bf16_before.py",
+        "04_bf16_activations_after.py", "04_bf16_activations_before.py"]
+    after = next(f for f in tmp_path.iterdir() if f.name.endswith("rewrite_linear_after.py")).read_text()
     assert "zq.linear_w8a8" in after
 
 

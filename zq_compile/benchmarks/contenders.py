@@ -305,6 +305,14 @@ def all_contenders() -> list[Contender]:
             if lkd:
                 how = "zq_compile.calibrate (LKD) on the calibration batch, then " + how
             out.append(Contender(name, "zeroquant", functools.partial(_zeroquant, preset, lkd), how))
+    # issue 12, each step's effect; calibrated on text the bench does not score (calibration_text.py)
+    from zq_compile.benchmarks.calibration_text import zeroquant_calibrated
+
+    for name, options in (("zeroquant w8a8 plain", dict(smooth=False, keep_float=0)),
+                          ("zeroquant w8a8+smooth", dict(keep_float=0)),
+                          ("zeroquant w8a8+smooth+policy", {})):
+        out.append(Contender(name, "zeroquant", functools.partial(zeroquant_calibrated, options),
+                             f"zq_compile.calibrate on held-out text, then zq_compile.compile, options {options}"))
     out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",
                          functools.partial(_zeroquant, "w8a8", False, attention="fp32"),
                          "as zeroquant w8a8 with attention='fp32' (ablation: what bf16 attention adds)",

@@ -128,7 +128,12 @@ def constant_roots(node: fx.Node) -> list[fx.Node]:
     return [r for n in node.all_input_nodes for r in constant_roots(n)]
 
 
-def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int]) -> WeightSource | None:
+def _smoothed(w_nk: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return (w_nk.float() * scale).to(w_nk.dtype)
+
+
+def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int],
+                   scale: torch.Tensor | None = None) -> WeightSource | None:
     """How to redo this weight's quantization from other float inputs (None: a get_attr
     constant of the graph itself, which cannot change between calls)."""
     roots = constant_roots(m.weight)
@@ -137,7 +142,8 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
 
     def make_float(values):
         w = constant_value(ctx, m.weight, env=dict(zip(roots, values)))
-        return w if m.weight_is_nk else w.t()
+        w = w if m.weight_is_nk else w.t()
+        return w if scale is None else _smoothed(w, scale)
 
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
@@ -247,14 +253,22 @@ def run(ctx) -> int:
         progress.update()
         module = module_path(node)
         w_nk, scheme, groups, reason = _decide(ctx, m, module, roles[node])
+        # The accuracy policy and outlier smoothing (calibrate_linears, smooth_outliers) ran first.
+        kept = ctx.memo.get("keep_float", {}).get(node)
+        scale = ctx.memo.get("smooth_scale", {}).get(node)
         decision = LinearDecision(node=node.name, module=module, op=m.op,
                                   shape=tuple(w_nk.shape) if w_nk is not None else None,
-                                  scheme=None, reason=reason, role=roles[node])
+                                  scheme=None, reason=kept or reason, role=roles[node])
         ctx.report.decisions.append(decision)
-        if w_nk is None:
+        if scale is not None and (w_nk is None or kept):
+            raise RuntimeError(f"zeroquant internal error: {node.name} was smoothed but is not quantized")
+        if w_nk is None or kept:
             continue
+        if scale is not None:  # X arrives divided by s: quantize W * s
+            w_nk = _smoothed(w_nk, scale)
+            decision.reason += ", smoothed"
         handler = handler_for(scheme)
-        key = (m.weight, m.weight_is_nk, scheme)
+        key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale))
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
             qw = handler.quantize(w_nk, scheme, groups)
             prefix = f"{node.name}_"
@@ -264,7 +278,7 @@ def run(ctx) -> int:
                 if t is not None:
                     slots[name] = len(ctx.constants)
                 quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
-            source = _weight_source(ctx, m, handler, scheme, groups, slots)
+            source = _weight_source(ctx, m, handler, scheme, groups, slots, scale)
             if source is not None:
                 ctx.weight_sources.append(source)
             decision.quant_bytes = qw.nbytes

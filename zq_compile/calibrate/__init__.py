@@ -1,0 +1,137 @@
+"""``zq_compile.calibrate(model, config, data)``: calibration before compiling.
+
+    report = zq_compile.calibrate(model, ZeroQuantConfig(), data=[{"input_ids": ids}, ...])
+    compiled = zq_compile.compile(model, ZeroQuantConfig())   # uses what calibrate found
+
+Runs the float model on ``data`` with a forward hook on every ``nn.Linear``, and settles what
+the backend would otherwise settle on the first call's inputs: max |X_j| per linear input, the
+smoothing alpha, each linear's output SQNR and the linears kept float (``policy.py``). The
+results are kept per weight tensor (``stats.py``) and picked up by the ``calibrate_linears``
+pass when the model is compiled with the same ``smooth`` / ``keep_float``; the model's
+parameters are not changed (LKD, when the config asks for it, is what changes them).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Any
+
+import torch
+
+from zq_compile.calibrate import stats
+from zq_compile.calibrate.policy import Simulator, Site, decide
+from zq_compile.calibrate.report import CalibrationReport
+from zq_compile.config import ZeroQuantConfig
+
+
+def _batches(data) -> list:
+    """``data``: one batch (a dict of keyword arguments, a tuple of positional ones, a tensor)
+    or a list of batches."""
+    if isinstance(data, (dict, torch.Tensor, tuple)):
+        return [data]
+    if isinstance(data, list):
+        if not data:
+            raise ValueError("data is an empty list: give at least one batch")
+        return data
+    raise ValueError(f"data must be a batch (dict, tuple or tensor) or a list of batches, got {type(data).__name__}")
+
+
+def _call(model, batch):
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, tuple):
+        return model(*batch)
+    return model(batch)
+
+
+def _sites(model: torch.nn.Module, config: ZeroQuantConfig) -> dict[str, tuple[Site, torch.nn.Module]]:
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    groups = config.scheme.weight_groups
+    out = {}
+    for name, mod in model.named_modules():
+        if type(mod) is not torch.nn.Linear or not mod.weight.is_floating_point():
+            continue
+        if any(fnmatch.fnmatchcase(name, g) for g in config.skip):
+            continue
+        n = mod.weight.shape[0]
+        g = n if groups is None else (groups if n % groups == 0 else math.gcd(n, groups))
+        head = name.rsplit(".", 1)[-1] == "lm_head" or id(mod.weight) in embedding_weights
+        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head), mod)
+    return out
+
+
+def _module_runner(model, batches, found):
+    def run(sim: Simulator) -> list[list[torch.Tensor]]:
+        alive: list = []  # inputs held until the batch ends, so id() names one tensor
+
+        def hook_for(key):
+            def hook(module, args, output):
+                x = args[0]
+                if sim.mode == "stats" and sim.sites[key].group is None:
+                    alive.append(x)
+                    sim.sites[key].group = id(x)
+                return sim.linear(key, x, module.weight, module.bias)
+            return hook
+
+        handles = [mod.register_forward_hook(hook_for(key)) for key, (_, mod) in found.items()]
+        try:
+            outs = []
+            with torch.no_grad():
+                for batch in batches:
+                    outs.append(stats.float_leaves(_call(model, batch)))
+                    alive.clear()
+            return outs
+        finally:
+            for h in handles:
+                h.remove()
+
+    return run
+
+
+def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] | None = None, data=None,
+              ) -> CalibrationReport:
+    """Collect calibration statistics of ``model`` on ``data`` and decide smoothing and the
+    linears kept float; returns the CalibrationReport (also attached to the compile reports).
+
+    With ``data=None`` nothing is collected here: the backend calibrates on the inputs of the
+    first call that compiles the model, and says so in its report.
+    """
+    config = ZeroQuantConfig.from_options(config)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    batches = None if data is None else _batches(data)
+    if batches is not None:
+        stats.check_finite(batches if isinstance(data, list) else data, "data")
+
+    # --- hook for LKD (developer `lkd`, zq_compile/calibrate/lkd.py) ---------------------------
+    # Layer-by-layer distillation edits the float weights, so it runs before the statistics are
+    # taken on the final weights.
+    if getattr(config, "lkd", None):
+        from zq_compile.calibrate.lkd import run_lkd
+
+        run_lkd(model, config, batches)
+    # ---------------------------------------------------------------------------------------------
+
+    if batches is None:
+        return CalibrationReport(source="none given: the first call's inputs will be used", batches=0, tokens=0,
+                                 smooth=config.smooth, keep_float=config.keep_float)
+    found = _sites(model, config)
+    sites = {k: site for k, (site, _) in found.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        report, alphas, sim = decide(sites, _module_runner(model, batches, found), config,
+                                     "calibrate(data)", len(batches))
+    finally:
+        model.train(was_training)
+    sqnr = {la.module: la.sqnr_db for la in report.layers}
+    for key, site in sites.items():
+        if key in sim.stats.values:
+            stats.remember(site.weight, stats.LinearCalibration(
+                site.module, sim.stats.values[key], alphas[key], sim.keep_float.get(key), sqnr[key],
+                (config.smooth, config.keep_float), report))
+    return report
+
+
+__all__ = ["CalibrationReport", "calibrate"]

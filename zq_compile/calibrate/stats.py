@@ -1,0 +1,88 @@
+"""Calibration statistics of the quantized linears, and where they live between calls.
+
+Per linear: max |X_j| of its input over every calibration token, per input channel j (what
+smoothing needs), plus the decisions the accuracy policy took from them. They are kept per
+*weight tensor* (``remember`` / ``lookup``), because that is what both routes share: hooks of
+``zq_compile.calibrate(model, ...)`` see ``module.weight``, and the graph pass sees the same
+tensor as the real value of a placeholder. Module paths would not do: a compiled sub-module or a
+wrapper changes them. Entries die with their weight (weak keys).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+#: weight tensor -> LinearCalibration (process-wide; a weak dict, so nothing outlives the model)
+_REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+@dataclass
+class LinearCalibration:
+    """What calibration found for one linear (one weight tensor)."""
+
+    module: str
+    act_absmax: torch.Tensor  # fp32 [K]: max |X_j| over the calibration tokens
+    alpha: float | None  # smoothing strength chosen (None: no smoothing)
+    keep_float: str | None  # reason the policy keeps this linear in float, or None
+    sqnr_db: float  # output SQNR of the quantized linear vs float, on the calibration data
+    signature: tuple  # (smooth, keep_float) of the config it was decided under
+    report: object = None  # the CalibrationReport it belongs to
+
+
+@dataclass
+class AbsMax:
+    """Running per-channel max |x| over the rows of every call."""
+
+    values: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)
+
+    def update(self, key, x: torch.Tensor) -> None:
+        m = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+        old = self.values.get(key)
+        self.values[key] = m if old is None else torch.maximum(old, m)
+        self.rows[key] = self.rows.get(key, 0) + math.prod(x.shape[:-1])
+
+
+def remember(weight: torch.Tensor, entry: LinearCalibration) -> None:
+    _REGISTRY[weight] = entry
+
+
+def lookup(weight: torch.Tensor) -> LinearCalibration | None:
+    return _REGISTRY.get(weight)
+
+
+def forget(weight: torch.Tensor) -> None:
+    _REGISTRY.pop(weight, None)
+
+
+def check_finite(data, name: str = "data") -> None:
+    """ValueError naming the argument (and where inside it) if a float tensor holds NaN or Inf."""
+
+    def walk(obj, where):
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() and not torch.isfinite(obj).all():
+                raise ValueError(f"{where} holds NaN or Inf: calibration data must be finite")
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}[{k!r}]")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    walk(data, name)
+
+
+def float_leaves(out) -> list[torch.Tensor]:
+    """The floating tensors of a model's output (tensors, tuples, dicts, ModelOutput); caches
+    and other objects are ignored."""
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in float_leaves(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in float_leaves(v)]
+    return []

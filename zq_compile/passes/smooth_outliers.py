@@ -1,0 +1,140 @@
+"""smooth_outliers: divide each quantized linear's input by s per channel, multiply W by s.
+
+s comes from ``calibrate_linears`` (max |X_j| and alpha; ``calibrate/smooth.py`` has the maths);
+linears reading one activation share one s. ``rewrite_linear`` quantizes W * s (it reads
+``ctx.memo["smooth_scale"]``). Where the activation is X / s comes from one of two places.
+
+Fold, when X is a norm's output read by the smoothed linears only (a pre-LN block: Llama's
+RMSNorm, GPT's ln_1), 1/s goes into the norm's weight (and bias), a new graph constant, so it
+costs nothing at run time; the user's parameters are not touched:
+
+    h ──► rms_norm ──► mul(γ, ·) ──► X ──► linear(X, Wq) / linear(X, Wk) / linear(X, Wv)
+    h ──► rms_norm ──► mul(γ / s, ·) ──► X/s ──► linear(X/s, Wq·s) / ...          (after)
+
+Divide, elsewhere (the norm output also feeds the residual, as in post-LN BERT; or X is an
+activation such as SiLU(gate) * up): a multiply by the constant 1/s, which Inductor fuses into
+the per-token quantize that reads it (and that into X's producer):
+
+    X ──► linear(X, W) ;  X ──► residual            (before)
+    X ──► mul(X, 1/s) ──► linear(·, W·s) ;  X ──► residual                        (after)
+
+Returns the number of activation groups smoothed.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from zq_compile.binding import WeightSource
+from zq_compile.calibrate.smooth import smooth_scale
+from zq_compile.passes.graph_utils import annotate, fake_value
+from zq_compile.passes.rewrite_linear import constant_roots, constant_value
+
+MUL = {operator.mul, torch.mul, torch.ops.aten.mul.Tensor}
+LAYER_NORM = {F.layer_norm, torch.layer_norm, torch.ops.aten.layer_norm.default}
+RMS_NORM = {getattr(F, "rms_norm", None), getattr(torch, "rms_norm", None)} - {None}
+
+
+def _folded_constant(ctx, node: fx.Node, s: torch.Tensor, name: str) -> fx.Node:
+    """A new graph constant holding ``node``'s value / s, re-derived from the float input by the
+    weight binding when a call brings other norm weights."""
+    value = constant_value(ctx, node)
+    roots = constant_roots(node)
+    inv = (1.0 / s).to(value.dtype)
+    slot = len(ctx.constants)
+    new = ctx.add_constant(name, value * inv)
+
+    def make_float(values):
+        return constant_value(ctx, node, env=dict(zip(roots, values))) * inv
+
+    ctx.weight_sources.append(WeightSource(tuple(ctx.input_index(r) for r in roots), make_float,
+                                           lambda t: {"norm": t}, {"norm": slot}))
+    return new
+
+
+def _norm_params(ctx, x: fx.Node, k: int) -> list[tuple[int | str, fx.Node]] | None:
+    """(position, node) of the affine parameters of the norm that produces ``x``, or None."""
+    if x.op != "call_function":
+        return None
+
+    def const_vector(a):
+        v = constant_value(ctx, a) if isinstance(a, fx.Node) else None
+        return v is not None and v.dim() == 1 and v.numel() == k and bool(constant_roots(a))
+
+    if x.target in MUL and len(x.args) == 2 and not x.kwargs:
+        hits = [(i, a) for i, a in enumerate(x.args) if const_vector(a)]
+        return hits if len(hits) == 1 else None
+    if x.target in LAYER_NORM or x.target in RMS_NORM:
+        names = ("weight", "bias") if x.target in LAYER_NORM else ("weight",)
+        out = []
+        for j, name in enumerate(names):
+            pos = 2 + j
+            a = x.args[pos] if len(x.args) > pos else x.kwargs.get(name)
+            if a is None:
+                continue
+            if not const_vector(a):
+                return None
+            out.append((pos if len(x.args) > pos else name, a))
+        return out if out and out[0][1] is not None else None
+    return None
+
+
+def _fold(ctx, x: fx.Node, s: torch.Tensor) -> bool:
+    params = _norm_params(ctx, x, s.numel())
+    if not params:
+        return False
+    for pos, a in params:
+        new = _folded_constant(ctx, a, s, f"{a.name}_smoothed")
+        if isinstance(pos, int):
+            args = list(x.args)
+            args[pos] = new
+            x.args = tuple(args)
+        else:
+            x.kwargs = {**x.kwargs, pos: new}
+    return True
+
+
+def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> None:
+    graph = ctx.gm.graph
+    inv = ctx.add_constant(f"{x.name}_inv_smooth", (1.0 / s).to(fake_value(x).dtype))
+    first = next(n for n in graph.nodes if n in readers)
+    with graph.inserting_before(first):
+        xs = graph.call_function(operator.mul, (x, inv))
+    annotate(xs, ctx.fake_mode)
+    for n in readers:
+        n.replace_input_with(x, xs)
+
+
+def run(ctx) -> int:
+    plan = ctx.memo.get("smooth_plan")
+    if not plan:
+        return 0
+    scales = ctx.memo.setdefault("smooth_scale", {})
+    groups: dict[fx.Node, list[fx.Node]] = {}
+    for node, (site, _, _) in plan.items():
+        groups.setdefault(site.group, []).append(node)
+    done = 0
+    for x, nodes in groups.items():
+        smoothed = [n for n in nodes if plan[n][2] is not None]
+        stats = [plan[n][1] for n in nodes if plan[n][1] is not None]
+        if not smoothed or not stats:
+            continue
+        alpha = plan[smoothed[0]][2]
+        s = smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha)
+        for n in smoothed:
+            scales[n] = s
+        folded = set(x.users) <= set(smoothed) and _fold(ctx, x, s)
+        if not folded:
+            _divide(ctx, x, s, smoothed)
+        how = ctx.memo.setdefault("smooth_how", {})
+        how[x.name] = "folded into the norm" if folded else "divided before quantize"
+        done += 1
+    if done:
+        folded = sum(v.startswith("folded") for v in how.values())
+        ctx.report.note(f"smooth_outliers: {done} input(s) smoothed: {folded} folded into the norm before them, "
+                        f"{done - folded} divided by s in the per-token quantize")
+    return done
