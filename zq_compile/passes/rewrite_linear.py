@@ -30,6 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from zq_compile import store
 from zq_compile.binding import WeightSource
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
@@ -126,6 +127,40 @@ def constant_roots(node: fx.Node) -> list[fx.Node]:
     return [r for n in node.all_input_nodes for r in constant_roots(n)]
 
 
+def _chain(node) -> str:
+    """The ops between a weight's placeholder and the linear, as text (part of its store key)."""
+    if node.op == "placeholder":
+        return "W"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    args = [_chain(a) if isinstance(a, fx.Node) else repr(a) for a in node.args]
+    args += [f"{k}={_chain(v) if isinstance(v, fx.Node) else repr(v)}" for k, v in node.kwargs.items()]
+    return f"{target}({', '.join(args)})"
+
+
+def _store_key(m: LinearMatch, handler, scheme, groups: int) -> str | None:
+    """Key of this weight's constants in ``zq_compile.store``; None for weights computed from
+    several placeholders or kept by the graph itself (get_attr), which are not stored."""
+    roots = constant_roots(m.weight)
+    if len(roots) != 1:
+        return None
+    return store.recipe(handler.name, scheme, groups, f"{'nk' if m.weight_is_nk else 'kn'}:{_chain(m.weight)}")
+
+
+def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int):
+    """(constants, root tensor, store key): kept ones for this weight and recipe if the store has
+    them, else quantized now and kept."""
+    key = _store_key(m, handler, scheme, groups)
+    root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
+    tensors = store.get(root, key) if root is not None else None
+    if tensors is None:
+        if root is not None and store.is_released(root):
+            raise store.ReleasedWeightError(store.missing_message(root))
+        tensors = handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
+        if root is not None:
+            store.put(root, key, tensors, ctx.config.to_json())
+    return tensors, root, key
+
+
 def _weight_source(ctx, m: LinearMatch, handler, groups: int, slots: dict[str, int]) -> WeightSource | None:
     """How to redo this weight's quantization from other float inputs (None: a get_attr
     constant of the graph itself, which cannot change between calls)."""
@@ -141,7 +176,8 @@ def _weight_source(ctx, m: LinearMatch, handler, groups: int, slots: dict[str, i
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
 
-    return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots)
+    return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots,
+                        _store_key(m, handler, scheme, groups), ctx.config.to_json())
 
 
 def _mutated_in_graph(node: fx.Node) -> bool:
@@ -177,7 +213,11 @@ def _decide(ctx, m: LinearMatch, module: str):
         return None, None, f"module matches skip glob {skip!r}"
     if m.problem:
         return None, None, m.problem
-    w = constant_value(ctx, m.weight)
+    # A weight whose float data was released (release_float_weights) is seen through its fake
+    # value: shapes and dtype only; its constants come from zq_compile.store.
+    released = isinstance(m.weight, fx.Node) and any(
+        store.is_released(v) for v in map(ctx.input_value, constant_roots(m.weight)) if v is not None)
+    w = fake_value(m.weight) if released else constant_value(ctx, m.weight)
     if w is None:
         return None, None, "weight is computed at run time (not a parameter or buffer)"
     if any(_mutated_in_graph(r) for r in constant_roots(m.weight)):
@@ -208,7 +248,7 @@ def _decide(ctx, m: LinearMatch, module: str):
     b_val = fake_value(m.bias) if isinstance(m.bias, fx.Node) else None
     if m.bias is not None and (b_val is None or tuple(b_val.shape) != (n,)):
         return None, None, f"bias is not one value per output ({None if b_val is None else tuple(b_val.shape)})"
-    if not torch.isfinite(w).all():
+    if not released and not torch.isfinite(w).all():
         return None, None, "weight holds NaN or Inf"
     scheme = ctx.config.scheme
     groups = scheme.weight_groups or n
@@ -243,18 +283,20 @@ def run(ctx) -> int:
             continue
         key = (m.weight, m.weight_is_nk)
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-            qw = handler.quantize(w_nk, ctx.config.scheme, groups)
+            tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, ctx.config.scheme, groups)
             prefix = f"{node.name}_"
             quantized_weights[key] = []
             slots = {}
-            for name, t in handler.constant_tensors(qw).items():
+            for name, t in tensors.items():
                 if t is not None:
                     slots[name] = len(ctx.constants)
                 quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
+            if root is not None:  # the backend writes the kernel's form of these back to the store
+                ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots, module))
             source = _weight_source(ctx, m, handler, groups, slots)
             if source is not None:
                 ctx.weight_sources.append(source)
-            decision.quant_bytes = qw.nbytes
+            decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
             decision.float_bytes = w_nk.numel() * w_nk.element_size()
         else:
             decision.reason += " (weight shared with an earlier node, quantized once)"
