@@ -98,6 +98,7 @@ def test_editing_a_released_weight_is_refused_at_the_next_call():
         _run(c, (2, 5, 64))
 
 
+@pytest.mark.slow
 def test_a_weight_also_read_in_float_is_kept():
     """GPT-2's lm_head is its token embedding: the embedding lookup still reads it in float."""
     kept, released = _twins(lambda: tiny_model("gpt2"))
@@ -147,6 +148,7 @@ def test_store_holds_one_copy_the_kernels_form():
     assert entry.tensors["wq"].untyped_storage().nbytes() == 1
 
 
+@pytest.mark.slow
 def test_resident_memory_falls_by_the_float_weights():
     """In a fresh process: a 32 MiB fp32 linear compiled with release costs about its int8 size
     in resident memory; without release, fp32 + int8."""
@@ -175,3 +177,16 @@ def test_resident_memory_falls_by_the_float_weights():
     keep, free = map(float, line[0].split()[1:])
     assert keep - free > 0.75 * 32, (keep, free)  # the 32 MiB of fp32 went back to the OS
     assert free < 0.5 * 32, (keep, free)  # about 8 MiB of int8 remain
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (13, 67), (96, 64)])
+def test_onednn_handle_reads_back_exactly_and_is_not_packed_twice(shape):
+    from zq_compile.codegen.cpu.kernels import is_weight_handle, plain_weight, release_plain
+
+    w_q = torch.randint(-127, 128, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(0))
+    w_s = torch.rand(shape[0]) + 0.1
+    handle = release_plain(w_q, w_s)
+    assert is_weight_handle(handle) or w_q.numel() == 1
+    assert torch.equal(plain_weight(handle), w_q)
+    assert release_plain(handle, w_s) is handle or not is_weight_handle(handle)
+    assert torch.equal(KERNELS["int_mm"].finalize_weight(handle, w_s), w_q)

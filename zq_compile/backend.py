@@ -181,7 +181,7 @@ def _release_float_weights(prepared: Prepared) -> None:
         if problem:
             kept.setdefault(problem, []).append(module)
             continue
-        nbytes = weight.untyped_storage().nbytes()
+        nbytes = weight.numel() * weight.element_size()
         store.release(weight, f"{module}.weight" if module else node.name, store.owner_module(node, weight))
         freed += nbytes
     report = prepared.report

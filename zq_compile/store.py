@@ -120,27 +120,33 @@ def note_float_reader(t: torch.Tensor) -> None:
 
 
 def release_problem(t: torch.Tensor) -> str | None:
-    """Why ``t``'s memory cannot be freed safely, or None."""
+    """Why ``t`` must keep its float values, or None."""
     if t in _FLOAT_READERS:
         return "also read in floating point by a compiled graph (e.g. a tied embedding)"
     if t.numel() == 0:
         return "empty"
-    storage = t.untyped_storage()
-    if storage.nbytes() != t.numel() * t.element_size() or t.storage_offset() != 0:
-        return "shares its storage with other tensors (a view of a larger buffer)"
-    if not storage.resizable():
-        return "its storage cannot be resized (memory-mapped?)"
-    try:  # 2 = the tensor + the storage object above; more: another tensor aliases it
-        if torch._C._storage_Use_Count(storage._cdata) > 2:
-            return "another tensor aliases its storage"
-    except (AttributeError, RuntimeError):
-        pass
     return None
 
 
+def _owns_storage(t: torch.Tensor) -> bool:
+    storage = t.untyped_storage()
+    if not storage.resizable() or storage.nbytes() != t.numel() * t.element_size() or t.storage_offset():
+        return False
+    try:  # 2 = the tensor + the storage object above; more: another tensor aliases it
+        return torch._C._storage_Use_Count(storage._cdata) <= 2
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def release(t: torch.Tensor, path: str, owner: torch.nn.Module | None = None) -> None:
-    """Free ``t``'s memory (see the module docstring). The caller checked ``release_problem``."""
+    """Free ``t``'s memory (see the module docstring). The caller checked ``release_problem``.
+
+    A tensor that shares its storage (a view of a larger buffer, an alias, memory-mapped or
+    numpy-owned memory) first gets a fresh storage of its own, so the others keep their values;
+    the shared memory goes once nobody else holds it."""
     with torch.no_grad():
+        if not _owns_storage(t):
+            t.data = torch.empty_like(t)  # same shape and strides; untouched pages cost no RSS
         t.untyped_storage().resize_(0)
     _RELEASED[t] = path
     if owner is not None and owner not in _HOOKED:
