@@ -9,14 +9,20 @@ from zq_compile.api import compile  # noqa: A004
 from zq_compile.calibrate import calibrate
 from zq_compile.config import PRESETS, QuantScheme, ZeroQuantConfig
 from zq_compile.report import CompileReport, LinearDecision, recent_reports
+from zq_compile.serialize import WeightsFileError, load, save
+from zq_compile.store import ReleasedWeightError
 
 __all__ = [
     "PRESETS",
     "CompileReport",
     "LinearDecision",
     "QuantScheme",
+    "ReleasedWeightError",
+    "WeightsFileError",
     "ZeroQuantConfig",
     "calibrate",
     "compile",
+    "load",
     "recent_reports",
+    "save",
 ]

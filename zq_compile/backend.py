@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
+from zq_compile import store
 from zq_compile.binding import WeightBinding
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
@@ -45,6 +46,8 @@ class Prepared:
     report: CompileReport
     kernel: Any
     binding: WeightBinding
+    #: (placeholder, float weight, module path) of the weights this graph quantized
+    releasable: list = field(default_factory=list)
 
 
 def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -> Prepared:
@@ -64,13 +67,14 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
     _finalize_weights(ctx, kernel)
     finalize_scheme_weights(ctx)  # INT4 / weight-only constants: the kernels' own copies
+    releasable = _keep_in_store(ctx)
     if not report.decisions:
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")
     elif not report.quantized:
         report.note("no linear layer was eligible: the graph runs in float (reasons above)")
     constants = [t for _, t in ctx.constants]
     binding = WeightBinding(ctx.weight_sources, constants, list(example_inputs), kernel.finalize_weight, report)
-    return Prepared(gm, constants, report, kernel, binding)
+    return Prepared(gm, constants, report, kernel, binding, releasable)
 
 
 def zeroquant_backend(
@@ -96,6 +100,8 @@ def zeroquant_backend(
                             **(list_mode_options(mode) if mode else {})},
             decompositions=decompositions_for(prepared.kernel),
         )
+    if config.release_float_weights:  # only now: a failed compile must leave the model whole
+        _release_float_weights(prepared)
     record(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
@@ -129,6 +135,66 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
         done.add(w_q.name)
         i = index[w_q.name]
         ctx.constants[i] = (w_q.name, kernel.finalize_weight(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
+
+
+def _keep_in_store(ctx: PassContext) -> list:
+    """Write the kernel's form of each weight back to ``zq_compile.store`` (one copy shared by
+    every graph), note the inputs this graph still reads in float (never released), and return
+    the stored weights, candidates for release_float_weights."""
+    for root_node, root, key, slots, _ in ctx.memo.get("stored", []):
+        for name, index in slots.items():
+            store.set_tensor(root, key, name, ctx.constants[index][1])
+    for node in ctx.gm.graph.find_nodes(op="placeholder"):
+        value = ctx.input_value(node)
+        if isinstance(value, torch.Tensor) and _read_in_float(node):
+            if store.is_released(value):
+                raise store.ReleasedWeightError(
+                    f"this graph reads {node.name} in floating point, but that weight was freed by "
+                    f"{store.OPTION} when another graph was compiled (graph {ctx.report.graph_id}: "
+                    "it is used here by an op zeroquant does not quantize, or with another config). "
+                    f"Compile without {store.OPTION}")
+            store.note_float_reader(value)
+    seen, releasable = set(), []
+    for root_node, root, _, _, module in ctx.memo.get("stored", []):
+        if id(root) not in seen:
+            seen.add(id(root))
+            releasable.append((root_node, root, module))
+    return releasable
+
+
+def _read_in_float(node: fx.Node) -> bool:
+    """Whether the graph still computes with ``node`` (the weight-folding ops the rewrite left
+    behind without users do not count: Inductor drops them)."""
+    from zq_compile.passes.rewrite_linear import FOLDABLE_FUNCTIONS, FOLDABLE_METHODS
+
+    for user in node.users:
+        foldable = (user.op == "call_function" and user.target in FOLDABLE_FUNCTIONS) or (
+            user.op == "call_method" and user.target in FOLDABLE_METHODS)
+        if not foldable or _read_in_float(user):
+            return True
+    return False
+
+
+def _release_float_weights(prepared: Prepared) -> None:
+    """``release_float_weights=True``: free the float weights of this graph's quantized linears
+    (``zq_compile/store.py`` says how, and why the Parameter objects stay); those some compiled
+    graph still reads in float are kept, with the reason in the report."""
+    freed, kept = 0, {}
+    for node, weight, module in prepared.releasable:
+        if store.is_released(weight):
+            continue
+        problem = store.release_problem(weight)
+        if problem:
+            kept.setdefault(problem, []).append(module)
+            continue
+        nbytes = weight.numel() * weight.element_size()
+        store.release(weight, f"{module}.weight" if module else node.name, store.owner_module(node, weight))
+        freed += nbytes
+    report = prepared.report
+    if freed:
+        report.note(f"release_float_weights: freed {freed / 2**20:.2f} MiB of float weights")
+    for problem, modules in kept.items():
+        report.note(f"release_float_weights: kept the float weight of {', '.join(modules)}: {problem}")
 
 
 def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import torch
 
+from zq_compile import store
+
 
 @dataclass
 class WeightSource:
@@ -26,6 +28,8 @@ class WeightSource:
     make_float: Callable[[list], torch.Tensor]  # those inputs -> W[N, K]
     quantize: Callable[[torch.Tensor], dict[str, torch.Tensor | None]]  # W[N, K] -> constants
     slots: dict[str, int]  # constant name ("wq", "ws", "wz") -> position in the constants list
+    store_key: str | None = None  # one-placeholder weights: their key in zq_compile.store
+    config: str = ""  # JSON of the config, kept beside the constants in the store
 
 
 def _version(t: torch.Tensor) -> int:
@@ -69,10 +73,26 @@ class WeightBinding:
     def _rebuild(self, args, template) -> list[torch.Tensor]:
         constants = list(template)
         for source in self.sources:
-            w = source.make_float([args[i] for i in source.input_indices])
-            made = source.quantize(w)
+            values = [args[i] for i in source.input_indices]
+            made = self._stored_or_quantized(source, values)
             for name, slot in source.slots.items():
                 constants[slot] = made[name]
             if "wq" in source.slots:
                 constants[source.slots["wq"]] = self.finalize(made["wq"], made["ws"])
+                if source.store_key is not None:
+                    store.set_tensor(values[0], source.store_key, "wq", constants[source.slots["wq"]])
         return constants
+
+    @staticmethod
+    def _stored_or_quantized(source: WeightSource, values: list) -> dict:
+        """Constants another graph already made for this weight (zq_compile.store), else new ones.
+        A weight whose float data was released can only come from the store."""
+        if source.store_key is None:
+            return source.quantize(source.make_float(values))
+        made = store.get(values[0], source.store_key)
+        if made is None:
+            if store.is_released(values[0]):
+                raise store.ReleasedWeightError(store.missing_message(values[0]))
+            made = source.quantize(source.make_float(values))
+            store.put(values[0], source.store_key, made, source.config)
+        return made

@@ -171,6 +171,9 @@ class ZeroQuantConfig:
         a floor in dB: every linear whose output SQNR is below it stays float.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
+    release_float_weights: after compiling, free the float weights of every quantized linear
+        from the user's module (its quantized constants are kept for recompiles); the module
+        then runs only compiled. Default False.
     """
 
     preset: str = "w8a8"
@@ -189,6 +192,7 @@ class ZeroQuantConfig:
     keep_float: Any = "auto"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
+    release_float_weights: bool = False
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -225,6 +229,8 @@ class ZeroQuantConfig:
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):
             _fail("dump_graphs", self.dump_graphs, "a directory path or None")
+        if not isinstance(self.release_float_weights, bool):
+            _fail("release_float_weights", self.release_float_weights, "True, False")
         if self.version != CONFIG_VERSION:
             _fail("version", self.version, str(CONFIG_VERSION))
         from zq_compile.passes import PASS_ORDER

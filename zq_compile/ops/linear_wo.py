@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def check_wo_args(x, w, w_scale, w_zero, bias, bits: int, group_size: int, in_features: int) -> None:
@@ -125,15 +126,24 @@ def _w4a8_finalize(kernel, gs, k, w, ws, wz):
     return kernel.finalize_weight(w, ws, wz, gs, k)
 
 
+#: kernel handle -> the plain packed weight it was made from (see ``_swap``).
+_PLAIN: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 def _swap(ctx, index, w, ws, wz, finalize) -> int:
     i = index[w.name]
     if ctx.constants[i][0] in ctx.memo.setdefault("finalized", set()):
         return 0  # a weight shared by several nodes (one kernel per graph regime)
     value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
-    new = finalize(value(w), value(ws), value(wz))
+    # Constants reused from zq_compile.store may already be another graph's kernel handle (the
+    # decode graph's kernel can differ from prefill's): finalize from the plain packed weight.
+    plain = _PLAIN.get(value(w), value(w))
+    new = finalize(plain, value(ws), value(wz))
     ctx.memo["finalized"].add(ctx.constants[i][0])
     if new is ctx.constants[i][1]:
         return 0
+    if new is not plain:
+        _PLAIN[new] = plain
     ctx.constants[i] = (w.name, new)
     for source in ctx.weight_sources:
         if source.slots.get("w") == i:

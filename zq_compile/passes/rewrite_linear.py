@@ -21,6 +21,7 @@ Returns the number of nodes rewritten.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import operator
 import sys
@@ -31,6 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from zq_compile import store
 from zq_compile.binding import WeightSource
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
@@ -128,6 +130,43 @@ def constant_roots(node: fx.Node) -> list[fx.Node]:
     return [r for n in node.all_input_nodes for r in constant_roots(n)]
 
 
+def _chain(node) -> str:
+    """The ops between a weight's placeholder and the linear, as text (part of its store key)."""
+    if node.op == "placeholder":
+        return "W"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    args = [_chain(a) if isinstance(a, fx.Node) else repr(a) for a in node.args]
+    args += [f"{k}={_chain(v) if isinstance(v, fx.Node) else repr(v)}" for k, v in node.kwargs.items()]
+    return f"{target}({', '.join(args)})"
+
+
+def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None) -> str | None:
+    """Key of this weight's constants in ``zq_compile.store``; None for weights computed from
+    several placeholders or kept by the graph itself (get_attr), which are not stored."""
+    roots = constant_roots(m.weight)
+    if len(roots) != 1:
+        return None
+    chain = f"{'nk' if m.weight_is_nk else 'kn'}:{_chain(m.weight)}"
+    if scale is not None:  # smoothed: W * s is what gets quantized, so s is part of the recipe
+        chain += f"*s{hashlib.sha1(scale.float().contiguous().numpy().tobytes()).hexdigest()[:16]}"
+    return store.recipe(handler.name, scheme, groups, chain)
+
+
+def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None):
+    """(constants, root tensor, store key): kept ones for this weight and recipe if the store has
+    them, else quantized now and kept."""
+    key = _store_key(m, handler, scheme, groups, scale)
+    root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
+    tensors = store.get(root, key) if root is not None else None
+    if tensors is None:
+        if root is not None and store.is_released(root):
+            raise store.ReleasedWeightError(store.missing_message(root))
+        tensors = handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
+        if root is not None:
+            store.put(root, key, tensors, ctx.config.to_json())
+    return tensors, root, key
+
+
 def _smoothed(w_nk: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (w_nk.float() * scale).to(w_nk.dtype)
 
@@ -148,7 +187,8 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
 
-    return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots)
+    return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots,
+                        _store_key(m, handler, scheme, groups, scale), ctx.config.to_json())
 
 
 def _mutated_in_graph(node: fx.Node) -> bool:
@@ -202,7 +242,11 @@ def _check(ctx, m: LinearMatch, module: str):
         return None, None, f"module matches skip glob {skip!r}"
     if m.problem:
         return None, None, m.problem
-    w = constant_value(ctx, m.weight)
+    # A weight whose float data was released (release_float_weights) is seen through its fake
+    # value: shapes and dtype only; its constants come from zq_compile.store.
+    released = isinstance(m.weight, fx.Node) and any(
+        store.is_released(v) for v in map(ctx.input_value, constant_roots(m.weight)) if v is not None)
+    w = fake_value(m.weight) if released else constant_value(ctx, m.weight)
     if w is None:
         return None, None, "weight is computed at run time (not a parameter or buffer)"
     if any(_mutated_in_graph(r) for r in constant_roots(m.weight)):
@@ -233,7 +277,7 @@ def _check(ctx, m: LinearMatch, module: str):
     b_val = fake_value(m.bias) if isinstance(m.bias, fx.Node) else None
     if m.bias is not None and (b_val is None or tuple(b_val.shape) != (n,)):
         return None, None, f"bias is not one value per output ({None if b_val is None else tuple(b_val.shape)})"
-    if not torch.isfinite(w).all():
+    if not released and not torch.isfinite(w).all():
         return None, None, "weight holds NaN or Inf"
     return w_nk, None, ""
 
@@ -270,18 +314,20 @@ def run(ctx) -> int:
         handler = handler_for(scheme)
         key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale))
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-            qw = handler.quantize(w_nk, scheme, groups)
+            tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale)
             prefix = f"{node.name}_"
             quantized_weights[key] = []
             slots = {}
-            for name, t in handler.constant_tensors(qw).items():
+            for name, t in tensors.items():
                 if t is not None:
                     slots[name] = len(ctx.constants)
                 quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
+            if root is not None:  # the backend writes the kernel's form of these back to the store
+                ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots, module))
             source = _weight_source(ctx, m, handler, scheme, groups, slots, scale)
             if source is not None:
                 ctx.weight_sources.append(source)
-            decision.quant_bytes = qw.nbytes
+            decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
             decision.float_bytes = w_nk.numel() * w_nk.element_size()
         else:
             decision.reason += " (weight shared with an earlier node, quantized once)"

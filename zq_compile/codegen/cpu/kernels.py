@@ -44,6 +44,7 @@ class _Packed:
 
 
 _ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_HANDLES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # the handles release_plain made
 
 
 def is_weight_handle(t: torch.Tensor) -> bool:
@@ -56,11 +57,28 @@ def release_plain(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
 
     oneDNN keeps its own reordered copy of every weight, so holding the plain int8 tensor as
     well would double the quantized weights' memory. The handle (stride 0, one byte of storage)
-    keeps the graph's shapes and is the key of the packed copy.
+    keeps the graph's shapes and is the key of the packed copy. Given a handle already (a weight
+    another graph finalized, kept in ``zq_compile.store``), it returns that handle: one copy.
     """
+    hit = _ONEDNN_PACKED.get(w_q) if w_q in _HANDLES else None
+    if hit is not None and hit.w_scale is w_scale:
+        return w_q
+    w_q = plain_weight(w_q)
     handle = torch.zeros(1, dtype=torch.int8).expand(w_q.shape)
     _ONEDNN_PACKED[handle] = _pack(w_q, w_scale, version=handle._version)
+    _HANDLES[handle] = True
     return handle
+
+
+def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
+    """The int8 values behind ``w_q``: itself, or, for a handle, read back from oneDNN's copy
+    (the reorder is lossless), for a graph whose kernel wants plain int8."""
+    if w_q not in _HANDLES:  # by identity: a 1x1 handle looks like a plain weight
+        return w_q
+    hit = _ONEDNN_PACKED.get(w_q)
+    if hit is None:
+        raise RuntimeError("an int8 weight handle without its oneDNN packed copy")
+    return hit.packed.to_dense().t().contiguous()
 
 
 def _pack(w_q, w_scale, version) -> _Packed:
@@ -140,6 +158,10 @@ def _zero_correction(w_scale, w_zero, n):
 
 class CpuKernel(Kernel):
     """A CPU lowering of the zq ops (see ``codegen/base.py``)."""
+
+    def finalize_weight(self, w_q, w_scale):
+        # A weight shared with a graph that runs oneDNN may arrive as its handle.
+        return plain_weight(w_q)
 
 
 class ReferenceKernel(CpuKernel):

@@ -1,0 +1,99 @@
+"""Resident memory of SmolLM2-135M after one forward, each contender in a fresh process:
+fp32 eager, torch.compile fp32 (Inductor), and zeroquant presets with and without
+``release_float_weights=True``. Issue 11's targets: w8a8 + release <= fp32 eager; w4/8a8 + release
+<= 0.5x torch.compile fp32.
+
+    .venv/bin/python bench/memory_release.py                       # w8a8, with and without release
+    .venv/bin/python bench/memory_release.py --presets w8a8 w4/8a8  # once the INT4 presets exist
+
+Per process: import everything, trim the heap, note RSS ("base"); load the model (real weights,
+fp32); build the contender in place; drop the script's own references; one forward of batch 1 x
+``--seq`` tokens (``use_cache=False``: weights, not a KV cache, are what is compared); collect
+garbage, return freed heap to the OS (malloc_trim) and note RSS again. Printed: RSS over base
+("model + contender", what the user pays for the model) and the absolute RSS. Inductor's cache
+on disk makes compiles after the first cheaper; it does not change what stays resident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def probe(contender: str, seq: int) -> dict:
+    import torch
+
+    import zq_compile
+    from zq_compile.benchmarks import models
+    from zq_compile.benchmarks.memory import _status_kib, _trim
+
+    _trim()
+    base = _status_kib("VmRSS")
+    bm, _ = models.smollm2()
+    model = bm.model
+    bm.model = None
+    loaded = _status_kib("VmRSS")
+    ids = torch.randint(0, model.config.vocab_size, (1, seq), generator=torch.Generator().manual_seed(0))
+    if contender == "eager fp32":
+        fn = model
+    elif contender == "inductor fp32":
+        fn = torch.compile(model)
+    else:  # "zeroquant <preset>[ release]"
+        _, preset, *release = contender.split()
+        config = zq_compile.ZeroQuantConfig(preset=preset, release_float_weights=bool(release))
+        fn = zq_compile.compile(model, config)
+    del model
+    with torch.inference_mode():
+        fn(input_ids=ids, use_cache=False)
+    _trim()
+    steady = _status_kib("VmRSS")
+    return {"base_mib": base / 1024, "loaded_mib": (loaded - base) / 1024,
+            "steady_mib": (steady - base) / 1024, "rss_mib": steady / 1024}
+
+
+def run(contender: str, seq: int) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", contender, "--seq", str(seq)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("ZQ_MEMORY "):
+            return json.loads(line[len("ZQ_MEMORY "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"exited {proc.returncode}: {tail[:300]}"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--presets", nargs="+", default=["w8a8"])
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.one:
+        print("ZQ_MEMORY " + json.dumps(probe(a.one, a.seq)), flush=True)
+        return 0
+    contenders = ["eager fp32", "inductor fp32"]
+    contenders += [f"zeroquant {p}{suffix}" for p in a.presets for suffix in ("", " release")]
+    results = {}
+    print(f"SmolLM2-135M, batch 1 x {a.seq} tokens, one forward; RSS in MiB, each in a fresh process")
+    print(f"{'contender':28s} {'model+contender':>16s} {'RSS':>8s}  vs eager  vs inductor")
+    for c in contenders:
+        r = results[c] = run(c, a.seq)
+        if "error" in r:
+            print(f"{c:28s} failed: {r['error']}", flush=True)
+            continue
+        ratios = ""
+        for ref in ("eager fp32", "inductor fp32"):
+            base = results.get(ref, {}).get("steady_mib")
+            ratios += f"  {r['steady_mib'] / base:7.2f}x" if base else "        -"
+        print(f"{c:28s} {r['steady_mib']:16.0f} {r['rss_mib']:8.0f}{ratios}", flush=True)
+    print("ZQ_MEMORY_RESULTS " + json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
