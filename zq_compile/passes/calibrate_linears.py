@@ -36,21 +36,29 @@ def signature(config) -> tuple:
 
 def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMatch]]]:
     """The linears rewrite_linear would quantize, as calibration sites, keyed by node name."""
+    from zq_compile import store
+    from zq_compile.schemes.policy import classify
+
     sites, linears = {}, {}
-    for node in ctx.gm.graph.nodes:
+    candidates = [n for n in ctx.gm.graph.nodes if rl.match(n) is not None]
+    roles = classify(ctx.gm.graph, candidates)
+    for node in candidates:
         m = rl.match(node)
-        if m is None:
-            continue
         module = module_path(node)
-        w_nk, groups, _ = rl._decide(ctx, m, module)
+        w_nk, scheme, groups, _ = rl._decide(ctx, m, module, roles[node])
         roots = rl.constant_roots(m.weight) if w_nk is not None else []
         if w_nk is None or len(roots) != 1:
             continue
         weight = ctx.input_value(roots[0])
+        if store.is_released(weight) and stats.lookup(weight) is None:
+            # Its float values are gone (release_float_weights): only statistics kept from the
+            # compile that released it can be used; without them it is not smoothed.
+            ctx.report.note(f"calibrate_linears: {module or node.name} was released uncalibrated: not smoothed")
+            continue
         head = module.rsplit(".", 1)[-1] == "lm_head" or any(
             u.op == "call_function" and u.target in EMBEDDING for u in roots[0].users)
         sites[node.name] = Site(node.name, module or node.name, weight, w_nk, m.x, groups,
-                                ctx.config.scheme.symmetric, head)
+                                scheme.symmetric, head)
         linears[node] = (node.name, m)
     return sites, linears
 

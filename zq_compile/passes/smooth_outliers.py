@@ -26,6 +26,7 @@ from __future__ import annotations
 import operator
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 import torch.fx as fx
 import torch.nn.functional as F
 
@@ -109,6 +110,23 @@ def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> None:
         n.replace_input_with(x, xs)
 
 
+#: weight tensor -> (alpha, smooth/keep_float settings, s) of the graph that smoothed it first.
+#: Later graphs of the same weights (decode steps, new shapes) reuse s: their quantized weights
+#: (W * s, kept in zq_compile.store) stay valid, and a released weight is never read again.
+_SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _scale_for(ctx, weights: list[torch.Tensor], alpha, compute) -> torch.Tensor:
+    tag = (alpha, ctx.config.smooth, ctx.config.keep_float)
+    kept = [_SCALES.get(w) for w in weights]
+    if all(k is not None and k[:3] == tag and k[3] is kept[0][3] for k in kept):
+        return kept[0][3]
+    s = compute()
+    for w in weights:
+        _SCALES[w] = (*tag, s)
+    return s
+
+
 def run(ctx) -> int:
     plan = ctx.memo.get("smooth_plan")
     if not plan:
@@ -124,7 +142,8 @@ def run(ctx) -> int:
         if not smoothed or not stats:
             continue
         alpha = plan[smoothed[0]][2]
-        s = smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha)
+        s = _scale_for(ctx, [plan[n][0].weight for n in nodes], alpha,
+                       lambda: smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha))
         for n in smoothed:
             scales[n] = s
         folded = set(x.users) <= set(smoothed) and _fold(ctx, x, s)
