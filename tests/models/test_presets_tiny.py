@@ -41,7 +41,7 @@ def test_preset_compiles_and_tracks_fp32(kind, preset, shape):
     ids = torch.randint(0, 1000, shape, generator=torch.Generator().manual_seed(3))
     reports = []
     torch._dynamo.reset()
-    compiled = torch.compile(m, backend=lambda gm, ex: zeroquant_backend(gm, ex, {"preset": preset}, report_sink=reports))
+    compiled = torch.compile(m, backend=lambda gm, ex: zeroquant_backend(gm, ex, {"preset": preset, "keep_float": 0}, report_sink=reports))
     with torch.inference_mode():
         ref = model_output(m(input_ids=ids))
         out = model_output(compiled(input_ids=ids))

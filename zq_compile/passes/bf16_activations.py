@@ -40,6 +40,8 @@ with no fp32 quantized linear (bf16 and fp16 models keep their own dtype end to 
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -122,10 +124,17 @@ def _norm_arguments(node: fx.Node) -> tuple:
     return tuple(args.get(n, d) for n, d in zip(names, (None, None, None, None, 1e-5)))
 
 
+def _is_smoothing(node: fx.Node) -> bool:
+    """The per-channel ``x * (1/s)`` of ``smooth_outliers``: fused into the quantize that reads
+    it, so the value worth storing in bf16 is its input (also read by the residual)."""
+    other = node.args[1] if node.op == "call_function" and node.target is operator.mul and len(node.args) == 2 else None
+    return isinstance(other, fx.Node) and other.op == "placeholder" and other.name.endswith("_inv_smooth")
+
+
 def _producer(x: fx.Node) -> fx.Node:
-    """The node computing ``x``, past layout ops."""
+    """The node computing ``x``, past layout ops and outlier smoothing."""
     while x.op in ("call_method", "call_function") and x.args and isinstance(x.args[0], fx.Node) \
-            and _is_layout(x, x.args[0]):
+            and (_is_layout(x, x.args[0]) or _is_smoothing(x)):
         x = x.args[0]
     return x
 

@@ -161,7 +161,8 @@ def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
-        tensors = handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
+        w = w_nk if scale is None else _smoothed(w_nk, scale)
+        tensors = handler.constant_tensors(handler.quantize(w, scheme, groups))
         if root is not None:
             store.put(root, key, tensors, ctx.config.to_json())
     return tensors, root, key
@@ -308,8 +309,7 @@ def run(ctx) -> int:
             raise RuntimeError(f"zeroquant internal error: {node.name} was smoothed but is not quantized")
         if w_nk is None or kept:
             continue
-        if scale is not None:  # X arrives divided by s: quantize W * s
-            w_nk = _smoothed(w_nk, scale)
+        if scale is not None:  # X arrives divided by s: W * s is quantized (_quantized_constants)
             decision.reason += ", smoothed"
         handler = handler_for(scheme)
         key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale))
