@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
+from zq_compile import debug
 from zq_compile.binding import WeightBinding
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import decompositions_for
@@ -76,14 +77,19 @@ def zeroquant_backend(
     options: ZeroQuantConfig | dict[str, Any] | None = None,
     mode: str | None = None,
     report_sink: list | None = None,
+    on_prepared: Callable | None = None,
 ):
     """torch.compile backend. ``options`` is a ZeroQuantConfig or its dict form; ``mode`` is
-    forwarded to Inductor (e.g. "max-autotune"). ``report_sink`` collects this graph's report."""
+    forwarded to Inductor (e.g. "max-autotune"). ``report_sink`` collects this graph's report.
+    ``on_prepared(gm, example_inputs, prepared)`` is called before Inductor sees the rewritten
+    graph, with Dynamo's float graph beside it (``zq_compile.explain`` measures errors there)."""
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
     config = ZeroQuantConfig.from_options(options)
     prepared = prepare(gm, example_inputs, config)
+    if on_prepared is not None:
+        on_prepared(gm, example_inputs, prepared)
     compiled = compile_fx(
         prepared.gm,
         list(example_inputs) + _static_fakes(prepared.constants),
@@ -91,6 +97,7 @@ def zeroquant_backend(
         decompositions=decompositions_for(prepared.kernel),
     )
     record(prepared.report)
+    debug.on_compiled(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
     return _append_constants(compiled, prepared)
