@@ -7,14 +7,17 @@
 from zq_compile import ops  # noqa: F401  (registers the zq:: ops)
 from zq_compile.api import compile  # noqa: A004
 from zq_compile.config import PRESETS, QuantScheme, ZeroQuantConfig
+from zq_compile.inspect import ExplainReport, explain
 from zq_compile.report import CompileReport, LinearDecision, recent_reports
 
 __all__ = [
     "PRESETS",
     "CompileReport",
+    "ExplainReport",
     "LinearDecision",
     "QuantScheme",
     "ZeroQuantConfig",
     "compile",
+    "explain",
     "recent_reports",
 ]
