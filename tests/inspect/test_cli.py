@@ -69,3 +69,14 @@ def test_factory_model_writes_table_json_and_html(tmp_path, capsys, no_debug):
     data = json.loads(out_json.read_text())
     assert data["weights"]["quantized_linears"] == 5 and len(data["graphs"]) == 2
     assert out_html.read_text().startswith("<!DOCTYPE html>")
+    # a saved report renders again without compiling anything
+    again = tmp_path / "again.html"
+    assert main(["inspect", str(out_json), "--html", str(again)]) == 0
+    assert again.read_text() == out_html.read_text()
+
+
+def test_a_json_that_is_not_a_report_is_one_line(tmp_path, capsys, no_debug):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 99}')
+    assert main(["inspect", str(bad)]) == 2
+    assert "not a zeroquant inspect report (schema_version 99 is not 1)" in capsys.readouterr().err

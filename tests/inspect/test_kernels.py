@@ -65,3 +65,28 @@ def test_parse_calls_follows_buffers_through_reuse_and_reinterpret():
     assert norm.writes == ["buf36", "buf40", "buf41"]
     assert gemm4.producers == {1}  # its int8 input buf41 was written by the norm kernel
     assert gelu.producers == {1, 2}  # GEMM 4's output and the residual from the norm kernel
+
+
+
+Q = "'" * 3
+INT_MM = (
+    f"cpp_fused_quantize_per_token_0 = async_compile.cpp_pybinding([], r{Q}\n"
+    'extern "C" void kernel(const float* in_ptr0, int8_t* out_ptr0)\n{}\n'
+    f"{Q})\n"
+    f"cpp_fused_gelu_1 = async_compile.cpp_pybinding([], r{Q}\n"
+    'extern "C" void kernel(const int* in_ptr0, float* out_ptr0)\n{}\n'
+    f"{Q})\n"
+    """
+    def call(self, args):
+        cpp_fused_quantize_per_token_0(arg0_1, buf9)
+        # Topologically Sorted Source Nodes: [linear_w8a8_default], Original ATen: [zq.linear_w8a8]
+        extern_kernels._int_mm(reinterpret_tensor(buf9, (32, 64), (64, 1), 0), reinterpret_tensor(arg42_1, (64, 64), (1, 64), 0), out=buf10)
+        cpp_fused_gelu_1(buf10, buf11)
+"""
+)
+
+
+def test_extern_calls_with_reinterpreted_arguments_and_out():
+    quantize, gemm, gelu = parse_calls(INT_MM)
+    assert gemm.reads == ["buf9", "arg42_1"] and gemm.writes == ["buf10"]
+    assert gemm.producers == {quantize.index} and gelu.producers == {gemm.index}

@@ -85,3 +85,12 @@ def test_json_writes_non_finite_floats_as_strings(toy_explained, bad):
     report.linears[0].sqnr_db = bad
     data = json.loads(report.to_json())
     assert data["graphs"][0]["linears"][0]["sqnr_db"] in ("inf", "nan")
+
+
+def test_json_round_trips(toy_explained):
+    from zq_compile.inspect.schema import from_dict
+
+    report = toy_explained[0]
+    again = from_dict(json.loads(report.to_json()))
+    assert again.to_json() == report.to_json()
+    assert render_html(again) == render_html(report)

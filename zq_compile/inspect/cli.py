@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from zq_compile import debug
@@ -10,8 +11,8 @@ from zq_compile import debug
 def add_parser(sub):
     p = sub.add_parser("inspect", help="what zeroquant does to a model: per-layer error, fusions, graphs (text, JSON, HTML)")
     p.add_argument("model", metavar="MODEL",
-                   help="a bundled model (minilm, smollm2), a Hugging Face model directory, or module:factory "
-                        "returning (model, example_inputs)")
+                   help="a bundled model (minilm, smollm2), a Hugging Face model directory, module:factory "
+                        "returning (model, example_inputs), or a report saved with --json (rendered again)")
     p.add_argument("--preset", default=None, help="quantization preset (default: the config's, w8a8)")
     p.add_argument("--json", metavar="OUT.json", help="write the report as JSON (schema: docs/inspect.md)")
     p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page")
@@ -54,6 +55,8 @@ def run_inspect(args) -> int:
         config = ZeroQuantConfig(**({"preset": args.preset} if args.preset else {}))
     except ValueError as exc:
         return fail(str(exc))
+    if args.model.endswith(".json") and os.path.isfile(args.model):
+        return _rerender(args, fail)
     progress = _Progress()
     try:
         progress("load model")
@@ -69,6 +72,28 @@ def run_inspect(args) -> int:
         report = explain(model, inputs, config, name=name, runs=args.runs, progress=progress)
     finally:
         progress.close()
+    _write(report, args)
+    return 0
+
+
+def _rerender(args, fail) -> int:
+    """MODEL is a report saved with --json: print and render it again, compiling nothing."""
+    import json
+
+    from zq_compile.inspect.schema import from_dict
+
+    try:
+        with open(args.model) as f:
+            report = from_dict(json.load(f))
+    except (ValueError, KeyError, TypeError) as exc:
+        if debug.level():
+            raise
+        return fail(f"{args.model}: not a zeroquant inspect report ({exc})")
+    _write(report, args)
+    return 0
+
+
+def _write(report, args) -> None:
     print(report)
     if args.json:
         with open(args.json, "w") as f:
@@ -80,4 +105,3 @@ def run_inspect(args) -> int:
         with open(args.html, "w") as f:
             f.write(render_html(report))
         print(f"wrote {args.html}")
-    return 0

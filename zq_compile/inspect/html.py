@@ -22,8 +22,9 @@ th{background:#f8f9fa} td.num{text-align:right;font-variant-numeric:tabular-nums
 .legend span{display:inline-block;margin-right:14px;font-size:12px}
 .legend i{display:inline-block;width:14px;height:11px;border-radius:2px;margin-right:4px;vertical-align:-1px}
 .pair{display:flex;gap:24px;align-items:flex-start;overflow-x:auto;border:1px solid #e9ecef;padding:8px}
-.pair>div{flex:none} .pair h4{margin:0 0 4px;font-size:13px}
+.pair>div{flex:1 1 0;min-width:0;overflow:auto;max-height:1600px} .pair h4{margin:0 0 4px;font-size:13px;position:sticky;left:0}
 code{font-size:12px;background:#f1f3f5;padding:0 3px;border-radius:3px}
+td code{word-break:break-all} table.fusions td:first-child{max-width:460px}
 """
 
 
@@ -91,7 +92,7 @@ def render_html(r: ExplainReport) -> str:
             parts.append("</table>")
         parts.append(f"<h3>Fused kernels read from the generated code ({len(g.fusions)} of {len(g.kernels)} calls)</h3>")
         if g.fusions:
-            parts.append("<table><tr><th>kernel</th><th>what it runs</th></tr>")
+            parts.append("<table class='fusions'><tr><th>kernel</th><th>what it runs</th></tr>")
             parts += [f"<tr><td><code>{escape(f.kernel)}</code></td><td>{escape(f.describe())}</td></tr>" for f in g.fusions]
             parts.append("</table>")
         extra = {k: v for k, v in g.compile_report.items() if k not in _KNOWN and v not in (None, [], {}, "", 0)}

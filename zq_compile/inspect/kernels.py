@@ -141,6 +141,14 @@ def _call_body(code: str) -> list[str]:
     return body
 
 
+def _buffer(arg: str) -> str | None:
+    """The buffer an argument passes: ``buf3``, or ``buf3`` in ``reinterpret_tensor(buf3, ...)``."""
+    if _NAME.match(arg):
+        return arg
+    m = re.match(r"^reinterpret_tensor\((\w+),", arg)
+    return m.group(1) if m and _NAME.match(m.group(1)) else None
+
+
 def parse_calls(code: str) -> list[Call]:
     """The generated ``call`` as an ordered list of kernel and extern calls with their data flow."""
     params = _kernel_params(code)
@@ -149,7 +157,7 @@ def parse_calls(code: str) -> list[Call]:
     pending: tuple[list[str], list[str]] = ([], [])
 
     def names(args: list[str]) -> list[str]:
-        return [a for a in args if _NAME.match(a)]
+        return [b for b in map(_buffer, args) if b]
 
     def add(call: Call) -> None:
         nonlocal pending
@@ -192,12 +200,13 @@ def parse_calls(code: str) -> list[Call]:
                 continue
             func, args = c.group(1), _split_args(c.group(2))
             positional = [x for x in args if not re.match(r"^\w+=", x)]
-            outs = [x.split("=", 1)[1].strip() for x in args if x.startswith("out=")]
+            outs = [b for x in args if x.startswith("out=") for b in [_buffer(x.split("=", 1)[1].strip())] if b]
             kernel = func[: -len(".run")] if func.endswith(".run") else func
             if kernel in params:
                 reads, writes = [], []
                 for pname, arg in zip(params[kernel], positional):
-                    if not _NAME.match(arg):
+                    arg = _buffer(arg)
+                    if not arg:
                         continue
                     if "in_ptr" in pname or "in_out_ptr" in pname:
                         reads.append(arg)

@@ -156,7 +156,7 @@ class ExplainReport:
         return d
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)  # pass order kept
 
     def __str__(self) -> str:
         from zq_compile.inspect.text import render_text
@@ -175,3 +175,34 @@ def _clean(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _number(v):
+    return float(v) if v in ("inf", "-inf", "nan") else v
+
+
+def _build(cls, data: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def from_dict(data: dict[str, Any]) -> ExplainReport:
+    """An ExplainReport back from its JSON form (to render a saved report again)."""
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+
+    def error(e):
+        return None if e is None else _build(Error, {k: _number(v) for k, v in e.items()})
+
+    graphs = []
+    for g in data["graphs"]:
+        g = dict(g)
+        g["linears"] = [_build(LinearRow, {k: _number(v) for k, v in r.items()}) for r in g["linears"]]
+        g["float_nodes"] = [_build(FloatNode, f) for f in g["float_nodes"]]
+        g["fusions"] = [_build(Fusion, f) for f in g["fusions"]]
+        g["before"] = [_build(GraphNode, n) for n in g["before"]]
+        g["after"] = [_build(GraphNode, n) for n in g["after"]]
+        g["output_error"] = error(g["output_error"])
+        graphs.append(_build(GraphExplain, g))
+    top = dict(data, graphs=graphs, model_error=error(data["model_error"]))
+    return _build(ExplainReport, top)

@@ -111,7 +111,7 @@ def sqnr_chart(rows: list[LinearRow], label_w: int = 330, bar_w: int = 420, row_
     rows = [r for r in rows if r.scheme]
     finite = [v for r in rows for v in (r.sqnr_db, r.local_sqnr_db) if isinstance(v, (int, float)) and math.isfinite(v)]
     top = max([40.0] + finite) * 1.05
-    width, height = label_w + bar_w + 200, 28 + row_h * len(rows) + 24
+    width, height = label_w + bar_w + 200, 28 + row_h * len(rows) + 36
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="SQNR per layer">']
     for db in range(0, int(top) + 1, 10):
@@ -139,7 +139,8 @@ def sqnr_chart(rows: list[LinearRow], label_w: int = 330, bar_w: int = 420, row_
             end = max(end, lx)
             out.append(f'<line x1="{lx:.1f}" y1="{y + 1}" x2="{lx:.1f}" y2="{y + row_h - 1}" stroke="#212529" stroke-width="2"/>')
         out.append(f'<text x="{end + 4:.1f}" y="{y + 11}" font-size="10" fill="#495057">{label}</text></g>')
-    out.append(f'<text x="{label_w}" y="{height - 6}" font-size="10" fill="#495057">bar: SQNR of the layer\'s output '
-               'in the quantized model vs float; tick: the layer alone on the float input; green &gt;= 30 dB, '
-               'amber &gt;= 20 dB, red below</text></svg>')
+    out.append(f'<text x="{label_w}" y="{height - 18}" font-size="10" fill="#495057">bar: SQNR of the layer\'s output '
+               'in the quantized model vs float; tick: the layer alone on the float input</text>'
+               f'<text x="{label_w}" y="{height - 6}" font-size="10" fill="#495057">green &gt;= 30 dB, amber &gt;= 20 dB, '
+               'red below</text></svg>')
     return "".join(out)
