@@ -36,4 +36,10 @@ def check_report(report, codes, modules: set[str]):
     shown = generated_fusions(codes)
     assert shown, "the generated code fused nothing with a quantized op"
     assert shown <= listed, (shown - listed, report)
+    # a GEMM's int8 input is written by one kernel, and before its output exists
+    for g in report.graphs:
+        fed = [m for f in g.fusions for m in f.quantizes_for]
+        assert len(fed) == len(set(fed)), fed
+        for f in g.fusions:
+            assert not set(f.epilogue_of) & set(f.quantizes_for), f
     assert math.isfinite(report.model_error.sqnr_db)

@@ -23,6 +23,8 @@ def test_inspect_minilm(tmp_path, capsys, monkeypatch):
     for r in encoder:
         assert r["scheme"] == "w8a8" and isinstance(r["sqnr_db"], float) and math.isfinite(r["sqnr_db"]), r
     fusions = [f for g in data["graphs"] for f in g["fusions"]]
+    fed = [m for f in fusions for m in f["quantizes_for"]]
+    assert len(fed) == len(set(fed)), fed  # one kernel writes each GEMM's int8 input
     for layer in range(6):
         p = f"encoder.layer.{layer}."
         qkv = [f for f in fusions if p + "attention.self.query" in f["quantizes_for"]]

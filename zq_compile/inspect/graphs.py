@@ -144,10 +144,13 @@ def fusions(calls: list[Call], gm: fx.GraphModule, module_of_zq: dict[str, str])
     gemm_of: dict[int, str] = {}  # call index -> zq linear node name
     zq_names = set(module_of_zq)
     for c in calls:
-        if c.extern and is_gemm_call(c.name):
-            hit = [s for s in c.source_nodes if s in zq_names]
-            if hit:
-                gemm_of[c.index] = hit[-1]
+        if not (c.extern and is_gemm_call(c.name)):
+            continue
+        # Source nodes are listed in graph order: a quantized linear's GEMM ends with its zq
+        # linear, while the matmuls of an attention that reads the projections end with the
+        # attention op (and list the linears before it)
+        if c.source_nodes and c.source_nodes[-1] in zq_names:
+            gemm_of[c.index] = c.source_nodes[-1]
     readers: dict[int, list[int]] = {}
     for c in calls:
         for p in c.producers:
