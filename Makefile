@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench clean chromium
 
 # torch is installed first and pinned: pip serves this CPU build from local disk, while letting a
 # dependency resolve torch on its own could pull a multi-GB CUDA build. The model packages are
@@ -27,10 +27,20 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/zeroquant demo
 
-test: $(VENV)/.installed
+# tests/inspect/test_chromium.py opens the HTML report in headless Chromium (Debian's package).
+# Installed here when missing and running as root with apt-get; if that is impossible or fails,
+# `make test` goes on and the test skips, saying why.
+CHROMIUM ?= chromium
+chromium:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 && \
+	  echo "installed chromium (for tests/inspect/test_chromium.py)"; } || \
+	  echo "chromium not available: tests/inspect/test_chromium.py will skip"
+
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed chromium
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The full bench: `make bench` (15 min on 2 cores with Inductor's cache warm, 23 cold); the quick one:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
 from zq_compile import store
+from zq_compile import debug
 from zq_compile.binding import WeightBinding
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
@@ -83,14 +84,19 @@ def zeroquant_backend(
     options: ZeroQuantConfig | dict[str, Any] | None = None,
     mode: str | None = None,
     report_sink: list | None = None,
+    on_prepared: Callable | None = None,
 ):
     """torch.compile backend. ``options`` is a ZeroQuantConfig or its dict form; ``mode`` is
-    forwarded to Inductor (e.g. "max-autotune"). ``report_sink`` collects this graph's report."""
+    forwarded to Inductor (e.g. "max-autotune"). ``report_sink`` collects this graph's report.
+    ``on_prepared(gm, example_inputs, prepared)`` is called before Inductor sees the rewritten
+    graph, with Dynamo's float graph beside it (``zq_compile.explain`` measures errors there)."""
     from torch._inductor import list_mode_options
     from torch._inductor.compile_fx import compile_fx
 
     config = ZeroQuantConfig.from_options(options)
     prepared = prepare(gm, example_inputs, config)
+    if on_prepared is not None:
+        on_prepared(gm, example_inputs, prepared)
     prepared.report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)
     with counting_inductor_bytes(prepared.report):
         compiled = compile_fx(
@@ -103,6 +109,7 @@ def zeroquant_backend(
     if config.release_float_weights:  # only now: a failed compile must leave the model whole
         _release_float_weights(prepared)
     record(prepared.report)
+    debug.on_compiled(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
     return _append_constants(compiled, prepared)

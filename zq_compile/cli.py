@@ -24,6 +24,12 @@ def _bench(args) -> int:
     return bench_main(args=args)
 
 
+def _inspect(args) -> int:
+    from zq_compile.inspect.cli import run_inspect
+
+    return run_inspect(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     from zq_compile.config import IMPLEMENTED_SCHEMES
 
@@ -40,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = sub.add_parser("bench", help="every contender on real models: accuracy, speed, memory (bench/README.md)")
     bench_parser(bench).set_defaults(func=_bench)
+    from zq_compile.inspect.cli import add_parser as inspect_parser
+
+    inspect_parser(sub).set_defaults(func=_inspect)
     args = parser.parse_args(argv)
     return args.func(args)
 

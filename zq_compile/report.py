@@ -13,7 +13,8 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-log = logging.getLogger("zq_compile")
+#: Users route our messages like torch's: logging.getLogger("zeroquant").setLevel(logging.INFO).
+log = logging.getLogger("zeroquant")
 
 _RECENT: collections.deque[CompileReport] = collections.deque(maxlen=64)
 _GRAPH_IDS = itertools.count()

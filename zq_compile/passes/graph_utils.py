@@ -35,7 +35,9 @@ def annotate(node: fx.Node, fake_mode) -> None:
     node.meta["example_value"] = node.meta["val"] = out
 
 
-_DYNAMO_ROOT = re.compile(r"^L\['[^']*'\]\.?")
+# The compiled module itself: L['self'], or L['args'][0] when its forward is wrapped by a
+# decorator (transformers' Llama, for one); its submodules follow.
+_DYNAMO_ROOT = re.compile(r"^L\['args'\]\[\d+\]\.?|^L\['[^']*'\]\.?")
 _INDEX = re.compile(r"\[(\d+)\]")
 
 

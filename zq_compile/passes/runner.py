@@ -1,10 +1,12 @@
-"""Apply the passes in ``PASS_ORDER``: count rewrites, honour ``disable_passes``, dump graphs."""
+"""Apply the passes in ``PASS_ORDER``: count rewrites, honour ``disable_passes``, dump graphs
+(``dump_graphs``, or ZQ_DEBUG=2: see ``zq_compile/debug.py``)."""
 
 from __future__ import annotations
 
 import importlib
 import os
 
+from zq_compile import debug
 from zq_compile.passes import PASS_ORDER
 from zq_compile.passes.context import PassContext
 
@@ -26,7 +28,7 @@ def run_passes(ctx: PassContext) -> None:
 
 
 def _dump(ctx: PassContext, index: int, name: str, when: str) -> None:
-    folder = ctx.config.dump_graphs
+    folder = debug.dump_folder(ctx.config.dump_graphs)
     if not folder:
         return
     os.makedirs(folder, exist_ok=True)

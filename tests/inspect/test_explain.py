@@ -1,0 +1,49 @@
+"""zq_compile.explain on a small model (default run) and on tiny BERT, GPT-2 and Llama (slow):
+every linear listed with its scheme and finite SQNR, every fusion the generated code shows."""
+
+import math
+
+import pytest
+import torch
+from torch._inductor.utils import run_and_get_code
+
+from tests.inspect.helpers import check_report
+from tests.models.tiny import tiny_model
+from zq_compile.inspect import explain
+
+
+def test_toy_report_lists_linears_fusions_float_reasons_and_graph_break(toy_explained):
+    report, codes, model = toy_explained
+    modules = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    check_report(report, codes, modules)
+    assert len(report.graphs) == 2 and report.dynamo["graphs"] == 2
+    assert report.dynamo["graph_breaks"] and "graph_break" in report.dynamo["graph_breaks"][0]["reason"]
+    head = next(r for r in report.linears if r.module == "head")
+    assert head.scheme is None and "skip glob 'head'" in head.reason
+    floats = [f for g in report.graphs for f in g.float_nodes if f.kind == "linear"]
+    assert [f.module for f in floats] == ["head"]
+    # LayerNorm -> fc1's quantize and GeLU -> fc2's quantize, in each block
+    kinds = [(f.float_ops, f.quantizes_for) for f in report.fusions]
+    for block in ("block0", "block1"):
+        assert any("native_layer_norm" in ops and q == [f"{block}.fc1"] for ops, q in kinds), kinds
+        assert any("gelu" in ops and q == [f"{block}.fc2"] for ops, q in kinds), kinds
+    w = report.weights
+    assert w["quantized_linears"] == 4 and 0 < w["quant_bytes"] < w["float_bytes"]
+    assert report.timing["eager_ms"] > 0 and report.timing["compiled_ms"] > 0
+    # the per-layer figures are real: the quantized op alone is close to, not equal to, float
+    assert all(20 < r.local_sqnr_db < 80 for r in report.linears if r.scheme)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_tiny_hf_models(kind):
+    from transformers.pytorch_utils import Conv1D
+
+    model = tiny_model(kind)
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    report, codes = run_and_get_code(explain, model, {"input_ids": ids}, runs=0)
+    modules = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
+    check_report(report, codes, modules)
+    assert all(r.scheme == "w8a8" for r in report.linears)
+    assert report.dynamo["graph_breaks"] == []
+    assert math.isfinite(report.graphs[0].output_error.sqnr_db)

