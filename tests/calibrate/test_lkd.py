@@ -8,6 +8,7 @@ from tests.models.tiny import tiny_model
 from zq_compile.calibrate.blocks import find_blocks
 from zq_compile.calibrate.fake_quant import preset_rule
 from zq_compile.calibrate.lkd import run_lkd
+from zq_compile.calibrate.lkd_data import calibration_batches
 from zq_compile.config import LkdConfig, ZeroQuantConfig
 
 W48 = preset_rule("w4/8a8")
@@ -65,7 +66,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
     runs = []
     for seed in (3, 3, 4):
         m = tiny_model("llama")
-        run_lkd(m, None, {**SMALL, "seed": seed}, spec_for=W48)
+        run_lkd(m, None, {**SMALL, "seed": seed, "samples": 2, "seq": 8}, spec_for=W48)
         runs.append(_state(m))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
@@ -86,13 +87,22 @@ def test_error_mid_way_restores_the_weights():
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_user_data_forms():
+def test_user_data_forms_are_batched_alike():
     m = tiny_model("llama")
-    ids = torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
-    for data in (ids, {"input_ids": ids}, [{"input_ids": ids[:2]}, {"input_ids": ids[2:]}],
-                 torch.utils.data.DataLoader(ids, batch_size=2)):
-        report = run_lkd(m, None, SMALL, data=data, spec_for=W48)
-        assert report.samples == 4 and report.batches == 2, type(data)
+    lkd = LkdConfig(**SMALL)
+    ids = torch.randint(0, 1000, (5, 16), generator=torch.Generator().manual_seed(0))
+    for data in (ids, {"input_ids": ids}, torch.utils.data.DataLoader(ids, batch_size=2)):
+        batches = calibration_batches(m, lkd, data)
+        got = torch.cat([(a[0] if a else kw["input_ids"]) for a, kw in batches])
+        assert torch.equal(got, ids[:4]), type(data)  # at most lkd.samples sequences
+        assert all(kw["use_cache"] is False for _, kw in batches)  # no KV cache filled by the blocks
+    listed = [{"input_ids": ids[:2]}, {"input_ids": ids[2:3]}]
+    assert [kw["input_ids"].shape[0] for _, kw in calibration_batches(m, lkd, listed)] == [2, 1]
+    rand = calibration_batches(m, lkd)
+    assert len(rand) == 2 and rand[0][1]["input_ids"].shape == (2, 16)
+    assert torch.equal(rand[1][1]["input_ids"], calibration_batches(m, lkd)[1][1]["input_ids"])  # seeded
+    report = run_lkd(m, None, SMALL, data=listed, spec_for=W48)
+    assert report.samples == 3 and report.batches == 2 and report.data == "user list"
 
 
 def test_text_data_with_a_tokenizer():

@@ -57,11 +57,14 @@ class LkdReport:
     batches: int
     seconds: float
     config: dict
+    #: CPU time of this process (all threads): on a shared machine, cpu_seconds / cores is what
+    #: the wall time would be with the cores to itself
+    cpu_seconds: float = 0.0
     results: list[BlockResult] = field(default_factory=list)
 
     def summary(self) -> str:
         lines = [f"LKD on {len(self.results)} blocks of {self.blocks!r}: {self.samples} samples ({self.data}), "
-                 f"{self.seconds:.1f}s"]
+                 f"{self.seconds:.1f}s ({self.cpu_seconds:.1f} CPU s)"]
         for r in self.results:
             lines.append(f"  {r.name}: loss {r.loss_before:.4g} -> {r.loss_after:.4g} ({r.kept})")
         return "\n".join(lines)
@@ -89,7 +92,7 @@ def run_lkd(model: torch.nn.Module, config=None, lkd_config=None, *, data=None, 
     spec_for = spec_for or spec_for_config(config)
     blocks = find_blocks(model, lkd.blocks)
     batches = calibration_batches(model, lkd, data, tokenizer)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     report = LkdReport(blocks=blocks.path, data=_describe(data, lkd), samples=_count(batches), batches=len(batches),
                        seconds=0.0, config=asdict(lkd))
     snapshot = _snapshot(blocks)
@@ -112,6 +115,7 @@ def run_lkd(model: torch.nn.Module, config=None, lkd_config=None, *, data=None, 
     finally:
         model.train(was_training)
     report.seconds = time.perf_counter() - started
+    report.cpu_seconds = time.process_time() - cpu_started
     return report
 
 
