@@ -70,6 +70,7 @@ PRESETS: dict[str, QuantScheme] = {
 
 
 LKD_DATA = ("random", "wikipedia")
+LKD_SCHEDULES = ("linear", "constant")
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class LkdConfig:
         uniformly from the vocabulary: the paper's no-training-data setting) or "wikipedia"
         (the Wikipedia prose shipped in the gensim wheel; needs a tokenizer).
     blocks: dotted path of the nn.ModuleList of blocks (e.g. "model.layers"); None finds it.
+    schedule: the learning rate over a block's steps: "linear" decays from lr to 0, "constant".
     weight_decay: AdamW weight decay. progress: show a progress bar per block.
     Defaults are sized for 2 CPU cores (the paper's: 100 steps, lr 5e-6, batch 32, seq 128).
     """
@@ -99,6 +101,7 @@ class LkdConfig:
     seed: int = 0
     data: str = "random"
     blocks: str | None = None
+    schedule: str = "linear"
     weight_decay: float = 0.0
     progress: bool = True
 
@@ -117,6 +120,8 @@ class LkdConfig:
             _fail("lkd.lr", self.lr, "a finite number > 0")
         if self.data not in LKD_DATA:
             _fail("lkd.data", self.data, ", ".join(LKD_DATA))
+        if self.schedule not in LKD_SCHEDULES:
+            _fail("lkd.schedule", self.schedule, ", ".join(LKD_SCHEDULES))
         if self.blocks is not None and (not isinstance(self.blocks, str) or not self.blocks):
             _fail("lkd.blocks", self.blocks, "a dotted module path or None")
         if not isinstance(self.progress, bool):

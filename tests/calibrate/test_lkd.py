@@ -157,7 +157,7 @@ def test_lkd_config_validation_and_json():
     assert isinstance(c.lkd, LkdConfig) and c.lkd.steps == 5
     assert ZeroQuantConfig.from_json(c.to_json()) == c
     assert ZeroQuantConfig(lkd=True).lkd == LkdConfig() and ZeroQuantConfig(lkd=False).lkd is None
-    for bad, field in (({"steps": 0}, "lkd.steps"), ({"lr": -1.0}, "lkd.lr"), ({"data": "web"}, "lkd.data"),
+    for bad, field in (({"steps": 0}, "lkd.steps"), ({"lr": -1.0}, "lkd.lr"), ({"data": "web"}, "lkd.data"), ({"schedule": "cosine"}, "lkd.schedule"),
                        ({"seq": True}, "lkd.seq"), ({"stepz": 1}, "unknown lkd field")):
         with pytest.raises(ValueError, match=field):
             ZeroQuantConfig(lkd=bad)

@@ -222,6 +222,8 @@ def _train_block(block, k: int, blocks: Blocks, inputs, teacher, lkd, spec_for) 
     before = _mse(student, inputs, teacher, fp32)
     if lkd.steps:
         opt = torch.optim.AdamW(list(trained.values()), lr=lkd.lr, weight_decay=lkd.weight_decay)
+        decay = lkd.schedule == "linear"
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / lkd.steps if decay else 1.0)
         gen = torch.Generator().manual_seed(lkd.seed * 1_000_003 + k)
         order: list[int] = []
         bar = tqdm(range(lkd.steps), desc=f"LKD {name}", unit="step", disable=not lkd.progress, leave=True)
@@ -240,6 +242,7 @@ def _train_block(block, k: int, blocks: Blocks, inputs, teacher, lkd, spec_for) 
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
             bar.set_postfix(loss=f"{loss.item():.4g}")
         after = _mse(student, inputs, teacher, fp32)
         bar.set_postfix_str(f"loss {before:.4g} -> {after:.4g}")
