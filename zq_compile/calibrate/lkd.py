@@ -220,35 +220,33 @@ def _train_block(block, k: int, blocks: Blocks, inputs, teacher, lkd, spec_for) 
     if n_linears == 0:
         return BlockResult(k, name, 0, 0.0, 0.0, "no quantized linear in the block: not trained")
     before = _mse(student, inputs, teacher, fp32)
-    if lkd.steps:
-        opt = torch.optim.AdamW(list(trained.values()), lr=lkd.lr, weight_decay=lkd.weight_decay)
-        decay = lkd.schedule == "linear"
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / lkd.steps if decay else 1.0)
-        gen = torch.Generator().manual_seed(lkd.seed * 1_000_003 + k)
-        order: list[int] = []
-        bar = tqdm(range(lkd.steps), desc=f"LKD {name}", unit="step", disable=not lkd.progress, leave=True)
-        for _ in bar:
-            if not order:
-                order = torch.randperm(len(inputs), generator=gen).tolist()
-            i = order.pop()
-            args, kwargs = inputs[i]
-            if fp32:
-                args, kwargs = _to_fp32(args), _to_fp32(kwargs)
-            with torch.enable_grad():
-                out = _first_tensor(student(*args, **kwargs)).float()
-                loss = torch.nn.functional.mse_loss(out, _first_tensor(teacher[i]).float())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"LKD: loss of {name} became {loss.item()} (lower lkd.lr)")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            bar.set_postfix(loss=f"{loss.item():.4g}")
-        after = _mse(student, inputs, teacher, fp32)
-        bar.set_postfix_str(f"loss {before:.4g} -> {after:.4g}")
-        bar.close()
-    else:
-        after = before
+    opt = torch.optim.AdamW(list(trained.values()), lr=lkd.lr, weight_decay=lkd.weight_decay)
+    decay = lkd.schedule == "linear"
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / lkd.steps if decay else 1.0)
+    gen = torch.Generator().manual_seed(lkd.seed * 1_000_003 + k)
+    order: list[int] = []
+    bar = tqdm(total=lkd.steps, desc=f"LKD {name}", unit="step", disable=not lkd.progress, leave=True)
+    for _ in range(lkd.steps):
+        if not order:
+            order = torch.randperm(len(inputs), generator=gen).tolist()
+        i = order.pop()
+        args, kwargs = inputs[i]
+        if fp32:
+            args, kwargs = _to_fp32(args), _to_fp32(kwargs)
+        with torch.enable_grad():
+            out = _first_tensor(student(*args, **kwargs)).float()
+            loss = torch.nn.functional.mse_loss(out, _first_tensor(teacher[i]).float())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"LKD: loss of {name} became {loss.item()} (lower lkd.lr)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+        bar.update()
+    after = _mse(student, inputs, teacher, fp32)
+    bar.set_postfix_str(f"loss {before:.4g} -> {after:.4g}")  # the line left on screen per block
+    bar.close()
     if not after < before:
         return BlockResult(k, name, n_linears, before, after, "original weights kept: training did not lower the loss")
     own = dict(block.named_parameters())
