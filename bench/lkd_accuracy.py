@@ -97,13 +97,14 @@ def main():
     ap.add_argument("--data", nargs="+", default=["random", "text"])
     ap.add_argument("--lkd", default="{}", help="LkdConfig fields as JSON")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--base-gap", type=float, default=None, help="the no-LKD gap of an earlier run (skips it)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok, gap, calib, what = (minilm_case if args.model == "minilm" else smollm2_case)()
     spec_for = preset_rule(args.preset, k_group_size=args.k_group)
-    base_gap = gap(fake_quantized(model, spec_for))
+    base_gap = args.base_gap if args.base_gap is not None else gap(fake_quantized(model, spec_for))
     out = {"model": args.model, "preset": args.preset, "k_group": args.k_group, "gap": what,
            "no_lkd": base_gap, "lkd": {}}
     print(f"{args.preset} without LKD: gap {base_gap:.6g}", flush=True)

@@ -94,7 +94,7 @@ class LkdConfig:
     """
 
     steps: int = 20
-    lr: float = 2e-5
+    lr: float = 2e-4
     batch: int = 8
     seq: int = 128
     samples: int = 32
