@@ -161,3 +161,17 @@ def test_lkd_config_validation_and_json():
                        ({"seq": True}, "lkd.seq"), ({"stepz": 1}, "unknown lkd field")):
         with pytest.raises(ValueError, match=field):
             ZeroQuantConfig(lkd=bad)
+
+
+def test_runs_under_inference_mode_on_a_copy_made_there():
+    """The bench calibrates inside torch.inference_mode() on a deep copy made there, whose
+    parameters are inference tensors."""
+    import copy
+
+    src = tiny_model("llama")
+    with torch.inference_mode():
+        m = copy.deepcopy(src)
+        assert next(m.parameters()).is_inference()
+        report = run_lkd(m, None, SMALL, spec_for=W48)
+    assert all(r.kept == "trained" for r in report.results)
+    assert any(not torch.equal(a, b) for a, b in zip(m.parameters(), src.parameters()))
