@@ -93,7 +93,7 @@ class LkdConfig:
     Defaults are sized for 2 CPU cores (the paper's: 100 steps, lr 5e-6, batch 32, seq 128).
     """
 
-    steps: int = 20
+    steps: int = 40
     lr: float = 2e-4
     batch: int = 8
     seq: int = 128
