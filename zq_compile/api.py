@@ -22,12 +22,20 @@ def compile(  # noqa: A001  (mirrors torch.compile on purpose)
     """Quantize and compile ``model`` (an nn.Module or a function).
 
     Returns what torch.compile returns, with ``zq_reports``: the list of CompileReports of the
-    graphs compiled for it (filled on the first call, as compilation is lazy).
+    graphs compiled for it (filled on the first call, as compilation is lazy). With
+    ``config.lkd`` set, LKD runs on ``model`` here, once, and its report is ``zq_lkd_report``.
     """
     config = ZeroQuantConfig.from_options(config)  # validate now, not at the first call
+    lkd_report = None
+    if config.lkd is not None and isinstance(model, torch.nn.Module):
+        # LKD trains the float weights in place, so it runs before anything is traced.
+        from zq_compile.calibrate.lkd import lkd_once
+
+        lkd_report, _ = lkd_once(model, config)
     reports: list = []
     backend = functools.partial(zeroquant_backend, options=config, mode=mode, report_sink=reports)
     backend.__name__ = "zeroquant"
     compiled = torch.compile(model, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
     compiled.zq_reports = reports
+    compiled.zq_lkd_report = lkd_report
     return compiled

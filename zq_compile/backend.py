@@ -94,7 +94,14 @@ def zeroquant_backend(
     from torch._inductor.compile_fx import compile_fx
 
     config = ZeroQuantConfig.from_options(options)
+    lkd_note = None
+    if config.lkd is not None:  # trains the float weights in place, before they are quantized
+        from zq_compile.calibrate.lkd import lkd_for_graph
+
+        lkd_note = lkd_for_graph(config, example_inputs)
     prepared = prepare(gm, example_inputs, config)
+    if lkd_note:
+        prepared.report.note(lkd_note)
     if on_prepared is not None:
         on_prepared(gm, example_inputs, prepared)
     prepared.report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)

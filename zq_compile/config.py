@@ -132,6 +132,82 @@ def _check_keep_float(value: Any) -> None:
         _fail("keep_float", value, allowed)
 
 
+LKD_DATA = ("random", "wikipedia")
+LKD_SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class LkdConfig:
+    """Layer-by-layer knowledge distillation (paper Eq. 2), run once before the first compile.
+
+    Each repeated block of the model gets a copy with the deployed scheme's fake quantization;
+    the copy is trained (AdamW, all its parameters) to reproduce the float block's output on the
+    float model's own hidden states, and its float weights go back into the model.
+
+    steps: optimizer steps per block. lr: AdamW learning rate. batch: sequences per step.
+    seq: tokens per sequence. samples: calibration sequences in all (steps cycle over them).
+    seed: fixes the random token ids, the batch order and the training.
+    data: where calibration sequences come from when none are passed: "random" (token ids drawn
+        uniformly from the vocabulary: the paper's no-training-data setting) or "wikipedia"
+        (the Wikipedia prose shipped in the gensim wheel; needs a tokenizer).
+    blocks: dotted path of the nn.ModuleList of blocks (e.g. "model.layers"); None finds it.
+    schedule: the learning rate over a block's steps: "linear" decays from lr to 0, "constant".
+    weight_decay: AdamW weight decay. progress: show a progress bar per block.
+    Defaults are sized for 2 CPU cores (the paper's: 100 steps, lr 5e-6, batch 32, seq 128).
+    """
+
+    steps: int = 40
+    lr: float = 2e-4
+    batch: int = 8
+    seq: int = 128
+    samples: int = 32
+    seed: int = 0
+    data: str = "random"
+    blocks: str | None = None
+    schedule: str = "linear"
+    weight_decay: float = 0.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "seq", "samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail(f"lkd.{name}", value, "a positive int")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            _fail("lkd.seed", self.seed, "an int")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                _fail(f"lkd.{name}", value, "a finite number >= 0")
+        if not self.lr > 0:
+            _fail("lkd.lr", self.lr, "a finite number > 0")
+        if self.data not in LKD_DATA:
+            _fail("lkd.data", self.data, ", ".join(LKD_DATA))
+        if self.schedule not in LKD_SCHEDULES:
+            _fail("lkd.schedule", self.schedule, ", ".join(LKD_SCHEDULES))
+        if self.blocks is not None and (not isinstance(self.blocks, str) or not self.blocks):
+            _fail("lkd.blocks", self.blocks, "a dotted module path or None")
+        if not isinstance(self.progress, bool):
+            _fail("lkd.progress", self.progress, "True, False")
+
+    @classmethod
+    def from_options(cls, value: LkdConfig | dict[str, Any] | bool | None) -> LkdConfig | None:
+        """None/False: no LKD; True: the defaults; a dict: these fields (unknown ones refused)."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            _fail("lkd", value, "None, True, a dict of LkdConfig fields or an LkdConfig")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown lkd field(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**value)
+
+
 @dataclass(frozen=True)
 class ZeroQuantConfig:
     """Everything the backend needs to know; also what ``options=`` of torch.compile carries.
@@ -174,6 +250,8 @@ class ZeroQuantConfig:
     release_float_weights: after compiling, free the float weights of every quantized linear
         from the user's module (its quantized constants are kept for recompiles); the module
         then runs only compiled. Default False.
+    lkd: layer-by-layer distillation to run once before the first graph compiles (an LkdConfig,
+        its dict form, True for the defaults) or None; see ``LkdConfig``.
     """
 
     preset: str = "w8a8"
@@ -193,6 +271,7 @@ class ZeroQuantConfig:
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     release_float_weights: bool = False
+    lkd: LkdConfig | None = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -231,6 +310,7 @@ class ZeroQuantConfig:
             _fail("dump_graphs", self.dump_graphs, "a directory path or None")
         if not isinstance(self.release_float_weights, bool):
             _fail("release_float_weights", self.release_float_weights, "True, False")
+        object.__setattr__(self, "lkd", LkdConfig.from_options(self.lkd))
         if self.version != CONFIG_VERSION:
             _fail("version", self.version, str(CONFIG_VERSION))
         from zq_compile.passes import PASS_ORDER
@@ -293,4 +373,4 @@ class ZeroQuantConfig:
         return cls.from_dict(dict(options))
 
 
-__all__ = ["QuantScheme", "ZeroQuantConfig", "PRESETS", "PRESET_NAMES", "MIXED_PRESETS"]
+__all__ = ["LkdConfig", "QuantScheme", "ZeroQuantConfig", "PRESETS", "PRESET_NAMES", "MIXED_PRESETS"]

@@ -104,18 +104,19 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
     if batches is not None:
         stats.check_finite(batches if isinstance(data, list) else data, "data")
 
-    # --- hook for LKD (developer `lkd`, zq_compile/calibrate/lkd.py) ---------------------------
     # Layer-by-layer distillation edits the float weights, so it runs before the statistics are
-    # taken on the final weights.
-    if getattr(config, "lkd", None):
+    # taken on the final weights. It trains on `data` when given (else its own lkd.data).
+    lkd_report = None
+    if config.lkd is not None:
         from zq_compile.calibrate.lkd import run_lkd
 
-        run_lkd(model, config, batches)
-    # ---------------------------------------------------------------------------------------------
+        lkd_report = run_lkd(model, config, config.lkd, data=data)
 
     if batches is None:
-        return CalibrationReport(source="none given: the first call's inputs will be used", batches=0, tokens=0,
-                                 smooth=config.smooth, keep_float=config.keep_float)
+        report = CalibrationReport(source="none given: the first call's inputs will be used", batches=0, tokens=0,
+                                   smooth=config.smooth, keep_float=config.keep_float)
+        report.lkd = lkd_report
+        return report
     found = _sites(model, config)
     sites = {k: site for k, (site, _) in found.items()}
     was_training = model.training
@@ -131,6 +132,7 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
             stats.remember(site.weight, stats.LinearCalibration(
                 site.module, sim.stats.values[key], alphas[key], sim.keep_float.get(key), sqnr[key],
                 (config.smooth, config.keep_float), report))
+    report.lkd = lkd_report
     return report
 
 

@@ -30,6 +30,7 @@ class CalibrationReport:
     policy_steps: list[tuple[str, float]] = field(default_factory=list)
     layers: list[LayerError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lkd: object = None  # the LkdReport when the config asked for LKD
 
     @property
     def kept_float(self) -> list[LayerError]:
