@@ -29,5 +29,9 @@ def compile(  # noqa: A001  (mirrors torch.compile on purpose)
     backend = functools.partial(zeroquant_backend, options=config, mode=mode, report_sink=reports)
     backend.__name__ = "zeroquant"
     compiled = torch.compile(model, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
-    compiled.zq_reports = reports
+    if isinstance(compiled, torch.nn.Module):
+        # OptimizedModule forwards attribute writes to the user's module: keep ours on the wrapper.
+        object.__setattr__(compiled, "zq_reports", reports)
+    else:
+        compiled.zq_reports = reports
     return compiled

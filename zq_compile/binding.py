@@ -28,11 +28,16 @@ class WeightSource:
     slots: dict[str, int]  # constant name ("wq", "ws", "wz") -> position in the constants list
 
 
-def _version(t: torch.Tensor) -> int:
+def _version(t: torch.Tensor) -> tuple[int, int]:
+    """What changes when a tensor's values may have: its version counter (in-place ops) and its
+    storage address (``p.data = other`` swaps the storage of the same Parameter object and
+    leaves the counter alone). Edits through ``p.data.copy_(...)`` change neither: README,
+    "Robustness guarantees", says to edit under ``torch.no_grad()`` instead."""
     try:
-        return t._version
+        version = t._version
     except RuntimeError:  # inference tensors keep no version counter
-        return 0
+        version = 0
+    return version, t.data_ptr()
 
 
 class WeightBinding:

@@ -57,6 +57,8 @@ class CompileReport:
     notes: list[str] = field(default_factory=list)
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
+    #: why Dynamo ended this graph early (a graph break: "reason (file:line)"), else None
+    graph_break: str | None = None
 
     @property
     def quantized(self) -> list[LinearDecision]:
@@ -107,6 +109,8 @@ class CompileReport:
         if self.requantized:
             lines.append(f"  weights re-quantized {self.requantized} time(s): the graph was called with "
                          "other or edited float weights")
+        if self.graph_break:
+            lines.append(f"  graph break after this graph: {self.graph_break}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
