@@ -5,7 +5,8 @@ a module: an input projection, ``depth`` pre-norm MLP blocks (norm -> up -> acti
 + residual) and a head, with the variations the rewrite pass must handle: LayerNorm / RMSNorm /
 none, GeLU (erf / tanh) / SiLU / ReLU, bias or not, a head tied to the input projection, a down
 projection tied to the transposed up weight, one block called twice, weights used through
-``x @ W.t()`` or stored non-contiguous, 2-D to 4-D inputs, fp32 / bf16 / fp16.
+``x @ W.t()`` or stored non-contiguous, a head on the last token only, 2-D to 4-D inputs,
+fp32 / bf16 / fp16.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ModelSpec:
     tied_head: bool = False
     tied_down: bool = False
     call_twice: bool = False
+    last_token: bool = False  # the head reads x[..., -1:, :] (generate()'s logits_to_keep=1)
     lead: tuple[int, ...] = (4,)  # input shape before the feature dim (rank 2 to 4)
     dtype: torch.dtype = torch.float32
     seed: int = 0
@@ -54,6 +56,7 @@ def model_specs(draw) -> ModelSpec:
         tied_head=draw(st.booleans()),
         tied_down=draw(st.booleans()),
         call_twice=draw(st.booleans()),
+        last_token=draw(st.booleans()),
         lead=tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))),
         dtype=draw(st.sampled_from(DTYPES)),
         seed=draw(st.integers(0, 2**16)),
@@ -133,6 +136,8 @@ class FuzzModel(torch.nn.Module):
             x = block(x)
         if s.call_twice:
             x = self.blocks[0](x)
+        if s.last_token and x.dim() >= 3:
+            x = x[..., -1:, :]
         return _apply(s.layout, self.head, self.norm(x))
 
 

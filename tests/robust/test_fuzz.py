@@ -52,6 +52,8 @@ REGRESSIONS = {
     "every_variation": ModelSpec(d=7, hidden=13, depth=2, act="gelu_tanh", norm="rmsnorm", bias=True,
                                  layout="noncontig", tied_head=True, tied_down=True, call_twice=True,
                                  lead=(2, 3, 1), dtype=torch.bfloat16, seed=3),
+    # the int_mm stride-0 row bug (codegen/cpu/kernels.py, _rows_strided): one static row
+    "last_token_one_row": ModelSpec(d=16, hidden=31, last_token=True, lead=(1, 5), seed=1),
 }
 
 

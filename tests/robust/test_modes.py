@@ -162,6 +162,8 @@ def test_compiled_model_deepcopied_or_pickled_works_with_its_own_weights(how):
     with torch.inference_mode():
         c(x)
     twin = copy.deepcopy(c) if how == "deepcopy" else pickle.loads(pickle.dumps(c))
+    with torch.inference_mode():
+        assert sqnr_db(twin._orig_mod(x), twin(x)) >= FLOOR["w8a8"]
     with torch.no_grad():
         twin._orig_mod[0].weight.mul_(-1)  # the copy's own weights, not the original's
     with torch.inference_mode():
