@@ -3,6 +3,7 @@ import torch
 import torch._dynamo
 
 import zq_compile  # noqa: F401  (registers the zq ops)
+from zq_compile.report import _RECENT
 
 
 @pytest.fixture(autouse=True)
@@ -10,6 +11,8 @@ def _fresh_dynamo():
     """Each test starts with Dynamo's caches and counters empty, so recompile counts are exact."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
+    # recent_reports() keeps the last 64: tests counting new reports need room after long runs
+    _RECENT.clear()
     yield
     torch._dynamo.reset()
 

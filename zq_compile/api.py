@@ -36,6 +36,11 @@ def compile(  # noqa: A001  (mirrors torch.compile on purpose)
     backend = functools.partial(zeroquant_backend, options=config, mode=mode, report_sink=reports)
     backend.__name__ = "zeroquant"
     compiled = torch.compile(model, backend=backend, dynamic=dynamic, fullgraph=fullgraph)
-    compiled.zq_reports = reports
-    compiled.zq_lkd_report = lkd_report
+    if isinstance(compiled, torch.nn.Module):
+        # OptimizedModule forwards attribute writes to the user's module: keep ours on the wrapper.
+        object.__setattr__(compiled, "zq_reports", reports)
+        object.__setattr__(compiled, "zq_lkd_report", lkd_report)
+    else:
+        compiled.zq_reports = reports
+        compiled.zq_lkd_report = lkd_report
     return compiled

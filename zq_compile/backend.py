@@ -54,7 +54,7 @@ class Prepared:
 def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -> Prepared:
     """Policy, quantization and rewrite passes; no Inductor. Dynamo's ``gm`` is not modified."""
     target = resolve_target(config, example_inputs)
-    report = CompileReport(config=config.to_dict(), target=target)
+    report = CompileReport(config=config.to_dict(), target=target, graph_break=graph_break_of(gm))
     gm = clone_graph_module(gm)
     ctx = PassContext(gm, list(example_inputs), config, report, target)
     run_passes(ctx)
@@ -209,6 +209,19 @@ def _release_float_weights(prepared: Prepared) -> None:
         report.note(f"release_float_weights: freed {freed / 2**20:.2f} MiB of float weights")
     for problem, modules in kept.items():
         report.note(f"release_float_weights: kept the float weight of {', '.join(modules)}: {problem}")
+
+
+def graph_break_of(gm: fx.GraphModule) -> str | None:
+    """Why Dynamo ended this graph, when a graph break did (Dynamo sets the reason on the
+    module it hands a backend); the code after the break runs eagerly or in the next graph."""
+    why = getattr(gm, "compile_subgraph_reason", None)
+    if why is None or not getattr(why, "graph_break", False):
+        return None
+    text = " ".join(str(why.reason).split()).split(" Hint:")[0]  # what and why; hints are Dynamo's
+    stack = getattr(why, "user_stack", None) or []
+    if stack:
+        text += f" ({stack[-1].filename.rsplit('/', 1)[-1]}:{stack[-1].lineno})"
+    return text
 
 
 def resolve_target(config: ZeroQuantConfig, example_inputs: list) -> str:

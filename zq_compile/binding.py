@@ -32,11 +32,16 @@ class WeightSource:
     config: str = ""  # JSON of the config, kept beside the constants in the store
 
 
-def _version(t: torch.Tensor) -> int:
+def _version(t: torch.Tensor) -> tuple[int, int]:
+    """What changes when a tensor's values may have: its version counter (in-place ops) and its
+    storage address (``p.data = other`` swaps the storage of the same Parameter object and
+    leaves the counter alone). Edits through ``p.data.copy_(...)`` change neither: README,
+    "Robustness guarantees", says to edit under ``torch.no_grad()`` instead."""
     try:
-        return t._version
+        version = t._version
     except RuntimeError:  # inference tensors keep no version counter
-        return 0
+        version = 0
+    return version, t.data_ptr()
 
 
 class WeightBinding:

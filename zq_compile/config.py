@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 CONFIG_VERSION = 1
@@ -275,7 +276,7 @@ class ZeroQuantConfig:
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESET_NAMES:
+        if not isinstance(self.preset, str) or self.preset not in PRESET_NAMES:
             _fail("preset", self.preset, ", ".join(PRESET_NAMES))
         if self.group_size not in INT4_GROUP_SIZES or isinstance(self.group_size, bool):
             _fail("group_size", self.group_size, ", ".join(map(str, INT4_GROUP_SIZES)))
@@ -285,7 +286,7 @@ class ZeroQuantConfig:
         # Lists arrive from JSON and from users; store tuples so the config stays hashable.
         for name in ("skip", "disable_passes"):
             value = getattr(self, name)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 _fail(name, value, "a list of strings")
             object.__setattr__(self, name, tuple(value))
         if self.target not in TARGETS:
@@ -352,7 +353,7 @@ class ZeroQuantConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ZeroQuantConfig:
         if not isinstance(data, dict):
-            raise ValueError(f"config must be a dict, got {type(data).__name__}")
+            raise ValueError(f"config must be a dict of ZeroQuantConfig fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -370,6 +371,9 @@ class ZeroQuantConfig:
             return cls()
         if isinstance(options, cls):
             return options
+        if not isinstance(options, Mapping):
+            raise ValueError(f"options/config={options!r} is not valid; allowed: a ZeroQuantConfig, "
+                             "a dict of its fields, or None")
         return cls.from_dict(dict(options))
 
 

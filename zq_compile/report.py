@@ -70,6 +70,8 @@ class CompileReport:
     requantized: int = 0
     #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run
     calibration: object = None
+    #: why Dynamo ended this graph early (a graph break: "reason (file:line)"), else None
+    graph_break: str | None = None
 
     @property
     def quantized(self) -> list[LinearDecision]:
@@ -135,6 +137,8 @@ class CompileReport:
                          "other or edited float weights")
         if self.calibration is not None:
             lines.extend("  " + line for line in self.calibration.summary_lines())
+        if self.graph_break:
+            lines.append(f"  graph break after this graph: {self.graph_break}")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 

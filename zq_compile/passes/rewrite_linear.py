@@ -14,7 +14,8 @@ linear gets, from overrides, module types and its attention/FFN role, is ``schem
 
 Left alone, with the reason recorded: modules matching a ``skip`` glob, weights computed at run
 time, non-2-D weights, dtypes other than fp32/bf16/fp16, devices the target does not run on,
-1-D activations, addmm with beta/alpha != 1, biases that are not one value per output.
+1-D activations, addmm with beta/alpha != 1, biases that are not one value per output, K too
+large for the int32 accumulator (``max_k_for``).
 Returns the number of nodes rewritten.
 """
 
@@ -218,6 +219,15 @@ def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
     return None
 
 
+def max_k_for(scheme) -> int:
+    """Largest K whose int8 x int8 dot product cannot overflow int32: |x_q| <= 2^(a-1) - 1 and
+    |w_q| <= 2^(b-1) (asymmetric weights reach -2^(b-1)), so K * that product <= 2^31 - 1
+    (132104 for w8a8). Weight-only schemes accumulate in float: no limit."""
+    if not scheme.act_bits:
+        return sys.maxsize
+    return (2**31 - 1) // ((2 ** (scheme.act_bits - 1) - 1) * 2 ** (scheme.weight_bits - 1))
+
+
 def _decide(ctx, m: LinearMatch, module: str, role: str = "other"):
     """(W[N, K], scheme, groups, reason) if the node is rewritten, else (None, None, None, reason)."""
     w_nk, groups, reason = _check(ctx, m, module)
@@ -225,6 +235,10 @@ def _decide(ctx, m: LinearMatch, module: str, role: str = "other"):
         return None, None, None, reason
     n, k = w_nk.shape
     scheme, why = scheme_for(ctx.config, m.node, module, role, n, k)
+    limit = max_k_for(scheme)
+    if k > limit:
+        return None, None, None, (f"K={k} input features could overflow the int32 accumulator "
+                                  f"(limit K <= {limit} for {scheme.name}): kept in float")
     if scheme.name != "w8a8" and ctx.target == "triton":
         return None, None, None, f"{why}: scheme {scheme.name} has no Triton kernel yet (w8a8 only)"
     groups = scheme.weight_groups or n

@@ -6,6 +6,9 @@ qmax = 2^(b-1) - 1 (x times the fp32 reciprocal of the scale, not x / scale: ker
 
 Edge cases are part of the contract every kernel must match:
 - an all-zero row gets scale 1 (no division by zero) and q = 0;
+- a nonzero scale is at least FLT_MIN (2^-126): below it 1 / scale overflows to Inf and every
+  q of the row became +-127 whatever x was (fp32 / bf16 rows with absmax under ~1.5e-36 are
+  quantized with the fixed step FLT_MIN instead, losing precision gradually);
 - a row holding NaN or +-Inf gets a NaN or Inf scale, so the row's GEMM output is non-finite,
   while its q values are 0 wherever x / scale is NaN; other rows are untouched;
 - rounding is half-to-even (torch.round).
@@ -21,10 +24,16 @@ def qmax_for(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+#: Smallest scale used for a nonzero row: the reciprocal of a subnormal scale is Inf.
+MIN_SCALE = torch.finfo(torch.float32).tiny
+
+
 def per_token_scale(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
     amax = x.float().abs().amax(dim=-1, keepdim=True)
     scale = amax / qmax_for(bits)
-    return torch.where(scale == 0, torch.ones_like(scale), scale)
+    # Comparisons, not clamp_min: a NaN scale must stay NaN (its row's output is NaN).
+    scale = torch.where(scale < MIN_SCALE, torch.full_like(scale, MIN_SCALE), scale)
+    return torch.where(amax == 0, torch.ones_like(scale), scale)
 
 
 def quantize_per_token_ref(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

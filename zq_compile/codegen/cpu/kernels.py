@@ -202,13 +202,23 @@ class OneDnnKernel(CpuKernel):
         return epilogue(acc, x_q, x_scale, None, _zero_correction(w_scale, w_zero, n), bias, out_dtype)
 
 
+def _rows_strided(x2: torch.Tensor) -> torch.Tensor:
+    """x2 [1, K] with its row stride set to K. Inductor gives a size-1 dim stride 0, and ATen's
+    CPU ``_int_mm`` reads a [1, K] operand with row stride < K wrongly (a decode step's lm_head
+    on ``hidden[:, -1:]`` came out as noise: SQNR -90 dB). A no-op view in eager."""
+    rows, step = x2.shape[0], x2.stride(1)
+    if type(rows) is int and rows == 1 and type(step) is int and step == 1:  # no guard on a SymInt
+        return torch.as_strided(x2, x2.shape, (x2.shape[1], 1), x2.storage_offset())
+    return x2
+
+
 class IntMmKernel(CpuKernel):
     name = "int_mm"
     description = "ATen torch._int_mm (int8 x int8 -> int32)"
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         n, k = w_q.shape
-        acc = torch._int_mm(x_q.reshape(-1, k), w_q.t())
+        acc = torch._int_mm(_rows_strided(x_q.reshape(-1, k)), w_q.t())
         return epilogue(acc, x_q, x_scale, group_rows(w_scale.float(), n),
                         _zero_correction(w_scale, w_zero, n), bias, out_dtype)
 

@@ -34,9 +34,11 @@ def bits_to_float(bits):
 
 @triton.jit
 def scale_from_absmax(amax, QMAX: tl.constexpr):
-    """scale = amax / qmax, an all-zero row getting 1 (never a division by zero later)."""
+    """scale = amax / qmax, at least FLT_MIN (the reciprocal of a subnormal is Inf), an
+    all-zero row getting 1 (never a division by zero later); as quant/activation.py."""
     scale = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
-    return tl.where(scale == 0.0, 1.0, scale)
+    scale = tl.where(scale < 1.1754943508222875e-38, 1.1754943508222875e-38, scale)
+    return tl.where(amax == 0.0, 1.0, scale)
 
 
 @triton.jit

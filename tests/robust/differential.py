@@ -1,0 +1,36 @@
+"""One differential check: a model compiled by zeroquant against its eager fp32 self."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch._dynamo
+
+import zq_compile
+from zq_compile.metrics import sqnr_db
+from tests.robust.fuzz_models import ModelSpec, build, make_input
+from tests.robust.presets import sqnr_floor
+
+
+def check(spec: ModelSpec, preset: str, target: str) -> float:
+    """Compile ``spec``'s model with ``preset`` on ``target``; assert it runs, keeps shape and
+    dtype, is finite, quantized at least one linear and keeps the preset's SQNR floor against
+    the fp32 eager model (the same weights, already rounded to ``spec.dtype``). Returns the SQNR."""
+    torch._dynamo.reset()  # a fresh cache per example: each compiles from scratch
+    model = build(spec)
+    reference = copy.deepcopy(model).float()
+    x = make_input(spec)
+    compiled = zq_compile.compile(model, {"preset": preset, "target": target})
+    with torch.inference_mode():
+        want = reference(x.float())
+        got = compiled(x)
+    assert got.shape == want.shape and got.dtype == spec.dtype, (got.shape, got.dtype)
+    assert torch.isfinite(got).all(), "non-finite output from finite inputs"
+    reports = compiled.zq_reports
+    assert reports and sum(len(r.quantized) for r in reports) >= 1, [r.summary() for r in reports]
+    db = sqnr_db(want, got.float())
+    floor = sqnr_floor(preset, spec.dtype)
+    assert db >= floor, f"SQNR {db:.1f} dB < {floor} dB for {spec} ({preset}, {target})\n" + "\n".join(
+        r.summary() for r in reports)
+    return db

@@ -1,0 +1,177 @@
+"""Grad mode, training mode, no_grad / inference_mode, weight edits after compiling, threads,
+deepcopy and pickle: the compiled model behaves as documented (README, "Robustness guarantees")."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import pytest
+import torch
+
+import zq_compile
+from zq_compile.metrics import sqnr_db
+from tests.robust.presets import PRESETS, sqnr_floor
+
+FLOOR = {p: sqnr_floor(p, torch.float32) for p in PRESETS}
+
+
+def _mlp(seed=0, d=24, hidden=40):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, d)).eval()
+
+
+class FloatPathToo(torch.nn.Module):
+    """y = lin(x) + alpha * x: one path through a quantized linear, one all float."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(16, 16)
+        self.alpha = torch.nn.Parameter(torch.full((16,), 0.5))
+
+    def forward(self, x):
+        return self.lin(x) + self.alpha * x
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_grad_mode_warns_stops_at_quantized_linears_and_float_grads_stay_right(preset, training):
+    torch.manual_seed(0)
+    m = FloatPathToo().train(training)
+    x = torch.randn(4, 16, requires_grad=True)
+    c = zq_compile.compile(m, {"preset": preset})
+    with pytest.warns(UserWarning, match="inference-only"):
+        out = c(x)
+    assert sqnr_db(m(x), out) >= FLOOR[preset]
+    out.sum().backward()
+    # the float path's gradients are exact; the quantized linear passes none (documented)
+    torch.testing.assert_close(m.alpha.grad, x.detach().sum(0))
+    torch.testing.assert_close(x.grad, m.alpha.detach().expand(4, 16))
+    assert m.lin.weight.grad is None and m.lin.bias.grad is None
+    assert any("inference-only" in n for r in c.zq_reports for n in r.notes)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_no_grad_and_inference_mode_both_work(preset):
+    m = _mlp()
+    c = zq_compile.compile(m, {"preset": preset})
+    x = torch.randn(3, 5, 24)
+    with torch.no_grad():
+        a = c(x)
+    with torch.inference_mode():
+        b = c(x)
+    ref = m(x).detach()
+    assert sqnr_db(ref, a) >= FLOOR[preset] and sqnr_db(ref, b) >= FLOOR[preset]
+    assert not a.requires_grad and b.is_inference()
+
+
+def _edit_no_grad_copy(lin, w):
+    with torch.no_grad():
+        lin.weight.copy_(w)
+
+
+def _edit_load_state_dict(lin, w):
+    lin.load_state_dict({"weight": w, "bias": lin.bias.detach().clone()})
+
+
+def _edit_new_parameter(lin, w):
+    lin.weight = torch.nn.Parameter(w)
+
+
+def _edit_data_assignment(lin, w):  # same Parameter object, new storage, same version counter
+    lin.weight.data = w
+
+
+def _edit_set(lin, w):
+    with torch.no_grad():
+        lin.weight.set_(w)
+
+
+EDITS = {f.__name__[len("_edit_"):]: f for f in
+         (_edit_no_grad_copy, _edit_load_state_dict, _edit_new_parameter, _edit_data_assignment, _edit_set)}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+@pytest.mark.parametrize("preset", PRESETS)
+def test_weight_edit_after_compiling_is_requantized_never_stale(preset, edit):
+    m = _mlp()
+    c = zq_compile.compile(m, {"preset": preset})
+    x = torch.randn(4, 24)
+    with torch.inference_mode():
+        c(x)
+    EDITS[edit](m[0], torch.randn(40, 24))
+    with torch.inference_mode():
+        got, want = c(x), m(x)
+    assert sqnr_db(want, got) >= FLOOR[preset]
+    assert c.zq_reports[-1].requantized == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="documented limit: edits through .data bypass the version "
+                   "counter the binding checks (README, Robustness guarantees); strict so the README "
+                   "is updated the day this starts to work")
+def test_edit_through_dot_data_in_place_is_a_documented_limit():
+    m = _mlp()
+    c = zq_compile.compile(m)
+    x = torch.randn(4, 24)
+    with torch.inference_mode():
+        c(x)
+    m[0].weight.data.mul_(-1)
+    with torch.inference_mode():
+        assert sqnr_db(m(x), c(x)) >= FLOOR["w8a8"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_two_threads_share_one_compiled_model(preset):
+    """Both after warm-up and while the binding re-quantizes: one compiled function called from
+    threads with two different modules (the weight cache is hit and refilled concurrently)."""
+    mods = [_mlp(seed=0), _mlp(seed=1)]
+    f = zq_compile.compile(lambda m, x: m(x), {"preset": preset})
+    with torch.inference_mode():
+        for m in mods:  # compile in this thread: Dynamo may guard on the module object
+            f(m, torch.randn(3, 24))
+    warm = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    failures = []
+
+    def work(i):
+        g = torch.Generator().manual_seed(i)
+        try:
+            for j in range(12):
+                m = mods[(i + j) % 2]
+                x = torch.randn(3, 24, generator=g)
+                with torch.inference_mode():
+                    db = sqnr_db(m(x), f(m, x))
+                if db < FLOOR[preset]:
+                    failures.append((i, j, db))
+        except Exception as e:  # noqa: BLE001  (reported below, with the thread)
+            failures.append((i, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    # Correct results are the contract. Seen on torch 2.13: each new thread's first call
+    # compiles the graph once more (a Dynamo guard on thread-local state, not investigated);
+    # never more than that.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= warm + len(threads)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_compiled_model_deepcopied_or_pickled_works_with_its_own_weights(how):
+    m = _mlp()
+    c = zq_compile.compile(m)
+    x = torch.randn(4, 24)
+    with torch.inference_mode():
+        c(x)
+    twin = copy.deepcopy(c) if how == "deepcopy" else pickle.loads(pickle.dumps(c))
+    with torch.inference_mode():
+        assert sqnr_db(twin._orig_mod(x), twin(x)) >= FLOOR["w8a8"]
+    with torch.no_grad():
+        twin._orig_mod[0].weight.mul_(-1)  # the copy's own weights, not the original's
+    with torch.inference_mode():
+        assert sqnr_db(twin._orig_mod(x), twin(x)) >= FLOOR["w8a8"]
+        assert sqnr_db(m(x), c(x)) >= FLOOR["w8a8"]
+    assert not torch.equal(twin._orig_mod[0].weight, m[0].weight)
