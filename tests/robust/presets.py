@@ -26,6 +26,7 @@ SQNR_FLOOR_DB: dict[str, dict[torch.dtype, float]] = {
     "w8a8": {torch.float32: 22.0, torch.float16: 22.0, torch.bfloat16: 18.0},
     "w8a16": {torch.float32: 28.0, torch.float16: 26.0, torch.bfloat16: 20.0},
     "w4a8": {torch.float32: 8.0, torch.float16: 8.0, torch.bfloat16: 8.0},
+    "w4/8a8": {torch.float32: 8.0, torch.float16: 8.0, torch.bfloat16: 8.0},  # its FFN linears are w4a8
     "w4a16": {torch.float32: 8.0, torch.float16: 8.0, torch.bfloat16: 8.0},
 }
 #: For a preset with no row above: conservative (garbage fails it, lost precision does not).

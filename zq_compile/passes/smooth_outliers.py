@@ -89,7 +89,7 @@ def _fold(ctx, x: fx.Node, s: torch.Tensor) -> bool:
     if not params:
         return False
     for pos, a in params:
-        new = _folded_constant(ctx, a, s, f"{a.name}_smoothed")
+        new = _folded_constant(ctx, a, s, f"{x.name}_{a.name}_smoothed")  # one norm module may run twice
         if isinstance(pos, int):
             args = list(x.args)
             args[pos] = new

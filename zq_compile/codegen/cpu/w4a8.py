@@ -67,7 +67,9 @@ def w4a8_int8_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero
     if inner == "onednn":
         return torch.ops.zq.onednn_u8s8_mm(x, e.w8, e.s8)
     if inner == "int_mm":
-        return torch._int_mm(x, e.w8.t()).float() * e.s8
+        from zq_compile.codegen.cpu.kernels import _rows_strided  # ATen's stride-0 row bug, see there
+
+        return torch._int_mm(_rows_strided(x), e.w8.t()).float() * e.s8
     return torch.ops.zq.int8_mm_ref(x, e.w8).float() * e.s8
 
 

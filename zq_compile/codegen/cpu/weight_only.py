@@ -138,6 +138,8 @@ def int4pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero:
                 group_size: int, in_features: int) -> torch.Tensor:
     """bf16 x [M, K] x INT4 w (packed, ``quant/kgroups.py``) -> bf16 [M, N], via ATen."""
     p = int4_packed(w, w_scale, w_zero, group_size, in_features)
+    if x.shape[0] == 0:  # an empty batch: ATen's kernel is not safe with M = 0
+        return x.new_zeros((0, w.shape[0]), dtype=torch.bfloat16)
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), p.packed, group_size, p.scale_zeros)
 
 
@@ -150,6 +152,8 @@ def _(x, w, w_scale, w_zero, group_size, in_features):
 def int8pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale_rows: torch.Tensor) -> torch.Tensor:
     """bf16 x [M, K] x int8 w [N, K] * bf16 scale [N] -> bf16 [M, N], via ATen. Opaque to
     Inductor: its own lowering of _weight_int8pack_mm rejects unrealized (fused) inputs."""
+    if x.shape[0] == 0:  # an empty batch: ATen's kernel segfaults with M = 0 (seen on torch 2.13)
+        return x.new_zeros((0, w.shape[0]), dtype=torch.bfloat16)
     return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, w_scale_rows.contiguous())
 
 
