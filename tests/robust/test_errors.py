@@ -25,7 +25,7 @@ BAD_VALUES = [
     ("target", "cuda", "auto, cpu, triton, reference"),
     ("target", None, "auto, cpu, triton, reference"),
     ("cpu_kernel", "mkl", "auto, onednn, int_mm"),
-    ("attention", True, "auto, bf16, fp32"),
+    ("attention", True, "auto, bf16, bf16_matmul, fp32"),
     ("disable_passes", "rewrite_linear", "list of strings"),
     ("disable_passes", None, "list of strings"),
     ("disable_passes", ["nope"], "rewrite_linear"),

@@ -116,11 +116,12 @@ def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> None:
 _SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
-def _scale_for(ctx, weights: list[torch.Tensor], alpha, compute) -> torch.Tensor:
-    tag = (alpha, ctx.config.smooth, ctx.config.keep_float)
+def _scale_for(ctx, weights: list[torch.Tensor], k: int, alpha, compute) -> torch.Tensor:
+    # k: one weight tied in two orientations (W and W^T) is met with two input widths
+    tag = (alpha, ctx.config.smooth, ctx.config.keep_float, k)
     kept = [_SCALES.get(w) for w in weights]
-    if all(k is not None and k[:3] == tag and k[3] is kept[0][3] for k in kept):
-        return kept[0][3]
+    if all(c is not None and c[:4] == tag and c[4] is kept[0][4] for c in kept):
+        return kept[0][4]
     s = compute()
     for w in weights:
         _SCALES[w] = (*tag, s)
@@ -142,7 +143,7 @@ def run(ctx) -> int:
         if not smoothed or not stats:
             continue
         alpha = plan[smoothed[0]][2]
-        s = _scale_for(ctx, [plan[n][0].weight for n in nodes], alpha,
+        s = _scale_for(ctx, [plan[n][0].weight for n in nodes], plan[nodes[0]][0].w_nk.shape[1], alpha,
                        lambda: smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha))
         for n in smoothed:
             scales[n] = s
