@@ -172,6 +172,9 @@ class AtenWo(WoKernel):
             return f"torch.ops.aten.{op} is missing from this torch build"
         if bits == 4 and n % 16:
             return f"ATen's INT4 layout needs N divisible by 16 (N={n})"
+        if bits == 8 and k % 16:
+            # measured on torch 2.13: K = 2, 3, 5, 8, 24, 40 crash the process; 16, 32, 48, 64 run
+            return f"ATen's _weight_int8pack_mm crashes unless K is divisible by 16 (K={k})"
         return None
 
     def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k):
