@@ -44,6 +44,7 @@ def test_tiny_hf_models(kind):
     report, codes = run_and_get_code(explain, model, {"input_ids": ids}, runs=0)
     modules = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, Conv1D))}
     check_report(report, codes, modules)
-    assert all(r.scheme == "w8a8" for r in report.linears)
+    # every linear w8a8, except lm_head, which the default accuracy policy keeps float
+    assert all(r.scheme == "w8a8" or (r.module.endswith("lm_head") and "kept float" in r.reason) for r in report.linears)
     assert report.dynamo["graph_breaks"] == []
     assert math.isfinite(report.graphs[0].output_error.sqnr_db)

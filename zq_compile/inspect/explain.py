@@ -144,6 +144,10 @@ def _explain_graph(float_gm, example_inputs, prepared) -> GraphExplain:
         node = float_nodes.get(d.node)
         x = fake_value(node.args[1] if node is not None and d.op == "addmm" else (node.args[0] if node is not None and node.args else None))
         in_model, alone = errors.get(d.node, (None, None))
+        if d.reason.endswith("smoothed"):
+            # Its weight is W * s and it reads X / s (smooth_outliers): fed the float graph's X,
+            # the op alone would be compared with the wrong input, so only the in-model error counts.
+            alone = None
         rows.append(LinearRow(
             node=d.node, module=d.module, op=d.op,
             weight_shape=list(d.shape) if d.shape else None,
