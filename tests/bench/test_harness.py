@@ -64,6 +64,7 @@ def test_causal_section_perplexity_decode_and_failures_on_tiny_llama():
 
 
 def test_pt2e_static_on_a_causal_lm_calibrates_on_other_ids_and_runs_prefill_only():
+    pytest.importorskip("torchao", reason="torchao is a bench dependency (make .venv/.bench-installed)")
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
