@@ -20,8 +20,13 @@ def test_inspect_minilm(tmp_path, capsys, monkeypatch):
     rows = [r for g in data["graphs"] for r in g["linears"]]
     encoder = [r for r in rows if r["module"].startswith("encoder.layer.")]
     assert len(encoder) == 36
+    # The default accuracy policy (keep_float="auto") may keep an outlier layer float (on MiniLM:
+    # encoder.layer.3.output.dense); every other encoder linear is w8a8 with a finite SQNR.
+    kept = {r["module"] for r in encoder if r["scheme"] is None}
+    assert len(kept) <= 2 and all("kept float" in r["reason"] for r in encoder if r["module"] in kept), kept
     for r in encoder:
-        assert r["scheme"] == "w8a8" and isinstance(r["sqnr_db"], float) and math.isfinite(r["sqnr_db"]), r
+        if r["module"] not in kept:
+            assert r["scheme"] == "w8a8" and isinstance(r["sqnr_db"], float) and math.isfinite(r["sqnr_db"]), r
     fusions = [f for g in data["graphs"] for f in g["fusions"]]
     fed = [m for f in fusions for m in f["quantizes_for"]]
     assert len(fed) == len(set(fed)), fed  # one kernel writes each GEMM's int8 input
@@ -30,7 +35,12 @@ def test_inspect_minilm(tmp_path, capsys, monkeypatch):
         qkv = [f for f in fusions if p + "attention.self.query" in f["quantizes_for"]]
         ffn1 = [f for f in fusions if p + "intermediate.dense" in f["quantizes_for"]]
         ffn2 = [f for f in fusions if p + "output.dense" in f["quantizes_for"]]
-        assert any("native_layer_norm" in f["ops"] for f in qkv), (layer, qkv)
-        assert any("native_layer_norm" in f["ops"] for f in ffn1), (layer, ffn1)
-        assert any("gelu" in f["ops"] for f in ffn2), (layer, ffn2)
+        assert any(_layer_norm(f["ops"]) for f in qkv), (layer, qkv)
+        assert any(_layer_norm(f["ops"]) for f in ffn1), (layer, ffn1)
+        assert p + "output.dense" in kept or any("gelu" in f["ops"] for f in ffn2), (layer, ffn2)
     assert "encoder.layer.5.output.dense" in capsys.readouterr().out
+
+
+def _layer_norm(ops: list[str]) -> bool:
+    # F.layer_norm, or codegen/cpu/norm.py's bf16 LayerNorm (bf16_activations), written out in aten
+    return "native_layer_norm" in ops or {"var_mean", "rsqrt"} <= set(ops)
