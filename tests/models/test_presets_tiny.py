@@ -16,8 +16,10 @@ from zq_compile.metrics import sqnr_db
 
 #: observed at 2 x 16 tokens (w8a8, w4/8a8, w4a8, w8a16, w4a16): bert 68/47/45/70/45,
 #: gpt2 38/21/17/41/17, llama 38/29/15/40/15
+# dB vs fp32. BERT's 8-bit rows were 68-70 dB with fp32 storage; on CPUs with native bf16 the
+# values stored between the int8 GEMMs are bf16 (passes/bf16_activations.py): about 46 dB.
 FLOORS = {
-    "bert": {"w8a8": 50, "w4/8a8": 38, "w4a8": 38, "w8a16": 50, "w4a16": 38},
+    "bert": {"w8a8": 40, "w4/8a8": 36, "w4a8": 36, "w8a16": 40, "w4a16": 36},
     "gpt2": {"w8a8": 30, "w4/8a8": 16, "w4a8": 12, "w8a16": 30, "w4a16": 12},
     "llama": {"w8a8": 30, "w4/8a8": 24, "w4a8": 11, "w8a16": 30, "w4a16": 11},
 }
