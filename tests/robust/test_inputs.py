@@ -23,7 +23,9 @@ def _mlp(dtype, d=24, hidden=40, seed=0):
 
 
 def _compiled(model, preset, target):
-    return zq_compile.compile(model, {"preset": preset, "target": target})
+    # The first call of these tests carries NaN/Inf/huge rows; calibrating on it (smooth / keep_float
+    # "auto") would judge the linears by those rows. Here only the kernels' row confinement is tested.
+    return zq_compile.compile(model, {"preset": preset, "target": target, "smooth": False, "keep_float": 0})
 
 
 #: every dtype on the cpu target, fp32 on the reference one (same quantize, exact GEMM):
