@@ -36,7 +36,7 @@ class ReleasedWeightError(RuntimeError):
 
 @dataclass
 class Stored:
-    version: int  # the float tensor's version counter when its constants were made
+    version: tuple[int, int]  # (version counter, data address) of the float tensor when made
     tensors: dict[str, torch.Tensor | None]  # as the scheme handler names them (wq, ws, wz, ...)
     config: str  # JSON of the ZeroQuantConfig that made them (written by zq_compile.save)
 
@@ -52,6 +52,12 @@ def version(t: torch.Tensor) -> int:
         return t._version
     except RuntimeError:  # inference tensors keep no version counter
         return 0
+
+
+def _same(entry_stamp: tuple[int, int], t: torch.Tensor) -> bool:
+    """Whether constants stamped (version, data address) still describe ``t``. ``p.data = new``
+    keeps the version and changes the address; a released weight's address is gone for good."""
+    return entry_stamp[0] == version(t) and (t in _RELEASED or entry_stamp[1] == t.data_ptr())
 
 
 def recipe(handler: str, scheme: Any, groups: int, chain: str) -> str:
@@ -81,7 +87,7 @@ def get(t: torch.Tensor, key: str) -> dict[str, torch.Tensor | None] | None:
     entry = entries.get(key) if entries else None
     if entry is None:
         return None
-    if entry.version != version(t):
+    if not _same(entry.version, t):
         if t in _RELEASED:
             raise ReleasedWeightError(_edited_message(t))
         del entries[key]
@@ -90,7 +96,7 @@ def get(t: torch.Tensor, key: str) -> dict[str, torch.Tensor | None] | None:
 
 
 def put(t: torch.Tensor, key: str, tensors: dict[str, torch.Tensor | None], config: str) -> None:
-    _STORE.setdefault(t, {})[key] = Stored(version(t), dict(tensors), config)
+    _STORE.setdefault(t, {})[key] = Stored((version(t), t.data_ptr()), dict(tensors), config)
 
 
 def set_tensor(t: torch.Tensor, key: str, name: str, value: torch.Tensor) -> None:
@@ -103,7 +109,7 @@ def set_tensor(t: torch.Tensor, key: str, name: str, value: torch.Tensor) -> Non
 
 def entries(t: torch.Tensor) -> dict[str, Stored]:
     """Every set of constants kept for ``t`` that is still current (for ``zq_compile.save``)."""
-    current = {k: e for k, e in (_STORE.get(t) or {}).items() if e.version == version(t)}
+    current = {k: e for k, e in (_STORE.get(t) or {}).items() if _same(e.version, t)}
     return current
 
 
