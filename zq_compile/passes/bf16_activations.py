@@ -125,16 +125,15 @@ def _norm_arguments(node: fx.Node) -> tuple:
 
 
 def _is_smoothing(node: fx.Node) -> bool:
-    """The per-channel ``x * (1/s)`` of ``smooth_outliers``: fused into the quantize that reads
-    it, so the value worth storing in bf16 is its input (also read by the residual)."""
+    """The per-channel ``x * (1/s)`` of ``smooth_outliers`` (its input may have other readers)."""
     other = node.args[1] if node.op == "call_function" and node.target is operator.mul and len(node.args) == 2 else None
     return isinstance(other, fx.Node) and other.op == "placeholder" and other.name.endswith("_inv_smooth")
 
 
 def _producer(x: fx.Node) -> fx.Node:
-    """The node computing ``x``, past layout ops and outlier smoothing."""
+    """The node computing ``x``, past layout ops."""
     while x.op in ("call_method", "call_function") and x.args and isinstance(x.args[0], fx.Node) \
-            and (_is_layout(x, x.args[0]) or _is_smoothing(x)):
+            and _is_layout(x, x.args[0]):
         x = x.args[0]
     return x
 
@@ -161,7 +160,10 @@ def run(ctx) -> int:
     # a norm that reads bf16 returns bf16, so the quantize after it needs nothing more.
     norms = [n for n in graph.nodes if n.op == "call_function" and n.target in NORMS and n.args]
     quantizes = list(graph.find_nodes(op="call_function", target=QUANTIZE))
-    for x in [n.args[0] for n in norms] + [q.args[0] for q in quantizes]:
+    # A smoothing multiply's input with other readers too (post-LN BERT: the residual) is stored
+    # as well: in bf16, like the multiply itself (which the quantize reads twice).
+    smoothed = [n.args[0] for n in graph.nodes if _is_smoothing(n) and len(n.args[0].users) > 1]
+    for x in [n.args[0] for n in norms] + [q.args[0] for q in quantizes] + smoothed:
         if not isinstance(x, fx.Node) or not _is_fp32(x):
             continue
         producer = _producer(x)
