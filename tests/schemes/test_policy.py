@@ -93,7 +93,7 @@ def test_roles_come_from_the_graph_not_the_names():
 def test_overrides_by_glob_type_and_role():
     m = tiny_model("llama")
     p = _prepare(m, _ids(), preset="w4/8a8", overrides={"*.mlp.*": "w4a16", "*.mlp.down_proj": "w8a16"},
-                 module_types={"LlamaAttention": "w8a16"}, roles={"*.lm_head": "ffn"})
+                 module_types={"LlamaAttention": "w8a16"}, roles={"lm_head": "ffn"})
     for module, d in _by_module(p).items():
         if module.endswith("down_proj"):  # the longer, more specific glob wins
             assert d.scheme == "w8a16" and "override glob '*.mlp.down_proj'" in d.reason
@@ -106,7 +106,7 @@ def test_overrides_by_glob_type_and_role():
 
 
 def test_skip_still_wins():
-    p = _prepare(tiny_model("llama"), _ids(), preset="w4a8", skip=("*.lm_head",))
+    p = _prepare(tiny_model("llama"), _ids(), preset="w4a8", skip=("lm_head",))
     head = [d for d in p.report.decisions if d.module.endswith("lm_head")]
     assert head and head[0].scheme is None and "skip glob" in head[0].reason
 
