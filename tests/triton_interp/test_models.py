@@ -31,5 +31,6 @@ def test_tiny_model_through_triton_matches_cpu_target(kind):
     assert not torch.isnan(out).any()
     # Both targets run the same int8 numerics (exact int32 GEMMs, same epilogue order): the
     # outputs agree far beyond the quantization error, which is what the SQNR vs fp32 measures.
-    assert sqnr_db(cpu, out) > 60
+    # the cpu target stores bf16 between its int8 GEMMs on bf16 CPUs (bf16_activations): ~47 dB apart
+    assert sqnr_db(cpu, out) > 40
     assert sqnr_db(ref, out) > {"bert": 40, "llama": 28}[kind]
