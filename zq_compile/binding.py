@@ -30,6 +30,9 @@ class WeightSource:
     slots: dict[str, int]  # constant name ("wq", "ws", "wz") -> position in the constants list
     store_key: str | None = None  # one-placeholder weights: their key in zq_compile.store
     config: str = ""  # JSON of the config, kept beside the constants in the store
+    # The graph's kernel's form of the constants (an INT4 handle, ...), applied after the store:
+    # the store keeps what every graph can start from, since two graphs may run two kernels.
+    finalize: Callable[[dict], dict] | None = None
 
 
 def _version(t: torch.Tensor) -> tuple[int, int]:
@@ -80,6 +83,8 @@ class WeightBinding:
         for source in self.sources:
             values = [args[i] for i in source.input_indices]
             made = self._stored_or_quantized(source, values)
+            if source.finalize is not None:
+                made = source.finalize(made)
             for name, slot in source.slots.items():
                 constants[slot] = made[name]
             if "wq" in source.slots:

@@ -10,14 +10,14 @@ import zq_compile
 from zq_compile.metrics import sqnr_db
 
 #: random Gaussian weights in INT4 at group 128 give ~20 dB here; INT8 ~40
-FLOOR_DB = {"w4a16": 16, "w4/8a8": 16, "w8a16": 34}
+FLOOR_DB = {"w4a16": 16, "w4/8a8": 16, "w4a8": 16, "w8a16": 34}
 
 
 def _mlp():
     return nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).eval()
 
 
-@pytest.mark.parametrize("preset", [pytest.param("w4a16", marks=pytest.mark.slow), "w4/8a8",
+@pytest.mark.parametrize("preset", [pytest.param("w4a16", marks=pytest.mark.slow), "w4/8a8", "w4a8",
                                     pytest.param("w8a16", marks=pytest.mark.slow)])
 def test_two_modules_many_shapes_one_function(preset):
     torch.manual_seed(0)
@@ -46,3 +46,35 @@ def test_reference_target_runs_the_reference_kernels():
         assert sqnr_db(m(x), out) > FLOOR_DB["w4/8a8"]
     notes = " ".join(zq_compile.recent_reports()[-1].notes)
     assert "w4a8 kernel for small M: reference" in notes  # 4 rows: a decode-sized M
+
+
+_KERNEL_PAIRS = {  # (small-M kernel, large-M kernel): one graph's handle must not reach the other
+    "w4a16": [("aten", "dequant_bf16"), ("dequant", "aten")],
+    "w4/8a8": [("int4pack", "int8:int_mm"), ("int8:int_mm", "int4pack")],
+}
+
+
+@pytest.mark.parametrize("preset,pair", [(p, k) for p, pairs in _KERNEL_PAIRS.items() for k in pairs])
+def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pair):
+    """Static, dynamic and decode graphs of two modules, each regime forced to another kernel:
+    the store and the binding hand each graph its own kernel's form of the same weight."""
+    from zq_compile.codegen.cpu.w4a8 import W4A8Choice
+    from zq_compile.codegen.cpu.weight_only import WoChoice
+
+    pick = dict(zip(("small", "large"), pair))
+    monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
+                        lambda regime, bits, requested="auto": WoChoice(pick[regime], "test"))
+    monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
+                        lambda regime, gemm: W4A8Choice(pick[regime], "test"))
+    torch.manual_seed(0)
+    a, b = _mlp(), _mlp()
+    torch._dynamo.reset()
+    f = torch.compile(lambda m, x: m(x), backend="zeroquant", options={"preset": preset, "smooth": False})
+    before = len(zq_compile.recent_reports())
+    with torch.inference_mode():
+        for m in (a, b, a):
+            for shape in ((3, 256), (5, 7, 256), (1, 256), (9, 256)):
+                x = torch.randn(shape)
+                assert sqnr_db(m(x), f(m, x)) > FLOOR_DB[preset], (preset, pair, shape)
+    notes = " ".join(n for r in zq_compile.recent_reports()[before:] for n in r.notes)
+    assert f"small M: {pair[0]}" in notes and f"large M: {pair[1]}" in notes

@@ -147,11 +147,17 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
     ctx.constants[i] = (w.name, new)
     for source in ctx.weight_sources:
         if source.slots.get("w") == i:
-            source.quantize = functools.partial(_quantize_then_finalize, source.quantize, finalize)
+            source.finalize = functools.partial(_finalize_made, finalize)
     return 1
 
 
-def _quantize_then_finalize(quantize, finalize, w_nk):
-    made = dict(quantize(w_nk))
-    made["w"] = finalize(made["w"], made["ws"], made.get("wz"))
+def _finalize_made(finalize, made: dict) -> dict:
+    """Re-quantized constants (``binding.py``) in this graph's kernel's form. They may come from
+    the store already in another graph's kernel form: start from the plain packed weight."""
+    made = dict(made)
+    plain = _PLAIN.get(made["w"], made["w"])
+    new = finalize(plain, made["ws"], made.get("wz"))
+    if new is not plain:
+        _PLAIN[new] = plain
+    made["w"] = new
     return made

@@ -158,11 +158,7 @@ def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int
     them, else quantized now and kept."""
     key = _store_key(m, handler, scheme, groups, scale)
     root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
-    # Scheme kernels (INT4, weight-only) keep their own layouts behind handles; reusing another
-    # graph's handle gave wrong results for w4/8a8 after a dynamic-shape recompile, so they are
-    # re-quantized per graph unless the float weight is gone (release_float_weights).
-    reuse = root is not None and (handler.name == "w8a8" or store.is_released(root))
-    tensors = store.get(root, key) if reuse else None
+    tensors = store.get(root, key) if root is not None else None
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
