@@ -25,7 +25,8 @@ def check_report(report, codes, modules: set[str]):
     rows = report.linears
     assert {r.module for r in rows} == modules, report
     for r in rows:
-        if r.scheme is None:
+        if r.scheme is None:  # kept float: measured in the model (inf if no quantized layer precedes it)
+            assert r.sqnr_db is not None and r.local_sqnr_db is None, r
             continue
         assert r.scheme == "w8a8" and r.kernel, r
         assert r.sqnr_db is not None and math.isfinite(r.sqnr_db), r

@@ -133,8 +133,14 @@ def _explain_graph(float_gm, example_inputs, prepared) -> GraphExplain:
     links = G.link_linears(report, prepared.gm)
     decisions = {d.node: d for d in report.decisions}
     float_nodes = {n.name: n for n in float_gm.graph.nodes}
+    # A linear kept in float is still in the rewritten graph under its own name: its output there
+    # carries the rounding of every quantized layer before it (what the model sees), so it gets
+    # an in-model error too; alone it rounds nothing.
+    after_nodes = {n.name: n for n in prepared.gm.graph.nodes}
+    kept = {d.node: after_nodes[d.node] for d in report.decisions
+            if not d.quantized and d.node in after_nodes and d.node in float_nodes}
     try:
-        errors, out_err = measure(float_gm, prepared, example_inputs, links)
+        errors, out_err = measure(float_gm, prepared, example_inputs, {**links, **kept}, in_model_only=set(kept))
     except Exception as exc:  # noqa: BLE001  (the graph still compiles; say why there are no figures)
         log.warning("zeroquant explain: graph %d: errors not measured: %s", report.graph_id, exc)
         report.note(f"explain: per-layer errors not measured ({type(exc).__name__}: {exc})")

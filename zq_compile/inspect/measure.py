@@ -49,10 +49,12 @@ class _Recorder(fx.Interpreter):
         return value
 
 
-def measure(float_gm: fx.GraphModule, prepared, example_inputs: list, linear_map: dict[str, fx.Node]):
+def measure(float_gm: fx.GraphModule, prepared, example_inputs: list, linear_map: dict[str, fx.Node],
+            in_model_only: set[str] = frozenset()):
     """({float node name: (in-model Error, alone Error)}, Error of the graph's output).
 
-    ``linear_map``: float linear node name -> the zq op node that replaced it in ``prepared.gm``.
+    ``linear_map``: float linear node name -> the zq op node that replaced it in ``prepared.gm``
+    (or, for the names in ``in_model_only``, the float node left there: no "alone" figure).
     """
     wanted = {name: zq for name, zq in linear_map.items()}
     float_out: dict[str, torch.Tensor] = {}
@@ -65,6 +67,8 @@ def measure(float_gm: fx.GraphModule, prepared, example_inputs: list, linear_map
         if zq is None:
             return
         float_out[n.name] = value.detach()
+        if n.name in in_model_only:
+            return
         x = n.args[0] if n.args else n.kwargs.get("input")
         if n.target in (torch.addmm,) or getattr(n.target, "__name__", "") == "addmm":
             x = n.args[1]

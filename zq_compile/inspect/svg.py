@@ -107,8 +107,9 @@ def graph_svg(nodes: list[GraphNode], title: str, fusions: list[Fusion] | None =
 
 
 def sqnr_chart(rows: list[LinearRow], label_w: int = 330, bar_w: int = 420, row_h: int = 16) -> str:
-    """Horizontal bars: each quantized linear's SQNR in the model; a tick marks it alone."""
-    rows = [r for r in rows if r.scheme]
+    """Horizontal bars: each linear's SQNR in the model (a kept-float one too: the rounding of the
+    layers before it); a tick marks a quantized one alone."""
+    rows = [r for r in rows if r.scheme or r.sqnr_db is not None]
     finite = [v for r in rows for v in (r.sqnr_db, r.local_sqnr_db) if isinstance(v, (int, float)) and math.isfinite(v)]
     top = max([40.0] + finite) * 1.05
     width, height = label_w + bar_w + 200, 28 + row_h * len(rows) + 36
@@ -127,7 +128,7 @@ def sqnr_chart(rows: list[LinearRow], label_w: int = 330, bar_w: int = 420, row_
         name = r.module or r.node
         name = name if len(name) <= 52 else "…" + name[-51:]
         label = "inf" if ok and math.isinf(v) else (f"{v:.1f} dB" if ok else "not measured")
-        tip = (f"{r.module}: {r.scheme}; in the model {label}, max abs error {r.max_abs_err}; alone "
+        tip = (f"{r.module}: {r.scheme or 'float'}; in the model {label}, max abs error {r.max_abs_err}; alone "
                f"{r.local_sqnr_db if r.local_sqnr_db is not None else '-'} dB")
         out.append(f'<g class="bar"><title>{escape(tip)}</title>'
                    f'<text x="{label_w - 6}" y="{y + 11}" font-size="10.5" text-anchor="end" fill="#212529">{escape(name)}</text>'

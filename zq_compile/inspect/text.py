@@ -64,7 +64,8 @@ def render_text(r: ExplainReport, width: int = 46) -> str:
                 lines.append(f"  {mod:{width}s} {row.scheme:6s} {shape:>10s} {fmt_db(row.sqnr_db):>8s} "
                              f"{fmt_db(row.local_sqnr_db):>6s} {fmt_err(row.max_abs_err):>9s}")
             else:
-                lines.append(f"  {mod:{width}s} {'float':6s} {shape:>10s}  {row.reason}")
+                lines.append(f"  {mod:{width}s} {'float':6s} {shape:>10s} {fmt_db(row.sqnr_db):>8s} "
+                             f"{'-':>6s} {fmt_err(row.max_abs_err):>9s}  {row.reason}")
         kept = [f for f in g.float_nodes if f.kind != "other"]
         for f in kept:
             lines.append(f"  float {f.kind}: {f.module or f.node}: {f.reason}")
