@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, ".")
 
 from zq_compile.calibrate.blocks import find_blocks  # noqa: E402
-from zq_compile.calibrate.fake_quant import attach_fake_quant, preset_rule  # noqa: E402
+from zq_compile.calibrate.fake_quant import attach_fake_quant, spec_for_config  # noqa: E402
 from zq_compile.calibrate.lkd import run_lkd  # noqa: E402
+from zq_compile.config import ZeroQuantConfig  # noqa: E402
 
 
 def fake_quantized(model, spec_for):
@@ -93,7 +94,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=["minilm", "smollm2"])
     ap.add_argument("--preset", default="w4/8a8")
-    ap.add_argument("--k-group", type=int, default=None)
+    ap.add_argument("--group-size", type=int, default=128, help="INT4 inputs per group along K (config.group_size)")
     ap.add_argument("--data", nargs="+", default=["random", "text"])
     ap.add_argument("--lkd", default="{}", help="LkdConfig fields as JSON")
     ap.add_argument("--threads", type=int, default=None)
@@ -103,9 +104,11 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok, gap, calib, what = (minilm_case if args.model == "minilm" else smollm2_case)()
-    spec_for = preset_rule(args.preset, k_group_size=args.k_group)
+    # The fake quantization the backend would deploy for this config (schemes/policy.scheme_for)
+    config = ZeroQuantConfig(preset=args.preset, group_size=args.group_size)
+    spec_for = spec_for_config(config, model)
     base_gap = args.base_gap if args.base_gap is not None else gap(fake_quantized(model, spec_for))
-    out = {"model": args.model, "preset": args.preset, "k_group": args.k_group, "gap": what,
+    out = {"model": args.model, "preset": args.preset, "group_size": args.group_size, "gap": what,
            "no_lkd": base_gap, "lkd": {}}
     print(f"{args.preset} without LKD: gap {base_gap:.6g}", flush=True)
     lkd = json.loads(args.lkd)
@@ -120,9 +123,9 @@ def main():
         else:
             data = calib
         t0 = time.perf_counter()
-        report = run_lkd(m, None, lkd, data=data, tokenizer=tok, spec_for=spec_for)
+        report = run_lkd(m, config, lkd, data=data, tokenizer=tok, spec_for=spec_for_config(config, m))
         seconds = time.perf_counter() - t0
-        g = gap(fake_quantized(m, spec_for))
+        g = gap(fake_quantized(m, spec_for_config(config, m)))
         cut = 1 - g / base_gap if base_gap else float("nan")
         print(report.summary(), flush=True)
         print(f"{args.preset} with LKD ({source} data): gap {g:.6g}, cut {100 * cut:.1f}% in {seconds:.0f}s", flush=True)

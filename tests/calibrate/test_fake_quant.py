@@ -98,3 +98,32 @@ def test_attention_rule_and_presets():
     assert preset_rule("w4a8", skip=("*.fc",))("x.fc") is None
     with pytest.raises(ValueError, match="preset"):
         preset_rule("w2a2")
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+def test_lkd_specs_match_what_the_backend_deploys(kind):
+    """spec_for_config against the compiled graph's own decisions, linear by linear: scheme
+    (role from the graph, override glob), activations, and the INT4 group size with its
+    fallback (group_size 64 does not divide Llama's K=160: both must take 32)."""
+    import re
+
+    import zq_compile
+    from tests.models.tiny import tiny_model
+    from zq_compile.calibrate.fake_quant import spec_for_config
+
+    model = tiny_model(kind)
+    config = zq_compile.ZeroQuantConfig(preset="w4/8a8", group_size=64, smooth=False, keep_float=0,
+                                        overrides={"*.0.*": "w8a16"})
+    torch._dynamo.reset()
+    before = len(zq_compile.recent_reports())
+    with torch.inference_mode():
+        zq_compile.compile(model, config)(torch.randint(0, 1000, (2, 7)))
+    decisions = [d for r in zq_compile.recent_reports()[before:] for d in r.decisions
+                 if re.search(r"\.(layer|h|layers)\.\d+\.", d.module)]
+    assert len(decisions) >= 8 and any(d.scheme == "w4a8" for d in decisions)
+    spec_for = spec_for_config(config, model)
+    for d in decisions:
+        spec = spec_for(d.module)
+        assert spec.name == d.scheme, (d.module, spec, d.reason)
+        group = re.search(r"group_size (\d+)", d.reason)
+        assert spec.k_group_size == (int(group.group(1)) if group else None), (d.module, spec, d.reason)

@@ -9,11 +9,15 @@ weight inside the clamp range keeps its gradient.
                                           ├─ linear ─▶ y
     W ──fq_weight (groups of rows × K)──▶ Ŵ ─┘
 
-Which scheme a linear of the model gets is ``spec_for``'s business. Until the per-module
-policy of the INT4 presets lands (``schemes``), the mixed preset ``w4/8a8`` is resolved here by
-a local rule: a linear whose module path has "attn" or "attention" in it is attention (INT8),
-any other is feed-forward (INT4). Merge point: replace ``is_attention``/``spec_for`` with the
-policy's own answer so training and deployment cannot disagree.
+Which scheme a linear of the model gets is ``spec_for``'s business. ``spec_for_config`` asks
+the backend's own policy (``schemes/policy.scheme_for``: ``overrides`` globs, ``module_types``,
+the preset, ``group_size`` and its fallback when it does not divide K), so training and
+deployment agree. One input differs: the backend finds a linear's role (attention or FFN, for
+``w4/8a8``) from the captured graph, while LKD trains nn.Modules before any graph exists, so
+here a linear inside a block whose path has "attn" or "attention" in it is attention, any other
+is FFN, unless a ``roles`` glob of the config says otherwise. On BERT, GPT-2 and Llama blocks
+both rules give the same answer (``tests/calibrate/test_fake_quant.py`` checks it against the
+graph rule).
 """
 
 from __future__ import annotations
@@ -189,9 +193,38 @@ def preset_rule(preset: str, *, row_groups: int | None = None, k_group_size: int
     return spec_for
 
 
-def spec_for_config(config) -> Callable[[str], FakeQuantSpec | None]:
-    """The fake quantization matching what the backend will deploy for ``config``."""
-    scheme = config.scheme
-    return preset_rule(config.preset, row_groups=scheme.weight_groups,
-                       k_group_size=getattr(scheme, "k_group_size", None),
-                       symmetric=scheme.symmetric, skip=config.skip)
+def _types_around(modules: dict[str, torch.nn.Module], path: str) -> list[tuple[str, str]]:
+    """Class names of the module at ``path`` and of its parents, innermost first, as the
+    backend reads them from a graph node's module stack."""
+    out = []
+    parts = path.split(".")
+    for i in range(len(parts), -1, -1):
+        module = modules.get(".".join(parts[:i]))
+        if module is not None:
+            typ = type(module)
+            out.append((typ.__name__, f"{typ.__module__}.{typ.__qualname__}"))
+    return out
+
+
+def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[str], FakeQuantSpec | None]:
+    """The fake quantization matching what the backend will deploy for ``config`` on ``model``
+    (see the module docstring); without ``model``, module types cannot be matched."""
+    from zq_compile.schemes.policy import scheme_for
+
+    modules = dict(model.named_modules()) if model is not None else {}
+
+    def spec_for(path: str) -> FakeQuantSpec | None:
+        if any(fnmatch.fnmatchcase(path, g) for g in config.skip):
+            return None
+        module = modules.get(path)
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.dim() != 2:
+            n = k = 0  # unknown shape: no K-divisibility fallback
+        else:
+            n, k = weight.shape if isinstance(module, torch.nn.Linear) else weight.shape[::-1]
+        role = "attention" if is_attention(path) else "ffn"
+        scheme, _ = scheme_for(config, None, path, role, n, k, types=_types_around(modules, path))
+        return FakeQuantSpec(scheme.weight_bits, scheme.act_bits, scheme.weight_groups,
+                             scheme.group_size if scheme.weight_bits == 4 else None, scheme.symmetric)
+
+    return spec_for

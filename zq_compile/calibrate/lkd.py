@@ -89,7 +89,7 @@ def run_lkd(model: torch.nn.Module, config=None, lkd_config=None, *, data=None, 
         raise ValueError(f"model: LKD needs an nn.Module, got {type(model).__name__}")
     config = ZeroQuantConfig.from_options(config)
     lkd = LkdConfig.from_options(lkd_config) or config.lkd or LkdConfig()
-    spec_for = spec_for or spec_for_config(config)
+    spec_for = spec_for or spec_for_config(config, model)
     blocks = find_blocks(model, lkd.blocks)
     batches = calibration_batches(model, lkd, data, tokenizer)
     started, cpu_started = time.perf_counter(), time.process_time()

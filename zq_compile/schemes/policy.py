@@ -163,28 +163,31 @@ def _longest_match(pairs, module: str) -> str | None:
     return max(hits, key=lambda g: (len(g), g)) if hits else None
 
 
-def preset_for(config: ZeroQuantConfig, node: fx.Node, module: str) -> tuple[str, str]:
-    """(preset name, why) for one linear, before its role is applied."""
+def preset_for(config: ZeroQuantConfig, node: fx.Node | None, module: str,
+               types: list[tuple[str, str]] | None = None) -> tuple[str, str]:
+    """(preset name, why) for one linear, before its role is applied. ``types``: the class
+    names of the modules it sits in, innermost first, when there is no graph node to read
+    them from (LKD works on the nn.Module)."""
     glob = _longest_match(config.overrides, module)
     if glob is not None:
         return dict(config.overrides)[glob], f"override glob {glob!r}"
-    types = dict(config.module_types)
-    for short, dotted in _module_types(node):
+    by_type = dict(config.module_types)
+    for short, dotted in (types if types is not None else _module_types(node)):
         for name in (dotted, short):
-            if name in types:
-                return types[name], f"module type {name}"
+            if name in by_type:
+                return by_type[name], f"module type {name}"
     return config.preset, f"preset {config.preset}"
 
 
-def scheme_for(config: ZeroQuantConfig, node: fx.Node, module: str, role: str,
-               n: int, k: int) -> tuple[QuantScheme, str]:
+def scheme_for(config: ZeroQuantConfig, node: fx.Node | None, module: str, role: str,
+               n: int, k: int, types: list[tuple[str, str]] | None = None) -> tuple[QuantScheme, str]:
     """The scheme this linear gets and a reason for the report.
 
     INT4 with groups along K needs K divisible by the group size: the largest valid size that
     divides K is used instead (recorded), and if none does the linear keeps 8-bit weights with
     the same activations (w4a8 -> w8a8, w4a16 -> w8a16), recorded too; never an error.
     """
-    preset, why = preset_for(config, node, module)
+    preset, why = preset_for(config, node, module, types)
     if preset in MIXED_PRESETS:
         role, role_why = role_of(config, module, role)
         name = MIXED_PRESETS[preset][role]
