@@ -42,10 +42,15 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
     sites, linears = {}, {}
     candidates = [n for n in ctx.gm.graph.nodes if rl.match(n) is not None]
     roles = classify(ctx.gm.graph, candidates)
+    # rewrite_linear takes these from here: smooth_outliers, the only pass between the two,
+    # changes activations, never the weights or shapes the decisions depend on.
+    ctx.memo["roles"] = roles
+    decided = ctx.memo["decided"] = {}
     for node in candidates:
         m = rl.match(node)
         module = module_path(node)
-        w_nk, scheme, groups, _ = rl._decide(ctx, m, module, roles[node])
+        decided[node] = rl._decide(ctx, m, module, roles[node])
+        w_nk, scheme, groups, _ = decided[node]
         roots = rl.constant_roots(m.weight) if w_nk is not None else []
         if w_nk is None or len(roots) != 1:
             continue

@@ -302,7 +302,9 @@ def run(ctx) -> int:
     quantized_weights: dict[tuple, list[fx.Node]] = {}
     rewritten = 0
     candidates = [n for n in graph.nodes if match(n) is not None]
-    roles = classify(graph, candidates)  # before any rewrite: the float graph's data flow
+    # Before any rewrite: the float graph's data flow (calibrate_linears may have found them).
+    roles = ctx.memo.get("roles") or classify(graph, candidates)
+    decided = ctx.memo.get("decided", {})
     # Quantizing a large model's weights takes a while: show it, on a terminal only.
     progress = tqdm(total=len(candidates), desc="zeroquant: quantizing weights", unit="linear",
                     disable=len(candidates) < 64 or not sys.stderr.isatty())
@@ -311,7 +313,8 @@ def run(ctx) -> int:
         m = match(node)
         progress.update()
         module = module_path(node)
-        w_nk, scheme, groups, reason = _decide(ctx, m, module, roles[node])
+        hit = decided.get(node)
+        w_nk, scheme, groups, reason = hit if hit is not None else _decide(ctx, m, module, roles[node])
         # The accuracy policy and outlier smoothing (calibrate_linears, smooth_outliers) ran first.
         kept = ctx.memo.get("keep_float", {}).get(node)
         scale = ctx.memo.get("smooth_scale", {}).get(node)
