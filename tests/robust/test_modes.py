@@ -139,8 +139,10 @@ def test_two_threads_share_one_compiled_model(preset):
         try:
             for j in range(12):
                 m = mods[(i + j) % 2]
-                x = torch.randn(3, 24, generator=g)
                 with torch.inference_mode():
+                    # made as in the warm-up: an inference tensor (a plain one has another
+                    # dispatch key set, which Dynamo guards on: one recompile, threads or not)
+                    x = torch.randn(3, 24, generator=g)
                     db = sqnr_db(m(x), f(m, x))
                 if db < FLOOR[preset]:
                     failures.append((i, j, db))
@@ -153,10 +155,8 @@ def test_two_threads_share_one_compiled_model(preset):
     for t in threads:
         t.join()
     assert not failures, failures
-    # Correct results are the contract. Seen on torch 2.13: each new thread's first call
-    # compiles the graph once more (a Dynamo guard on thread-local state, not investigated);
-    # never more than that.
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= warm + len(threads)
+    # No thread compiles anything: the graphs compiled in the main thread serve every thread.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warm
 
 
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
