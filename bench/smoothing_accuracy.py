@@ -118,14 +118,33 @@ def main() -> None:
 
 
 
+def _simulator(model, calibration):
+    """Every nn.Linear of ``model`` behind one Simulator with statistics from ``calibration``;
+    ``set_plan(alpha, kept)`` then makes the next run fp32 (alpha "fp32"), plain w8a8 (None) or
+    smoothed w8a8 at ``alpha``, the modules in ``kept`` float."""
+    from zq_compile.calibrate import _module_runner, _sites
+    from zq_compile.calibrate.policy import Simulator, group_scales
+
+    found = _sites(model, ZeroQuantConfig())
+    sim = Simulator({k: s for k, (s, _) in found.items()})
+    sim.mode = "stats"
+    _module_runner(model, calibration, found)(sim)
+    absmax = sim.stats.values
+
+    def set_plan(alpha, kept) -> None:
+        sim.mode = "quant" if alpha != "fp32" else "float"
+        sim.set_plan(group_scales(sim.sites, absmax, None if alpha == "fp32" else alpha), set(sim.sites) - set(kept))
+
+    return found, sim, set_plan
+
+
 def simulate_smollm2(log) -> dict:
     """The same steps with the reference quantizers (calibrate/smooth.py, what the kernels are
     tested against) applied by module hooks, fp32 attention, no Inductor: minutes instead of
     the compiled run's Inductor builds on a loaded machine. Decisions come from calibrate()."""
     from zq_compile.benchmarks.accuracy import nll_sum, perplexity, token_windows
     from zq_compile.benchmarks.models import smollm2 as load
-    from zq_compile.calibrate import _module_runner, _sites
-    from zq_compile.calibrate.policy import Simulator, group_scales
+    from zq_compile.calibrate import _module_runner
     from zq_compile.data import wikipedia_prose
 
     bm, tok = load()
@@ -134,16 +153,10 @@ def simulate_smollm2(log) -> dict:
     windows = token_windows(ids, 256, 8)
     evaluate = [{"input_ids": w[None], "use_cache": False} for w in windows[:6]]
     calibration = [{"input_ids": w[None], "use_cache": False} for w in windows[6:]]
-    config = ZeroQuantConfig()
-    found = _sites(model, config)
-    sim = Simulator({k: s for k, (s, _) in found.items()})
-    sim.mode = "stats"
-    _module_runner(model, calibration, found)(sim)
-    absmax = sim.stats.values
+    found, sim, set_plan = _simulator(model, calibration)
 
     def ppl(alpha, kept) -> float:
-        sim.mode = "quant" if alpha != "fp32" else "float"
-        sim.set_plan(group_scales(sim.sites, absmax, None if alpha == "fp32" else alpha), set(sim.sites) - set(kept))
+        set_plan(alpha, kept)
         outs = _module_runner(model, evaluate, found)(sim)
         total = count = 0
         for out, batch in zip(outs, evaluate):
@@ -171,8 +184,7 @@ def simulate_smollm2(log) -> dict:
 def simulate_minilm(log) -> dict:
     """MiniLM embedding cosine vs fp32 on the 200 polarity sentences (seq 128), simulated as in
     ``simulate_smollm2``; calibrated on 32 Wikipedia paragraphs."""
-    from zq_compile.calibrate import _module_runner, _sites
-    from zq_compile.calibrate.policy import Simulator, group_scales
+    from zq_compile.calibrate import _module_runner
     from zq_compile.data import polarity_sentences, wikipedia_prose
     from zq_compile.metrics import mean_cosine
     from zq_compile.models import load_minilm, mean_pool
@@ -182,16 +194,10 @@ def simulate_minilm(log) -> dict:
                      return_tensors="pt"))
     calibration = [dict(tok(wikipedia_prose()[:32], padding="max_length", truncation=True, max_length=128,
                             return_tensors="pt"))]
-    config = ZeroQuantConfig()
-    found = _sites(model, config)
-    sim = Simulator({k: s for k, (s, _) in found.items()})
-    sim.mode = "stats"
-    _module_runner(model, calibration, found)(sim)
-    absmax = sim.stats.values
+    found, sim, set_plan = _simulator(model, calibration)
 
     def emb(alpha, kept):
-        sim.mode = "quant" if alpha != "fp32" else "float"
-        sim.set_plan(group_scales(sim.sites, absmax, None if alpha == "fp32" else alpha), set(sim.sites) - set(kept))
+        set_plan(alpha, kept)
         (out,) = _module_runner(model, [batch], found)(sim)
         return mean_pool(out[0], batch["attention_mask"])
 

@@ -41,14 +41,19 @@ def test_encoder_section_on_tiny_bert_with_random_ids():
     assert out["contenders"]["zeroquant w8a8"]["ok"]
 
 
-def test_causal_section_perplexity_decode_and_failures_on_tiny_llama():
+def _tiny_llama():
+    """A random-weight 2-layer Llama as a causal-lm BenchModel, and two windows of 12 ids."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
                                          num_attention_heads=4, num_key_value_heads=2, vocab_size=300)).eval()
-    bm = BenchModel("tiny-llama", model, "causal-lm")
     windows = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    return BenchModel("tiny-llama", model, "causal-lm"), windows
+
+
+def test_causal_section_perplexity_decode_and_failures_on_tiny_llama():
+    bm, windows = _tiny_llama()
     with torch.inference_mode(), dynamo_settings():
         out = causal_section(bm, select(NAMES), windows, new_tokens=4, runs=1, warmup=0, log=_quiet,
                              text_note="random ids")
@@ -65,13 +70,7 @@ def test_causal_section_perplexity_decode_and_failures_on_tiny_llama():
 
 def test_pt2e_static_on_a_causal_lm_calibrates_on_other_ids_and_runs_prefill_only():
     pytest.importorskip("torchao", reason="torchao is a bench dependency (make .venv/.bench-installed)")
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128,
-                                         num_attention_heads=4, num_key_value_heads=2, vocab_size=300)).eval()
-    bm = BenchModel("tiny-llama", model, "causal-lm")
-    windows = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    bm, windows = _tiny_llama()
     with torch.inference_mode(), dynamo_settings():
         out = causal_section(bm, select(["eager fp32", "pt2e x86 static"]), windows, new_tokens=3, runs=1, warmup=0,
                              log=_quiet, text_note="random ids", calibration_ids=torch.arange(100, 160))

@@ -17,21 +17,28 @@ def _mlp():
     return nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 256)).eval()
 
 
-@pytest.mark.parametrize("preset", [pytest.param("w4a16", marks=pytest.mark.slow), "w4/8a8", "w4a8",
-                                    pytest.param("w8a16", marks=pytest.mark.slow)])
-def test_two_modules_many_shapes_one_function(preset):
+def _two_modules_through_one_function(preset, shapes, order):
+    """One compiled function called with two modules (in ``order``) at each of ``shapes``; each
+    output checked against the module's eager one. Returns the compile reports it made."""
     torch.manual_seed(0)
-    a, b = _mlp(), _mlp()
+    mods = (_mlp(), _mlp())
     torch._dynamo.reset()
-    # smooth=False: module b would reuse module a's smoothing scale through the binding
+    # smooth=False: the second module would reuse the first one's smoothing scale through the binding
     f = torch.compile(lambda m, x: m(x), backend="zeroquant", options={"preset": preset, "smooth": False})
     before = len(zq_compile.recent_reports())
     with torch.inference_mode():
-        for m in (a, b):
-            for shape in ((3, 256), (5, 7, 256), (1, 256)):  # large M, then dynamic, then small M
+        for i in order:
+            for shape in shapes:
                 x = torch.randn(shape)
-                assert sqnr_db(m(x), f(m, x)) > FLOOR_DB[preset], (preset, shape)
-    reports = zq_compile.recent_reports()[before:]
+                assert sqnr_db(mods[i](x), f(mods[i], x)) > FLOOR_DB[preset], (preset, i, shape)
+    return zq_compile.recent_reports()[before:]
+
+
+@pytest.mark.parametrize("preset", [pytest.param("w4a16", marks=pytest.mark.slow), "w4/8a8", "w4a8",
+                                    pytest.param("w8a16", marks=pytest.mark.slow)])
+def test_two_modules_many_shapes_one_function(preset):
+    # large M, then dynamic, then small M
+    reports = _two_modules_through_one_function(preset, ((3, 256), (5, 7, 256), (1, 256)), order=(0, 1))
     assert sum(r.requantized for r in reports) >= 1  # module b went through binding.py
     assert all(len(r.quantized) == 2 for r in reports)
 
@@ -66,15 +73,7 @@ def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pai
                         lambda regime, bits, requested="auto": WoChoice(pick[regime], "test"))
     monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
                         lambda regime, gemm: W4A8Choice(pick[regime], "test"))
-    torch.manual_seed(0)
-    a, b = _mlp(), _mlp()
-    torch._dynamo.reset()
-    f = torch.compile(lambda m, x: m(x), backend="zeroquant", options={"preset": preset, "smooth": False})
-    before = len(zq_compile.recent_reports())
-    with torch.inference_mode():
-        for m in (a, b, a):
-            for shape in ((3, 256), (5, 7, 256), (1, 256), (9, 256)):
-                x = torch.randn(shape)
-                assert sqnr_db(m(x), f(m, x)) > FLOOR_DB[preset], (preset, pair, shape)
-    notes = " ".join(n for r in zq_compile.recent_reports()[before:] for n in r.notes)
+    reports = _two_modules_through_one_function(preset, ((3, 256), (5, 7, 256), (1, 256), (9, 256)),
+                                                order=(0, 1, 0))
+    notes = " ".join(n for r in reports for n in r.notes)
     assert f"small M: {pair[0]}" in notes and f"large M: {pair[1]}" in notes
