@@ -87,6 +87,8 @@ class Simulator:
         elif self.mode == "sqnr":
             yq = fake_linear(x, self._wq(key), bias, self.scales.get(key)).double()
             ref = y.double()
+            finite = torch.isfinite(x).all(dim=-1)  # tokens with NaN/Inf inputs: no error figure
+            ref, yq = ref[finite], yq[finite]
             e = self.errors.setdefault(key, [0.0, 0.0])
             e[0] += ref.pow(2).sum().item()
             e[1] += (ref - yq).pow(2).sum().item()
@@ -103,7 +105,8 @@ def model_sqnr(ref: list[list[torch.Tensor]], out: list[list[torch.Tensor]]) -> 
     signal = noise = 0.0
     for r_batch, o_batch in zip(ref, out):
         for r, o in zip(r_batch, o_batch):
-            r, o = r.double(), o.double()
+            finite = torch.isfinite(r)  # where float itself is NaN/Inf there is nothing to compare
+            r, o = r.double()[finite], o.double()[finite]
             signal += r.pow(2).sum().item()
             noise += (r - o).pow(2).sum().item()
     return _db(signal, noise)

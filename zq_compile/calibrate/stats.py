@@ -10,7 +10,6 @@ wrapper changes them. Entries die with their weight (weak keys).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,10 +40,21 @@ class AbsMax:
     rows: dict = field(default_factory=dict)
 
     def update(self, key, x: torch.Tensor) -> None:
-        m = x.detach().abs().reshape(-1, x.shape[-1]).amax(dim=0).float()
+        rows = finite_rows(x.detach().reshape(-1, x.shape[-1]))
+        self.rows[key] = self.rows.get(key, 0) + rows.shape[0]
+        if rows.shape[0] == 0:
+            return
+        m = rows.abs().amax(dim=0).float()
         old = self.values.get(key)
         self.values[key] = m if old is None else torch.maximum(old, m)
-        self.rows[key] = self.rows.get(key, 0) + math.prod(x.shape[:-1])
+
+
+def finite_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The rows (tokens) of ``rows`` [M, K] without NaN or Inf. A first call's inputs may hold
+    such rows (padding garbage, a diverged sample): they stay confined to their rows at run time,
+    so they must not set a channel's max |X| or an error figure for every other token."""
+    ok = torch.isfinite(rows).all(dim=-1)
+    return rows if bool(ok.all()) else rows[ok]
 
 
 def remember(weight: torch.Tensor, entry: LinearCalibration) -> None:
