@@ -47,6 +47,7 @@ ACTIVATIONS = {
     "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), "gelu_tanh"),
     "gelu_new_written_out": (written_out_gelu_tanh, "gelu_tanh"),
     "silu": (F.silu, "silu"),
+    "tanh": (torch.tanh, "tanh"),
     # no epilogue form: must run unfused, with the reason
     "relu": (F.relu, None),
     "mish": (F.mish, None),
@@ -89,7 +90,7 @@ def _block(norm="layer", act="gelu_erf", dtype=torch.float32, side=False):
 
 
 @pytest.mark.parametrize("norm", list(NORMS))
-@pytest.mark.parametrize("act", ["gelu_erf", "gelu_tanh", "gelu_new_written_out", "silu"])
+@pytest.mark.parametrize("act", ["gelu_erf", "gelu_tanh", "gelu_new_written_out", "silu", "tanh"])
 def test_block_runs_three_fused_kernels_and_matches_the_unfused_graph(norm, act):
     m, x = _block(norm, act)
     out, code, report = _compile(m, x)

@@ -46,7 +46,7 @@ def test_matches_reference(m, k, n, groups, w_bits, symmetric, out_dtype):
     _compare(_problem(m, k, n, groups, w_bits, symmetric, out_dtype), out_dtype=out_dtype, w_bits=w_bits)
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu", "tanh"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 @pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
 def test_epilogue_features(activation, residual, bias):

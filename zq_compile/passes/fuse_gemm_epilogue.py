@@ -6,7 +6,7 @@ GEMM's epilogue can do more (``codegen/triton/epilogue.py``), so this pass moves
 
 Before (r: any tensor of the output's shape and dtype; ~ : views / reshapes keeping the last dim,
 contiguous, dropout in eval mode, in any number; act: gelu (erf or tanh, also GPT-2's written-out
-tanh form) or silu):
+tanh form), silu, or tanh (BERT's pooler)):
 
     x_q ─► linear_w8a8 ─~─► act ─~─► add(·, r) ─~─► quantize_per_token ─► (q, s) ─► linear_w8a8 ...
 
@@ -50,7 +50,7 @@ MUL = {operator.mul, torch.mul, aten.mul.Tensor}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: Activations a model may apply that the epilogue has no form of: named in the fallback reason.
 OTHER_ACTIVATIONS = {"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "mish", "hardswish", "hardsigmoid",
-                     "sigmoid", "tanh", "softplus", "softsign", "hardtanh", "logsigmoid", "glu", "prelu"}
+                     "sigmoid", "softplus", "softsign", "hardtanh", "logsigmoid", "glu", "prelu"}
 
 
 def _name(node: fx.Node) -> str:
@@ -129,8 +129,11 @@ def _activation(node: fx.Node) -> tuple[str | None, fx.Node | None, str | None]:
             return None, None, "in-place silu"
         return "silu", user, None
     name = _name(user).rstrip("_")
+    if user.op in ("call_function", "call_method") and name == "tanh" and user.args[0] is node and \
+            len(user.args) == 1 and not user.kwargs:
+        return "tanh", user, None
     if user.op in ("call_function", "call_method") and name in OTHER_ACTIVATIONS:
-        return None, None, f"activation {name!r} has no epilogue form (none, gelu erf/tanh, silu)"
+        return None, None, f"activation {name!r} has no epilogue form (none, gelu erf/tanh, silu, tanh)"
     return None, None, None
 
 

@@ -8,7 +8,8 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
                                                           sum_k x (w - z) = acc - z * sum_k x
     y = y * s_x[m]                                        HAS_X_SCALE: per-token activation scale
     y = y + bias[n]                                       HAS_BIAS
-    y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu
+    y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu,
+                                                          tanh (BERT's pooler)
     y = y + residual[m, n]                                HAS_RESIDUAL
     out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
     REQUANT: also atomic-max |out[m, :]| (as IEEE bits) into absmax[m]; ``quantize.py`` then turns
@@ -31,7 +32,16 @@ import triton.language as tl
 
 from zq_compile.codegen.triton.common import abs_bits
 
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "tanh")
+
+
+@triton.jit
+def _tanh(u):
+    # from exp (tl.math has no tanh that the interpreter also runs):
+    # tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1], which cannot overflow.
+    e = tl.exp(-2.0 * tl.abs(u))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(u < 0.0, -t, t)
 
 
 @triton.jit
@@ -39,12 +49,9 @@ def activation(y, ACTIVATION: tl.constexpr):
     if ACTIVATION == "gelu_erf":
         y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     elif ACTIVATION == "gelu_tanh":
-        # tanh from exp (tl.math has no tanh that the interpreter also runs):
-        # tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1], which cannot overflow.
-        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        e = tl.exp(-2.0 * tl.abs(u))
-        t = (1.0 - e) / (1.0 + e)
-        y = 0.5 * y * (1.0 + tl.where(u < 0.0, -t, t))
+        y = 0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
+    elif ACTIVATION == "tanh":
+        y = _tanh(y)
     elif ACTIVATION == "silu":
         y = y * tl.sigmoid(y)
     return y
@@ -95,6 +102,8 @@ def activation_ref(y: torch.Tensor, name: str) -> torch.Tensor:
         return F.gelu(y, approximate="tanh")
     if name == "silu":
         return F.silu(y)
+    if name == "tanh":
+        return torch.tanh(y)
     raise ValueError(f"activation={name!r} is not valid; allowed: {', '.join(ACTIVATIONS)}")
 
 
