@@ -130,7 +130,7 @@ def test_norm_read_elsewhere_also_writes_its_float_output():
     m, x = _block(side=True)
     out, code, report = _compile(m, x)
     unfused, _, _ = _compile(m, x, disable_passes=FUSION_PASSES)
-    FileCheck().check("zq.triton_norm_quantize.default(").check_same("True)").run(code)
+    FileCheck().check("zq.triton_norm_quantize.default(").check_same("False, True, quant_scale=None)").run(code)
     assert report.fusions["layer_norm_quantize+float"] == 1
     assert sqnr_db(unfused, out) > 60
 
@@ -205,3 +205,16 @@ def test_cpu_target_is_not_touched_by_the_fusion_passes():
     torch._dynamo.reset()
     assert report.pass_counts["fuse_gemm_epilogue"] == 0 and report.pass_counts["fuse_norm_quantize"] == 0
     assert not report.fusions and not report.fusion_fallbacks
+
+
+def test_smoothing_scale_between_norm_and_quantize_goes_into_the_norm_kernel():
+    """With the norm's output also read elsewhere, smooth_outliers cannot fold 1/s into the
+    norm's weight: it multiplies before the quantize, and the kernel takes that as quant_scale."""
+    m, x = _block(side=True)
+    smooth = {"smooth": {"alpha": 0.5}}
+    out, code, report = _compile(m, x, **smooth)
+    unfused, _, plain = _compile(m, x, disable_passes=FUSION_PASSES, **smooth)
+    assert plain.pass_counts["smooth_outliers"] > 0
+    assert report.fusions["layer_norm_quantize+float+smoothed"] == 1
+    FileCheck().check("zq.triton_norm_quantize.default(").check_same("True, arg").run(code)
+    assert sqnr_db(unfused, out) > 60

@@ -6,22 +6,26 @@ Before (~ : views / reshapes keeping the last dim, contiguous, eval dropout; the
 ``F.layer_norm``, ``F.rms_norm``, or Hugging Face's written-out RMSNorm with its casts:
 x.to(f32) ─► pow(2) ─► mean(-1, keepdim) ─► + eps ─► rsqrt ─► mul ─► .to(dtype) ─► weight * ·):
 
-    x ─► norm(x, w, b, eps) ──~──► quantize_per_token ─► (q, s) ─► linear_w8a8 ...
+    x ─► norm(x, w, b, eps) ──~──► [mul(·, 1/s)] ─► quantize_per_token ─► (q, s) ─► linear_w8a8 ...
                             └────► other readers (a residual branch), if any
 
 After:
 
-    x ─► triton_norm_quantize(x, w, b, eps, rms, emit_float) ─► (q, s, y)
+    x ─► triton_norm_quantize(x, w, b, eps, rms, emit_float, quant_scale=1/s or None) ─► (q, s, y)
                                   (q, s) ─► linear_w8a8 ...
                                   y ─► other readers      (emit_float=True only if there are any)
 
 A residual add before the norm stays a separate op (the kernel reads one input); on BERT- and
 GPT-style blocks ``fuse_gemm_epilogue`` has already put it into the GEMM that produces it.
 
-Left unfused, with the reason in ``report.fusion_fallbacks``: a smoothing multiply
-(``smooth_outliers``) between norm and quantize when the float output is read elsewhere too
-(the kernel quantizes what it writes); norms over more than the last dimension; rows wider
-than 16384; non-float inputs; intermediates of a written-out norm read elsewhere.
+A smoothing multiply (``smooth_outliers``: x * 1/s per feature) between norm and quantize, where
+it could not be folded into the norm's weight (the float output has other readers, or a reshape
+sits between), goes into the kernel as its ``quant_scale``: applied to what is quantized, not to
+the float output it writes.
+
+Left unfused, with the reason in ``report.fusion_fallbacks``: norms over more than the last
+dimension; rows wider than 16384; non-float inputs; intermediates of a written-out norm read
+elsewhere; a smoothing scale that is not one value per feature.
 Returns the number of norms fused.
 """
 
@@ -162,25 +166,35 @@ def match_norm(node: fx.Node) -> tuple[Norm | None, str | None]:
 
 
 def _source(quantize: fx.Node) -> tuple[fx.Node, list[fx.Node], fx.Node | None]:
-    """Walk back from the quantize's input through relabels: (node reached, relabels walked,
-    a smoothing multiply met on the way)."""
+    """Walk back from the quantize's input through relabels and at most one smoothing multiply:
+    (node reached, nodes walked in order, the smoothing multiply or None)."""
     node, walked, smooth = quantize.args[0], [], None
     while True:
         if is_relabel(node):
             walked.append(node)
             node = node.args[0]
-        elif smooth is None and node.op == "call_function" and node.target in MUL and len(node.args) == 2 and \
-                any(isinstance(a, fx.Node) and a.op == "placeholder" and a.name.endswith("inv_smooth")
-                    for a in node.args):
+        elif smooth is None and _is_smoothing(node):
             smooth = node
-            node = next(a for a in node.args if not (isinstance(a, fx.Node) and a.name.endswith("inv_smooth")))
+            walked.append(node)
+            node = next(a for a in node.args if not _is_inv_smooth(a))
         else:
             return node, walked, smooth
 
 
+def _is_inv_smooth(a) -> bool:
+    # smooth_outliers' 1/s constant (its name is part of that pass's contract with this one)
+    return isinstance(a, fx.Node) and a.op == "placeholder" and a.name.endswith("inv_smooth")
+
+
+def _is_smoothing(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in MUL and len(node.args) == 2 and \
+        sum(map(_is_inv_smooth, node.args)) == 1 and all(isinstance(a, fx.Node) for a in node.args)
+
+
 def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
-    source, relabels, smooth = _source(quantize)
+    source, walked, smooth = _source(quantize)
+    relabels = [n for n in walked if n is not smooth]
     norm, why = match_norm(source)
     if norm is None:
         if why:
@@ -188,12 +202,22 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
         return False
     where = module_path(norm.out) or norm.out.name
     # what reads the norm's output besides the path to this quantize
-    path = set(relabels) | {quantize} | ({smooth} if smooth is not None else set())
-    others = [u for n in [norm.out, *relabels] for u in n.users if u not in path]
-    if smooth is not None:
-        record_fallback(ctx, NAME, where, "a smoothing multiply (smooth_outliers, not folded into the norm) "
-                        "sits between norm and quantize")
+    path = set(walked) | {quantize}
+    cut = walked.index(smooth) + 1 if smooth is not None else 0
+    if any(u not in path for n in walked[:cut] for u in n.users):
+        record_fallback(ctx, NAME, where, "the smoothed activation is read by other ops than the quantize")
         return False
+    # readers of the unsmoothed float output: the kernel writes it for them
+    others = [u for n in [norm.out, *walked[cut:]] for u in n.users if u not in path]
+    quant_scale = None
+    if smooth is not None:
+        # the kernel multiplies what it quantizes (not what it writes) by 1/s, as the graph did
+        quant_scale = next(a for a in smooth.args if _is_inv_smooth(a))
+        s_val, x_val = fake_value(quant_scale), fake_value(norm.x)
+        if s_val is None or tuple(s_val.shape) != (x_val.shape[-1],) or s_val.dtype != x_val.dtype:
+            record_fallback(ctx, NAME, where, "the smoothing scale between norm and quantize is not one value "
+                            "per feature in the activation's dtype")
+            return False
     q_shape = static_shape(quantize.args[0])
     if relabels and q_shape is None:
         record_fallback(ctx, NAME, where, "symbolic sizes in the reshape between norm and quantize")
@@ -201,7 +225,7 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
     emit_float = bool(others)
     with graph.inserting_before(norm.out):
         fused = graph.call_function(ops.triton_norm_quantize.default,
-                                    (norm.x, norm.weight, norm.bias, norm.eps, norm.rms, emit_float))
+                                    (norm.x, norm.weight, norm.bias, norm.eps, norm.rms, emit_float, quant_scale))
         annotate(fused, ctx.fake_mode)
         q, s, y = (graph.call_function(operator.getitem, (fused, i)) for i in range(3))
         for n in (q, s, y):
@@ -217,7 +241,7 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
         g.replace_all_uses_with(q if g.args[1] == 0 else s)
         graph.erase_node(g)
     graph.erase_node(quantize)
-    for n in relabels:  # from the quantize back towards the norm
+    for n in walked:  # from the quantize back towards the norm
         if not n.users:
             graph.erase_node(n)
     if emit_float:
@@ -226,7 +250,7 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
         graph.erase_node(y)
     for n in reversed(norm.nodes):
         graph.erase_node(n)
-    kind = "norm_quantize" + ("+float" if emit_float else "")
+    kind = "norm_quantize" + ("+float" if emit_float else "") + ("+smoothed" if quant_scale is not None else "")
     record_fusion(ctx, f"{'rms' if norm.rms else 'layer'}_{kind}", [])
     record_fusion(ctx, "input:norm_quantize", consumers, count=False)
     return True

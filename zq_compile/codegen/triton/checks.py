@@ -125,20 +125,24 @@ def row_specs(full: bool = False) -> list[Spec]:
                               warps, 3))
     n_widths = (768, 4096, 8192, 16384) if not full else (64, 768, 1024, 2048, 4096, 5120, 8192, 16384)
     for n in n_widths:
-        bm, bn, warps = norm_launch(n)
         # (rms, dtype, affine, emit_y): the fusion pass emits LayerNorm with and without its
         # float output (post-norm BERT / pre-norm GPT-2), without affine parameters, and RMSNorm
         for rms, dtype, affine, emit in ([(False, "bf16", True, True), (False, "fp32", True, False),
-                                          (False, "fp32", False, True), (True, "fp32", True, False)] if not full else
+                                          (False, "fp32", False, True), (True, "fp32", True, False),
+                                          (False, "fp32", True, True)] if not full else
                                          [(False, "bf16", True, True), (True, "fp16", True, True),
                                           (False, "fp32", True, True), (False, "fp32", True, False),
                                           (False, "fp32", False, True), (True, "fp32", True, False)]):
-            sig = {"x_ptr": DTYPE[dtype], "w_ptr": DTYPE[dtype], "b_ptr": DTYPE[dtype], "y_ptr": DTYPE[dtype],
-                   "q_ptr": "*i8", "scale_ptr": "*fp32", "M": "i32", "N": "i32", "eps": "fp32",
+            bm, bn, warps = norm_launch(n, rms, emit)
+            sig = {"x_ptr": DTYPE[dtype], "w_ptr": DTYPE[dtype], "b_ptr": DTYPE[dtype], "c_ptr": DTYPE[dtype],
+                   "y_ptr": DTYPE[dtype], "q_ptr": "*i8", "scale_ptr": "*fp32", "M": "i32", "N": "i32", "eps": "fp32",
                    "stride_xm": "i32", "stride_ym": "i32", "stride_qm": "i32"}
-            ce = {"RMS": rms, "HAS_WEIGHT": affine, "HAS_BIAS": affine and not rms, "EMIT_Y": emit, "QMAX": 127,
-                  "BLOCK_M": bm, "BLOCK_N": bn}
-            variant = f"{'rms' if rms else 'ln'}-{dtype}" + ("" if affine else "-noaffine") + ("" if emit else "-noemit")
+            # smoothing's quantize-only scale rides on the post-norm variant that also writes y
+            qscale = not rms and affine and emit and dtype == "fp32"
+            ce = {"RMS": rms, "HAS_WEIGHT": affine, "HAS_BIAS": affine and not rms, "HAS_QSCALE": qscale,
+                  "EMIT_Y": emit, "QMAX": 127, "BLOCK_M": bm, "BLOCK_N": bn}
+            variant = f"{'rms' if rms else 'ln'}-{dtype}" + ("" if affine else "-noaffine") + \
+                ("" if emit else "-noemit") + ("-qscale" if qscale else "")
             specs.append(Spec("norm_quantize", variant, f"N{n}-{bm}x{bn}-w{warps}",
                               sig, ce, tuple(a for a in sig if a.endswith("_ptr") or a.startswith("stride") or a == "N"),
                               warps, 1))

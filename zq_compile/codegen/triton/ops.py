@@ -10,7 +10,7 @@ is decided when this module is first imported, like Triton's own choice of inter
 Every op takes activations with any leading dims ([..., K]) and returns [..., N].
 
     triton_quantize_per_token(x) -> (q int8, scale fp32 [..., 1])
-    triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float) -> (q, scale, y or empty)
+    triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float, quant_scale?) -> (q, scale, y or empty)
     triton_linear_a8(x_q, x_scale, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits,
                      activation) -> y
     triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation) -> (q, scale)
@@ -51,14 +51,14 @@ def _quantize_per_token_fake(x):
 
 
 def _norm_quantize(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, rms: bool,
-                   emit_float: bool) -> tuple[Tensor, Tensor, Tensor]:
+                   emit_float: bool, quant_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     q, s, y = norm_quantize.norm_quantize(_rows(x), weight, bias, eps, rms=rms, emit_float=emit_float,
-                                          launch=_launcher())
+                                          quant_scale=quant_scale, launch=_launcher())
     y = y.reshape(x.shape) if y is not None else x.new_empty((0,))
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1), y
 
 
-def _norm_quantize_fake(x, weight, bias, eps, rms, emit_float):
+def _norm_quantize_fake(x, weight, bias, eps, rms, emit_float, quant_scale=None):
     y = torch.empty_like(x) if emit_float else x.new_empty((0,))
     return torch.empty_like(x, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32), y
 
