@@ -207,14 +207,18 @@ def test_cpu_target_is_not_touched_by_the_fusion_passes():
     assert not report.fusions and not report.fusion_fallbacks
 
 
-def test_smoothing_scale_between_norm_and_quantize_goes_into_the_norm_kernel():
+def test_smoothing_scales_go_into_the_norm_kernel_and_the_requantizing_epilogue():
     """With the norm's output also read elsewhere, smooth_outliers cannot fold 1/s into the
-    norm's weight: it multiplies before the quantize, and the kernel takes that as quant_scale."""
+    norm's weight: it multiplies before the quantize, and the kernel takes that as quant_scale;
+    the down projection's 1/s multiplies the GeLU output, and the up GEMM's epilogue takes it."""
     m, x = _block(side=True)
     smooth = {"smooth": {"alpha": 0.5}}
     out, code, report = _compile(m, x, **smooth)
     unfused, _, plain = _compile(m, x, disable_passes=FUSION_PASSES, **smooth)
     assert plain.pass_counts["smooth_outliers"] > 0
     assert report.fusions["layer_norm_quantize+float+smoothed"] == 1
-    FileCheck().check("zq.triton_norm_quantize.default(").check_same("True, arg").run(code)
+    assert report.fusions["gemm+requant_smoothed"] == 1 and not report.fusion_fallbacks
+    FileCheck().check("zq.triton_norm_quantize.default(").check_same("True, arg") \
+        .check("zq.triton_linear_a8_requant.default(").check_same("'gelu_erf', arg").run(code)
+    assert "triton_quantize_per_token" not in code  # (the side branch's add is Inductor's)
     assert sqnr_db(unfused, out) > 60

@@ -69,6 +69,28 @@ def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtyp
     assert (q.int() - ref_q.int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_out_scale_scales_the_requantized_rows(out_dtype):
+    """A smoothed next linear's 1/s (passes/fuse_gemm_epilogue.py): q and scale are the quantize
+    of the float output times out_scale, rounded to the output dtype as the graph's multiply was.
+    (bf16 is left out: the interpreter's fp32 -> bf16 conversion need not round as torch's.)"""
+    args = _problem(67, 67, 48, 3, 8, True, out_dtype, residual=True)
+    c = (torch.rand(48, generator=generator("c", str(out_dtype))) * 4 + 0.1).to(out_dtype)
+    kw = dict(out_dtype=out_dtype, activation="gelu_erf")
+    q, s = gemm_a8.gemm_a8(*args, requant=True, out_scale=c, **kw)
+    y = gemm_a8.gemm_a8(*args, **kw)
+    own_q, own_s = quantize_per_token_ref((y.float() * c.float()).to(out_dtype))
+    assert torch.equal(q, own_q) and torch.equal(s, own_s)
+    ref_q, _ = gemm_a8.reference(*args, requant=True, out_scale=c, **kw)
+    assert (q.int() - ref_q.int()).abs().max() <= 1
+
+
+def test_out_scale_needs_requant():
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    with pytest.raises(ValueError, match="requant"):
+        gemm_a8.gemm_a8(*args, out_dtype=torch.float32, out_scale=torch.ones(48))
+
+
 def test_zero_and_nan_activation_rows():
     g = generator("rows")
     x = special_rows(torch.randn(5, 67, generator=g))

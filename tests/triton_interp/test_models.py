@@ -31,6 +31,10 @@ def test_tiny_model_through_triton_matches_cpu_target(kind):
     assert sum(len(r.decisions) for r in reports) == linear_module_count(m)
     # the rest are kept float by the accuracy policy (keep_float="auto": lm_head at least)
     assert all(d.reason.startswith("kept float") for r in reports for d in r.skipped)
+    # smoothing on (the default): its 1/s goes into the norm kernel or the requantizing epilogue
+    assert all(d.fused for r in reports for d in r.quantized), [d.module for r in reports for d in r.quantized
+                                                                if not d.fused]
+    assert not [f for r in reports for f in r.fusion_fallbacks if "smooth" in f]
     assert not torch.isnan(out).any()
     # Both targets run the same int8 numerics (exact int32 GEMMs, same epilogue order): the
     # outputs agree far beyond the quantization error, which is what the SQNR vs fp32 measures.

@@ -8,21 +8,21 @@ Before (r: any tensor of the output's shape and dtype; ~ : views / reshapes keep
 contiguous, dropout in eval mode, in any number; act: gelu (erf or tanh, also GPT-2's written-out
 tanh form), silu, or tanh (BERT's pooler)):
 
-    x_q ─► linear_w8a8 ─~─► act ─~─► add(·, r) ─~─► quantize_per_token ─► (q, s) ─► linear_w8a8 ...
+    x_q ─► linear_w8a8 ─~─► act ─~─► add(·, r) ─~─► [mul(·, 1/s)] ─► quantize_per_token ─► (q, s) ─► ...
 
 After (each of act, residual and requantize only where it was there before):
 
-    x_q ─► triton_linear_a8_requant(·, bias, residual=r, activation=act) ─► (q, s) ─► linear_w8a8 ...
+    x_q ─► triton_linear_a8_requant(·, bias, residual=r, activation=act, out_scale=1/s) ─► (q, s) ─► ...
     x_q ─► triton_linear_a8(·, bias, residual=r, activation=act) ─► y           (other readers)
 
 Requantize is chosen only when every reader of the result is a quantized linear (through one
-zq.quantize_per_token): nobody needs the float result. A linear with nothing to fuse keeps its
-zq.linear_w8a8 node (the kernel's plain lowering).
+zq.quantize_per_token): nobody needs the float result. A smoothing multiply by the next linear's
+1/s (``smooth_outliers``) before that quantize goes into the epilogue too (``out_scale``). A
+linear with nothing to fuse keeps its zq.linear_w8a8 node (the kernel's plain lowering).
 
 Left unfused, with the reason in ``report.fusion_fallbacks``: activations the epilogue has no form
-of (relu, ...), residuals that broadcast or change dtype, a smoothing multiply
-(``smooth_outliers``) between the result and the next quantize, sizes that are symbolic where a
-reshape must be rebuilt. Returns the number of linears whose epilogue grew.
+of (relu, ...), residuals that broadcast or change dtype, a smoothing scale that is not one value
+per feature, sizes that are symbolic where a reshape must be rebuilt. Returns the number of linears whose epilogue grew.
 """
 
 from __future__ import annotations
@@ -158,23 +158,35 @@ def _residual(ctx, node: fx.Node, out_dtype) -> tuple[fx.Node | None, fx.Node | 
     return other, user, None
 
 
-def _requant_target(node: fx.Node) -> tuple[fx.Node | None, str | None]:
-    """The zq.quantize_per_token that alone reads ``node`` (through relabels) and feeds only
-    quantized linears, or None and why not (None, None: nothing of the kind there)."""
+def _requant_target(node: fx.Node, out_dtype) -> tuple[fx.Node | None, fx.Node | None, str | None]:
+    """(the zq.quantize_per_token that alone reads ``node`` through relabels and feeds only
+    quantized linears, the smoothing 1/s met on the way or None, why not); (None, None, None):
+    nothing of the kind there."""
     end, _ = follow_relabels(node)
     if len(end.users) != 1:
-        return None, None
+        return None, None, None
     (user,) = end.users
-    if user.op == "call_function" and user.target in MUL and any(
-            isinstance(a, fx.Node) and a.op == "placeholder" for a in user.args):
-        return None, "a smoothing multiply (smooth_outliers) sits between the result and its quantize"
+    inv_s = None
+    if user.op == "call_function" and user.target in MUL and len(user.args) == 2 and \
+            any(_is_inv_smooth(a) for a in user.args) and end in user.args and len(user.users) == 1:
+        # smooth_outliers' x * 1/s before the next linear's quantize: the epilogue applies it
+        inv_s = next(a for a in user.args if _is_inv_smooth(a))
+        s_val, y_val = fake_value(inv_s), fake_value(end)
+        if s_val is None or tuple(s_val.shape) != (y_val.shape[-1],) or s_val.dtype != out_dtype:
+            return None, None, "the smoothing scale before the quantize is not one value per feature"
+        (user,) = user.users
     if not (user.op == "call_function" and user.target is QUANTIZE and user.args[1] == 8):
-        return None, None
+        return None, None, None
     readers = [r for g in user.users for r in g.users]
     if not all(g.target is operator.getitem for g in user.users) or not readers or \
             not all(r.op == "call_function" and r.target is LINEAR for r in readers):
-        return None, "the quantized result is read by other ops than quantized linears"
-    return user, None
+        return None, None, "the quantized result is read by other ops than quantized linears"
+    return user, inv_s, None
+
+
+def _is_inv_smooth(a) -> bool:
+    # smooth_outliers' 1/s constant (its name is part of that pass's contract with this one)
+    return isinstance(a, fx.Node) and a.op == "placeholder" and a.name.endswith("inv_smooth")
 
 
 def _reshaped(graph, ctx, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:
@@ -209,7 +221,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     if add_node is not None:
         end = add_node
     last = end  # the last node the fused kernel computes
-    quantize, why = _requant_target(last)
+    quantize, inv_s, why = _requant_target(last, out_dtype)
     if why:
         record_fallback(ctx, NAME, where, f"not requantized: {why}")
     if act is None and residual is None and quantize is None:
@@ -233,7 +245,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
             annotate(fused, ctx.fake_mode)
             last.replace_all_uses_with(_reshaped(graph, ctx, fused, out_shape) if out_shape else fused)
         else:
-            fused = graph.call_function(ops.triton_linear_a8_requant.default, args)
+            fused = graph.call_function(ops.triton_linear_a8_requant.default, (*args, inv_s))
             annotate(fused, ctx.fake_mode)
             q_shape = static_shape(quantize.args[0])
             q, s = (graph.call_function(operator.getitem, (fused, i)) for i in (0, 1))
@@ -250,7 +262,8 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
             graph.erase_node(quantize)
     carry_decision(ctx, linear, fused)
     _erase_dead(graph, last if quantize is None else tail, linear)
-    kinds = [k for k, on in ((act, act), ("residual", residual is not None), ("requant", quantize is not None)) if on]
+    kinds = [k for k, on in ((act, act), ("residual", residual is not None), ("requant", quantize is not None),
+                             ("requant_smoothed", inv_s is not None)) if on]
     for kind in kinds:
         record_fusion(ctx, f"gemm+{kind}", [fused])
     if quantize is not None:

@@ -31,6 +31,9 @@ FUSED_EPILOGUES = {
                                                      HAS_RESIDUAL=False, REQUANT=requant)
        for act in ("gelu_erf", "gelu_tanh", "silu", "tanh") for requant in (False, True)},
     "residual": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=True, REQUANT=False),
+    # requantized for a smoothed next linear: its 1/s multiplies the stored rows
+    "gelu_erf-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
+                                      REQUANT=True, HAS_OUT_SCALE=True),
 }
 
 
@@ -80,8 +83,9 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     ce = {"stride_xk": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1, "M_BUCKET": 0,
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
-        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32")
+        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out])
         ce.setdefault("REQUANT", epilogue == "all")
+        ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
         cores = "int8"
     else:
         sig.update(x_ptr=DTYPE[act_dtype])

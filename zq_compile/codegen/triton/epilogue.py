@@ -12,6 +12,9 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
                                                           tanh (BERT's pooler)
     y = y + residual[m, n]                                HAS_RESIDUAL
     out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
+    out[m, n] = out[m, n] * c[n] in out's dtype           HAS_OUT_SCALE: outlier smoothing's 1/s of the
+                                                          linear that reads out (only with REQUANT:
+                                                          nothing else reads the stored rows)
     REQUANT: also atomic-max |out[m, :]| (as IEEE bits) into absmax[m]; ``quantize.py`` then turns
              the float rows into int8 + per-token scales in one read, without a second absmax pass.
 
@@ -60,11 +63,11 @@ def activation(y, ACTIVATION: tl.constexpr):
 @triton.jit
 def gemm_epilogue(
     acc, x_sum, offs_m, offs_n,
-    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr,
     M, N, GROUP_N,
     stride_rm, stride_rn, stride_om, stride_on,
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
 ):
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -85,6 +88,10 @@ def gemm_epilogue(
         res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
         y = y + res.to(tl.float32)
     y_out = y.to(out_ptr.dtype.element_ty)
+    if HAS_OUT_SCALE:
+        # rounded twice, as the graph's multiply of the rounded output would be
+        c = tl.load(c_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        y_out = (y_out.to(tl.float32) * c[None, :]).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + m64[:, None] * stride_om + offs_n[None, :] * stride_on, y_out, mask=mask)
     if REQUANT:
         bits = tl.where(mask, abs_bits(y_out.to(tl.float32)), 0)
@@ -107,12 +114,14 @@ def activation_ref(y: torch.Tensor, name: str) -> torch.Tensor:
     raise ValueError(f"activation={name!r} is not valid; allowed: {', '.join(ACTIVATIONS)}")
 
 
-def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype) -> torch.Tensor:
+def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype,
+               out_scale: torch.Tensor | None = None) -> torch.Tensor:
     """fp32 y after scales and bias -> activation, residual, output dtype (as the kernel does)."""
     y = activation_ref(y, activation)
     if residual is not None:
         y = y + residual.float()
-    return y.to(out_dtype)
+    y = y.to(out_dtype)
+    return y if out_scale is None else (y.float() * out_scale.float()).to(out_dtype)
 
 
 def check_epilogue_args(m: int, n: int, bias, residual, activation: str, out_dtype) -> None:

@@ -13,7 +13,7 @@ Every op takes activations with any leading dims ([..., K]) and returns [..., N]
     triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float, quant_scale?) -> (q, scale, y or empty)
     triton_linear_a8(x_q, x_scale, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits,
                      activation) -> y
-    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation) -> (q, scale)
+    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation, out_scale?) -> (q, scale)
     triton_linear_a16(x, w_q, w_scale, w_zero?, bias?, residual?, w_bits, activation) -> y
 """
 
@@ -78,15 +78,16 @@ def _linear_a8_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, out_dtyp
 
 def _linear_a8_requant(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None,
                        bias: Tensor | None, residual: Tensor | None, float_dtype: torch.dtype, w_bits: int,
-                       activation: str) -> tuple[Tensor, Tensor]:
+                       activation: str, out_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
     q, s = gemm_a8.gemm_a8(_rows(x_q), x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
                            None if residual is None else _rows(residual), out_dtype=float_dtype, w_bits=w_bits,
-                           activation=activation, requant=True, launch=_launcher())
+                           activation=activation, requant=True, out_scale=out_scale, launch=_launcher())
     lead = x_q.shape[:-1]
     return q.reshape(*lead, w_q.shape[0]), s.reshape(*lead, 1)
 
 
-def _linear_a8_requant_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, float_dtype, w_bits, activation):
+def _linear_a8_requant_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, float_dtype, w_bits, activation,
+                            out_scale=None):
     lead = x_q.shape[:-1]
     return (x_q.new_empty((*lead, w_q.shape[0]), dtype=torch.int8),
             x_q.new_empty((*lead, 1), dtype=torch.float32))
