@@ -13,7 +13,7 @@ from torch.testing import FileCheck
 from zq_compile import recent_reports
 from zq_compile.metrics import sqnr_db
 
-FUSION_PASSES = ("fuse_gemm_epilogue", "fuse_norm_quantize")
+FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize")
 
 
 class WrittenOutRMSNorm(torch.nn.Module):
@@ -135,7 +135,7 @@ def test_norm_read_elsewhere_also_writes_its_float_output():
     assert sqnr_db(unfused, out) > 60
 
 
-@pytest.mark.parametrize("disabled", FUSION_PASSES)
+@pytest.mark.parametrize("disabled", ["fuse_gemm_epilogue", "fuse_norm_quantize"])  # fuse_swiglu: below
 def test_each_fusion_pass_switches_off_by_name(disabled):
     m, x = _block()
     out, code, report = _compile(m, x, disable_passes=(disabled,))
@@ -222,3 +222,47 @@ def test_smoothing_scales_go_into_the_norm_kernel_and_the_requantizing_epilogue(
         .check("zq.triton_linear_a8_requant.default(").check_same("'gelu_erf', arg").run(code)
     assert "triton_quantize_per_token" not in code  # (the side branch's add is Inductor's)
     assert sqnr_db(unfused, out) > 60
+
+
+class SwiGLU(torch.nn.Module):
+    """A Llama MLP block: x + down(SiLU(gate(rms(x))) * up(rms(x)))."""
+
+    def __init__(self, d=64, hidden=96):
+        super().__init__()
+        self.norm = WrittenOutRMSNorm(d)
+        self.gate = torch.nn.Linear(d, hidden, bias=False)
+        self.up = torch.nn.Linear(d, hidden, bias=False)
+        self.down = torch.nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+@pytest.mark.parametrize("smooth", [False, {"alpha": 0.5}], ids=["plain", "smoothed"])
+def test_swiglu_folds_into_the_gate_and_up_epilogues(smooth):
+    torch.manual_seed(0)
+    m = SwiGLU().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x, smooth=smooth)
+    unfused, _, _ = _compile(m, x, smooth=smooth, disable_passes=FUSION_PASSES)
+    # gate with SiLU, then up times it, requantized for down: no product or quantize kernel
+    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8.default(").check_same("'silu'") \
+        .check("zq.triton_linear_a8_requant.default(").check("zq.triton_linear_a8.default(").run(code)
+    assert "triton_quantize_per_token" not in code and "cpp_fused" not in code
+    assert report.fusions["swiglu"] == 1 and report.pass_counts["fuse_swiglu"] == 1
+    assert all(d.fused for d in report.quantized) and not report.fusion_fallbacks
+    assert sqnr_db(unfused, out) > 60
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25
+
+
+def test_swiglu_off_by_name_leaves_silu_in_the_gate_epilogue_only():
+    torch.manual_seed(0)
+    m = SwiGLU().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x, disable_passes=("fuse_swiglu",))
+    assert "swiglu" not in report.fusions and report.fusions["gemm+silu"] == 1
+    assert code.count("zq.triton_quantize_per_token.default(") == 1  # the product, for down
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25

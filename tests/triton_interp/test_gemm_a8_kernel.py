@@ -85,6 +85,22 @@ def test_out_scale_scales_the_requantized_rows(out_dtype):
     assert (q.int() - ref_q.int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("requant", [False, True], ids=["float", "requant"])
+def test_gate_multiplies_after_the_activation(requant):
+    """SwiGLU's up projection (passes/fuse_swiglu.py): y * gate, then requantized if asked."""
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    gate = torch.randn(13, 48, generator=generator("gate"))
+    kw = dict(out_dtype=torch.float32, gate=gate)
+    if requant:
+        q, s = gemm_a8.gemm_a8(*args, requant=True, **kw)
+        own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, **kw))
+        assert torch.equal(q, own_q) and torch.equal(s, own_s)
+    else:
+        _compare(args, **kw)
+        plain = gemm_a8.gemm_a8(*args, out_dtype=torch.float32)
+        torch.testing.assert_close(gemm_a8.gemm_a8(*args, **kw), plain * gate, rtol=1e-6, atol=1e-6)
+
+
 def test_out_scale_needs_requant():
     args = _problem(13, 67, 48, 3, 8, True, torch.float32)
     with pytest.raises(ValueError, match="requant"):

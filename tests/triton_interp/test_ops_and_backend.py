@@ -43,6 +43,8 @@ OPCHECKS = {
                                   (*_linear_args(), torch.bfloat16, 8, "silu")),
     "linear_a8_requant_out_scale": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
                                             (*_linear_args(), torch.float32, 8, "gelu_erf", torch.rand(48) + 0.5)),
+    "linear_a8_requant_gate": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
+                                       (*_linear_args(), torch.float32, 8, "none", None, torch.randn(2, 7, 48))),
     "linear_a16": lambda: (torch.ops.zq.triton_linear_a16.default,
                            (torch.randn(2, 3, 67, dtype=torch.float16), *_linear_args()[2:7], 8, "none")),
 }

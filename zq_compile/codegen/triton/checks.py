@@ -34,6 +34,9 @@ FUSED_EPILOGUES = {
     # requantized for a smoothed next linear: its 1/s multiplies the stored rows
     "gelu_erf-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
                                       REQUANT=True, HAS_OUT_SCALE=True),
+    # SwiGLU's up projection (passes/fuse_swiglu.py): times SiLU(gate), requantized for down
+    "swiglu-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                                    REQUANT=True, HAS_OUT_SCALE=True, HAS_GATE=True),
 }
 
 
@@ -83,9 +86,12 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     ce = {"stride_xk": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1, "M_BUCKET": 0,
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
-        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out])
+        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out], gate_ptr=DTYPE[out],
+                   stride_gm="i32")
+        ce["stride_gn"] = 1
         ce.setdefault("REQUANT", epilogue == "all")
         ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
+        ce.setdefault("HAS_GATE", epilogue == "all")
         cores = "int8"
     else:
         sig.update(x_ptr=DTYPE[act_dtype])

@@ -10,6 +10,8 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
     y = y + bias[n]                                       HAS_BIAS
     y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu,
                                                           tanh (BERT's pooler)
+    y = y * gate[m, n]                                    HAS_GATE: SwiGLU's SiLU(gate), computed by
+                                                          the gate GEMM (passes/fuse_swiglu.py)
     y = y + residual[m, n]                                HAS_RESIDUAL
     out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
     out[m, n] = out[m, n] * c[n] in out's dtype           HAS_OUT_SCALE: outlier smoothing's 1/s of the
@@ -63,11 +65,12 @@ def activation(y, ACTIVATION: tl.constexpr):
 @triton.jit
 def gemm_epilogue(
     acc, x_sum, offs_m, offs_n,
-    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr,
+    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
     M, N, GROUP_N,
-    stride_rm, stride_rn, stride_om, stride_on,
+    stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
+    HAS_GATE: tl.constexpr,
 ):
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -84,6 +87,9 @@ def gemm_epilogue(
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = activation(y, ACTIVATION)
     m64 = offs_m.to(tl.int64)
+    if HAS_GATE:
+        gate = tl.load(gate_ptr + m64[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=mask, other=0.0)
+        y = y * gate.to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
         y = y + res.to(tl.float32)
@@ -115,9 +121,11 @@ def activation_ref(y: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype,
-               out_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """fp32 y after scales and bias -> activation, residual, output dtype (as the kernel does)."""
+               out_scale: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 y after scales and bias -> activation, gate, residual, output dtype (as the kernel does)."""
     y = activation_ref(y, activation)
+    if gate is not None:
+        y = y * gate.float()
     if residual is not None:
         y = y + residual.float()
     y = y.to(out_dtype)
