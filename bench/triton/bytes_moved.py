@@ -37,7 +37,6 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton defines a kernel
 
 import torch  # noqa: E402
 import torch.fx as fx  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))

@@ -43,7 +43,6 @@ from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 NAME = "fuse_norm_quantize"
 aten = torch.ops.aten
 QUANTIZE = torch.ops.zq.quantize_per_token.default
-LINEAR = torch.ops.zq.linear_w8a8.default
 LAYER_NORM = {F.layer_norm, torch.layer_norm, aten.layer_norm.default}
 RMS_NORM = {getattr(F, "rms_norm", None), getattr(torch, "rms_norm", None)} - {None}
 MUL = {operator.mul, torch.mul, aten.mul.Tensor}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import operator
 
-import torch
 import torch.fx as fx
 
 from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
