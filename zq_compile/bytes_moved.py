@@ -57,6 +57,25 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
         n, k = node.args[2].meta["example_value"].shape
         out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4) if node.args[4] is None else 4
         total += m * k + n * k + m * n * out
+    total += _fused_triton_gemm_bytes(gm)
+    return total
+
+
+def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
+    """The GEMMs passes/fuse_gemm_epilogue.py emitted (target "triton"): activation and weight
+    read, the residual read, the output written in its dtype; a requantizing one writes its float
+    rows, reads them back and writes int8 (codegen/triton/gemm_a8.py)."""
+    if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
+        return 0
+    total = 0
+    for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
+        for node in gm.graph.find_nodes(op="call_function", target=target):
+            m = math.prod(_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
+            n, k = node.args[2].meta["example_value"].shape
+            out = node.args[7].itemsize
+            total += m * k + n * k + m * n * out * (1 if node.args[6] is None else 2)
+            if target is torch.ops.zq.triton_linear_a8_requant.default:
+                total += m * n * (out + 1)
     return total
 
 

@@ -31,6 +31,9 @@ class LinearDecision:
     float_bytes: int = 0
     quant_bytes: int = 0
     role: str = ""  # "attention" | "ffn" | "other", from the graph (schemes/policy.py)
+    #: what the Triton fusion passes fused into this linear's kernels ("gelu_erf", "residual",
+    #: "requant", "input:norm_quantize", ...); empty: the standalone quantize + GEMM
+    fused: list[str] = field(default_factory=list)
 
     @property
     def quantized(self) -> bool:
@@ -70,6 +73,10 @@ class CompileReport:
     requantized: int = 0
     #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run
     calibration: object = None
+    #: Triton fusions applied, per kind (passes/fuse_swiglu.py, fuse_gemm_epilogue.py, fuse_norm_quantize.py)
+    fusions: dict[str, int] = field(default_factory=dict)
+    #: "pass: where: why" for each fusion candidate left unfused
+    fusion_fallbacks: list[str] = field(default_factory=list)
     #: why Dynamo ended this graph early (a graph break: "reason (file:line)"), else None
     graph_break: str | None = None
 
@@ -120,7 +127,8 @@ class CompileReport:
         for d in self.decisions:
             what = d.scheme if d.quantized else "float"
             shape = "x".join(map(str, d.shape)) if d.shape else "?"
-            lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}")
+            fused = f"; fused: {', '.join(d.fused)}" if d.fused else ""
+            lines.append(f"  {what:6s} {d.module or '<top>'} [{d.op} {shape}] {d.reason}{fused}")
         for a in self.attention:
             lines.append(f"  {a.dtype:6s} {a.module or '<top>'} [attention] {a.reason}")
         if self.activations:
@@ -130,6 +138,9 @@ class CompileReport:
             lines.append(f"  bytes per forward: {self.bytes_text()}")
         for name, count in self.pass_counts.items():
             lines.append(f"  pass {name}: {count} rewrite(s)")
+        if self.fusions:
+            lines.append("  fusions: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.fusions.items())))
+        lines.extend(f"  not fused: {f}" for f in self.fusion_fallbacks)
         for name in self.disabled_passes:
             lines.append(f"  pass {name}: disabled by config")
         if self.requantized:

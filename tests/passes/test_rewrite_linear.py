@@ -182,8 +182,11 @@ def test_dump_graphs_writes_before_and_after(tmp_path):
     assert [n.split("_", 1)[1] for n in names] == [
         "00_calibrate_linears_after.py", "00_calibrate_linears_before.py", "01_smooth_outliers_after.py",
         "01_smooth_outliers_before.py", "02_rewrite_linear_after.py", "02_rewrite_linear_before.py",
-        "03_attention_bf16_after.py", "03_attention_bf16_before.py",
-        "04_bf16_activations_after.py", "04_bf16_activations_before.py"]
+        "03_fuse_swiglu_after.py", "03_fuse_swiglu_before.py",
+        "04_fuse_gemm_epilogue_after.py", "04_fuse_gemm_epilogue_before.py",
+        "05_fuse_norm_quantize_after.py", "05_fuse_norm_quantize_before.py",
+        "06_attention_bf16_after.py", "06_attention_bf16_before.py",
+        "07_bf16_activations_after.py", "07_bf16_activations_before.py"]
     after = next(f for f in tmp_path.iterdir() if f.name.endswith("rewrite_linear_after.py")).read_text()
     assert "zq.linear_w8a8" in after
 

@@ -42,7 +42,7 @@ def test_matches_reference(m, k, n, groups, w_bits, symmetric, dtype):
     _compare(_problem(m, k, n, groups, w_bits, symmetric, dtype), w_bits=w_bits)
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu", "tanh"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 def test_epilogue_features(activation, residual):
     _compare(_problem(13, 67, 48, 3, 4, False, torch.float16, residual=residual), w_bits=4, activation=activation)

@@ -46,7 +46,7 @@ def test_matches_reference(m, k, n, groups, w_bits, symmetric, out_dtype):
     _compare(_problem(m, k, n, groups, w_bits, symmetric, out_dtype), out_dtype=out_dtype, w_bits=w_bits)
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu"])
+@pytest.mark.parametrize("activation", ["none", "gelu_erf", "gelu_tanh", "silu", "tanh"])
 @pytest.mark.parametrize("residual", [False, True], ids=["", "residual"])
 @pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
 def test_epilogue_features(activation, residual, bias):
@@ -67,6 +67,44 @@ def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtyp
     ref_q, ref_s = gemm_a8.reference(*args, requant=True, **kw)
     torch.testing.assert_close(s, ref_s, **EPILOGUE_TOL[out_dtype])
     assert (q.int() - ref_q.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
+def test_out_scale_scales_the_requantized_rows(out_dtype):
+    """A smoothed next linear's 1/s (passes/fuse_gemm_epilogue.py): q and scale are the quantize
+    of the float output times out_scale, rounded to the output dtype as the graph's multiply was.
+    (bf16 is left out: the interpreter's fp32 -> bf16 conversion need not round as torch's.)"""
+    args = _problem(67, 67, 48, 3, 8, True, out_dtype, residual=True)
+    c = (torch.rand(48, generator=generator("c", str(out_dtype))) * 4 + 0.1).to(out_dtype)
+    kw = dict(out_dtype=out_dtype, activation="gelu_erf")
+    q, s = gemm_a8.gemm_a8(*args, requant=True, out_scale=c, **kw)
+    y = gemm_a8.gemm_a8(*args, **kw)
+    own_q, own_s = quantize_per_token_ref((y.float() * c.float()).to(out_dtype))
+    assert torch.equal(q, own_q) and torch.equal(s, own_s)
+    ref_q, _ = gemm_a8.reference(*args, requant=True, out_scale=c, **kw)
+    assert (q.int() - ref_q.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("requant", [False, True], ids=["float", "requant"])
+def test_gate_multiplies_after_the_activation(requant):
+    """SwiGLU's up projection (passes/fuse_swiglu.py): y * gate, then requantized if asked."""
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    gate = torch.randn(13, 48, generator=generator("gate"))
+    kw = dict(out_dtype=torch.float32, gate=gate)
+    if requant:
+        q, s = gemm_a8.gemm_a8(*args, requant=True, **kw)
+        own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, **kw))
+        assert torch.equal(q, own_q) and torch.equal(s, own_s)
+    else:
+        _compare(args, **kw)
+        plain = gemm_a8.gemm_a8(*args, out_dtype=torch.float32)
+        torch.testing.assert_close(gemm_a8.gemm_a8(*args, **kw), plain * gate, rtol=1e-6, atol=1e-6)
+
+
+def test_out_scale_needs_requant():
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    with pytest.raises(ValueError, match="requant"):
+        gemm_a8.gemm_a8(*args, out_dtype=torch.float32, out_scale=torch.ones(48))
 
 
 def test_zero_and_nan_activation_rows():

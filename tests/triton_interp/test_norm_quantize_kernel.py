@@ -66,6 +66,32 @@ def test_zero_and_nan_rows(rms):
     assert torch.isfinite(s[[0, 1, 3, 4]]).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rms", [False, True], ids=["layernorm", "rmsnorm"])
+def test_quant_scale_scales_what_is_quantized_not_the_float_output(dtype, rms):
+    """Outlier smoothing's 1/s per feature (passes/fuse_norm_quantize.py): q and scale are those
+    of y * c rounded to x's dtype, exactly; y is the plain norm output."""
+    x, w, b = _inputs(13, 67, dtype, rms)
+    c = (torch.rand(67, generator=generator("c", str(dtype))) * 4 + 0.1).to(dtype)
+    q, s, y = nq.norm_quantize(x, w, b, 1e-5, rms=rms, emit_float=True, quant_scale=c)
+    _, _, plain_y = nq.norm_quantize(x, w, b, 1e-5, rms=rms, emit_float=True)
+    assert torch.equal(y, plain_y)
+    own_q, own_s = quantize_per_token_ref((y.float() * c.float()).to(dtype))
+    if dtype == torch.bfloat16:
+        # the interpreter's fp32 -> bf16 conversion of y * c need not round as torch's does: a
+        # value may land one bf16 step (1/128 relative: up to one int8 step) away, and the row's
+        # absmax, hence every q of the row, with it
+        assert (q.int() - own_q.int()).abs().max() <= 2
+        torch.testing.assert_close(s, own_s, rtol=8e-3, atol=0)
+    else:
+        assert torch.equal(q, own_q)
+        torch.testing.assert_close(s, own_s, rtol=0, atol=0)
+    rq, _, _ = nq.reference(x, w, b, 1e-5, rms=rms, quant_scale=c)
+    # the reference's norm differs from the kernel's in summation order: a value on a rounding
+    # boundary may move by one step (in bf16 by up to two, as above)
+    assert (q.int() - rq.int()).abs().max() <= (2 if dtype == torch.bfloat16 else 1)
+
+
 def test_row_too_long_raises():
     with pytest.raises(ValueError, match="16384"):
         nq.norm_quantize(torch.zeros(2, 20000), None, None, 1e-5, rms=True, emit_float=False)

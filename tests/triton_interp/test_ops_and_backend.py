@@ -34,10 +34,17 @@ OPCHECKS = {
                               (torch.randn(2, 5, 64), torch.rand(64), torch.randn(64), 1e-5, False, True)),
     "norm_quantize_no_float": lambda: (torch.ops.zq.triton_norm_quantize.default,
                                        (torch.randn(3, 64), torch.rand(64), None, 1e-6, True, False)),
+    "norm_quantize_quant_scale": lambda: (torch.ops.zq.triton_norm_quantize.default,
+                                          (torch.randn(2, 5, 64), torch.rand(64), torch.randn(64), 1e-5, False, True,
+                                           torch.rand(64) + 0.5)),
     "linear_a8": lambda: (torch.ops.zq.triton_linear_a8.default,
                           (*_linear_args(residual=True), torch.float16, 8, "gelu_erf")),
     "linear_a8_requant": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
                                   (*_linear_args(), torch.bfloat16, 8, "silu")),
+    "linear_a8_requant_out_scale": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
+                                            (*_linear_args(), torch.float32, 8, "gelu_erf", torch.rand(48) + 0.5)),
+    "linear_a8_requant_gate": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
+                                       (*_linear_args(), torch.float32, 8, "none", None, torch.randn(2, 7, 48))),
     "linear_a16": lambda: (torch.ops.zq.triton_linear_a16.default,
                            (torch.randn(2, 3, 67, dtype=torch.float16), *_linear_args()[2:7], 8, "none")),
 }
@@ -75,8 +82,10 @@ def test_backend_target_triton_runs_the_triton_kernels_and_matches_target_cpu(dt
         # bf16 on CPUs with native bf16, which alone puts it ~50 dB from the triton result)
         cpu = torch.compile(m, backend="zeroquant", options={"target": "cpu", "activations": "fp32"})(x)
         ref = m.float()(x.float())
-    # the compiled graph calls our Triton kernels, no CPU GEMM
-    FileCheck().check("zq.triton_quantize_per_token").check("zq.triton_linear_a8").run("\n".join(code))
+    # the compiled graph calls our Triton kernels, no CPU GEMM; with the fusion passes: norm +
+    # quantize, the GEMM with GeLU and requantize, the GEMM with the residual add
+    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8_requant") \
+        .check("zq.triton_linear_a8.default").run("\n".join(code))
     assert "onednn" not in "\n".join(code) and "int8_mm_ref" not in "\n".join(code)
     assert report.target == "triton" and report.kernel == "triton" and "interpreter" in report.kernel_reason
     assert len(report.quantized) == 2

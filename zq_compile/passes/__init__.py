@@ -5,4 +5,5 @@ exposing ``run(ctx: PassContext) -> int`` (the number of rewrites it made) and c
 with ``ZeroQuantConfig(disable_passes=(name,))``.
 """
 
-PASS_ORDER: tuple[str, ...] = ("calibrate_linears", "smooth_outliers", "rewrite_linear", "attention_bf16", "bf16_activations")
+PASS_ORDER: tuple[str, ...] = ("calibrate_linears", "smooth_outliers", "rewrite_linear", "fuse_swiglu", "fuse_gemm_epilogue",
+                               "fuse_norm_quantize", "attention_bf16", "bf16_activations")

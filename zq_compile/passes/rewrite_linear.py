@@ -353,6 +353,7 @@ def run(ctx) -> int:
             y = handler.emit(ctx, m.x, quantized_weights[key], m.bias, out_dtype)
         node.replace_all_uses_with(y)
         graph.erase_node(node)
+        ctx.memo.setdefault("decision_of", {})[y] = decision  # the fusion passes name their work here
         decision.scheme = handler.name
         rewritten += 1
     progress.close()

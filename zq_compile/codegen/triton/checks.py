@@ -18,10 +18,25 @@ from zq_compile.codegen.triton.configs import gemm_tiles, norm_launch, row_launc
 ARCHS = (80, 90)
 DTYPE = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 
-#: Epilogues: what the backend runs today, and everything at once (the most live registers).
+#: Epilogues: the unfused backend's scale + bias, and everything at once (the most live registers).
 EPILOGUES = {
     "bias": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=False),
     "all": dict(HAS_ZERO=True, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=True),
+}
+#: What passes/fuse_gemm_epilogue.py emits: each activation, alone or requantized, and the
+#: residual add; int8 weights, fp32 output (an fp32 model's; the 16-bit outputs hold fewer
+#: live registers). REQUANT is part of the variant.
+FUSED_EPILOGUES = {
+    **{f"{act}{'-requant' if requant else ''}": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION=act,
+                                                     HAS_RESIDUAL=False, REQUANT=requant)
+       for act in ("gelu_erf", "gelu_tanh", "silu", "tanh") for requant in (False, True)},
+    "residual": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=True, REQUANT=False),
+    # requantized for a smoothed next linear: its 1/s multiplies the stored rows
+    "gelu_erf-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
+                                      REQUANT=True, HAS_OUT_SCALE=True),
+    # SwiGLU's up projection (passes/fuse_swiglu.py): times SiLU(gate), requantized for down
+    "swiglu-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                                    REQUANT=True, HAS_OUT_SCALE=True, HAS_GATE=True),
 }
 
 
@@ -58,11 +73,12 @@ class Spec:
 
 
 def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Spec:
-    """act_dtype: "int8" for gemm_a8 (whose output is fp16 with the backend's epilogue and bf16
-    with all of it), the activation (and output) dtype for gemm_a16."""
+    """act_dtype: "int8" for gemm_a8 (whose output is fp16 with the backend's epilogue, bf16
+    with all of it and fp32 with a fused one), the activation (and output) dtype for gemm_a16."""
     bm, bn, bk, warps, stages = tile
-    ep = EPILOGUES[epilogue]
-    out = act_dtype if kind == "gemm_a16" else ("fp16" if epilogue == "bias" else "bf16")
+    fused = epilogue in FUSED_EPILOGUES
+    ep = dict(FUSED_EPILOGUES[epilogue] if fused else EPILOGUES[epilogue])
+    out = act_dtype if kind == "gemm_a16" else ("fp32" if fused else "fp16" if epilogue == "bias" else "bf16")
     sig = {"w_ptr": "*i8" if w_bits == 8 else "*u8", "w_scale_ptr": "*fp32", "w_zero_ptr": "*i32",
            "bias_ptr": DTYPE[out], "res_ptr": DTYPE[out], "out_ptr": DTYPE[out],
            "M": "i32", "N": "i32", "K": "i32", "group_n": "i32",
@@ -70,8 +86,12 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     ce = {"stride_xk": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1, "M_BUCKET": 0,
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
-        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32")
-        ce["REQUANT"] = epilogue == "all"
+        sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out], gate_ptr=DTYPE[out],
+                   stride_gm="i32")
+        ce["stride_gn"] = 1
+        ce.setdefault("REQUANT", epilogue == "all")
+        ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
+        ce.setdefault("HAS_GATE", epilogue == "all")
         cores = "int8"
     else:
         sig.update(x_ptr=DTYPE[act_dtype])
@@ -94,6 +114,8 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     variants = [(8, "bias", "fp16" if kind == "a16" else act), (4, "all", act)]
     if full:
         variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
+    if kind == "a8":  # the fused epilogues the backend emits, always: they are what runs
+        variants += [(8, ep, act) for ep in FUSED_EPILOGUES]
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles]
 
 
@@ -113,14 +135,25 @@ def row_specs(full: bool = False) -> list[Spec]:
                               warps, 3))
     n_widths = (768, 4096, 8192, 16384) if not full else (64, 768, 1024, 2048, 4096, 5120, 8192, 16384)
     for n in n_widths:
-        bm, bn, warps = norm_launch(n)
-        for rms, dtype in ([(False, "bf16")] if not full else [(False, "bf16"), (True, "fp16"), (False, "fp32")]):
-            sig = {"x_ptr": DTYPE[dtype], "w_ptr": DTYPE[dtype], "b_ptr": DTYPE[dtype], "y_ptr": DTYPE[dtype],
-                   "q_ptr": "*i8", "scale_ptr": "*fp32", "M": "i32", "N": "i32", "eps": "fp32",
+        # (rms, dtype, affine, emit_y): the fusion pass emits LayerNorm with and without its
+        # float output (post-norm BERT / pre-norm GPT-2), without affine parameters, and RMSNorm
+        for rms, dtype, affine, emit in ([(False, "bf16", True, True), (False, "fp32", True, False),
+                                          (False, "fp32", False, True), (True, "fp32", True, False),
+                                          (False, "fp32", True, True)] if not full else
+                                         [(False, "bf16", True, True), (True, "fp16", True, True),
+                                          (False, "fp32", True, True), (False, "fp32", True, False),
+                                          (False, "fp32", False, True), (True, "fp32", True, False)]):
+            bm, bn, warps = norm_launch(n, rms, emit)
+            sig = {"x_ptr": DTYPE[dtype], "w_ptr": DTYPE[dtype], "b_ptr": DTYPE[dtype], "c_ptr": DTYPE[dtype],
+                   "y_ptr": DTYPE[dtype], "q_ptr": "*i8", "scale_ptr": "*fp32", "M": "i32", "N": "i32", "eps": "fp32",
                    "stride_xm": "i32", "stride_ym": "i32", "stride_qm": "i32"}
-            ce = {"RMS": rms, "HAS_WEIGHT": True, "HAS_BIAS": not rms, "EMIT_Y": True, "QMAX": 127,
-                  "BLOCK_M": bm, "BLOCK_N": bn}
-            specs.append(Spec("norm_quantize", f"{'rms' if rms else 'ln'}-{dtype}", f"N{n}-{bm}x{bn}-w{warps}",
+            # smoothing's quantize-only scale rides on the post-norm variant that also writes y
+            qscale = not rms and affine and emit and dtype == "fp32"
+            ce = {"RMS": rms, "HAS_WEIGHT": affine, "HAS_BIAS": affine and not rms, "HAS_QSCALE": qscale,
+                  "EMIT_Y": emit, "QMAX": 127, "BLOCK_M": bm, "BLOCK_N": bn}
+            variant = f"{'rms' if rms else 'ln'}-{dtype}" + ("" if affine else "-noaffine") + \
+                ("" if emit else "-noemit") + ("-qscale" if qscale else "")
+            specs.append(Spec("norm_quantize", variant, f"N{n}-{bm}x{bn}-w{warps}",
                               sig, ce, tuple(a for a in sig if a.endswith("_ptr") or a.startswith("stride") or a == "N"),
                               warps, 1))
     return specs

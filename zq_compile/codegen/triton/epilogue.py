@@ -8,9 +8,15 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
                                                           sum_k x (w - z) = acc - z * sum_k x
     y = y * s_x[m]                                        HAS_X_SCALE: per-token activation scale
     y = y + bias[n]                                       HAS_BIAS
-    y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu
+    y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu,
+                                                          tanh (BERT's pooler)
+    y = y * gate[m, n]                                    HAS_GATE: SwiGLU's SiLU(gate), computed by
+                                                          the gate GEMM (passes/fuse_swiglu.py)
     y = y + residual[m, n]                                HAS_RESIDUAL
     out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
+    out[m, n] = out[m, n] * c[n] in out's dtype           HAS_OUT_SCALE: outlier smoothing's 1/s of the
+                                                          linear that reads out (only with REQUANT:
+                                                          nothing else reads the stored rows)
     REQUANT: also atomic-max |out[m, :]| (as IEEE bits) into absmax[m]; ``quantize.py`` then turns
              the float rows into int8 + per-token scales in one read, without a second absmax pass.
 
@@ -31,7 +37,16 @@ import triton.language as tl
 
 from zq_compile.codegen.triton.common import abs_bits
 
-ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu")
+ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "tanh")
+
+
+@triton.jit
+def _tanh(u):
+    # from exp (tl.math has no tanh that the interpreter also runs):
+    # tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1], which cannot overflow.
+    e = tl.exp(-2.0 * tl.abs(u))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(u < 0.0, -t, t)
 
 
 @triton.jit
@@ -39,12 +54,9 @@ def activation(y, ACTIVATION: tl.constexpr):
     if ACTIVATION == "gelu_erf":
         y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     elif ACTIVATION == "gelu_tanh":
-        # tanh from exp (tl.math has no tanh that the interpreter also runs):
-        # tanh(|u|) = (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1], which cannot overflow.
-        u = 0.7978845608028654 * (y + 0.044715 * y * y * y)
-        e = tl.exp(-2.0 * tl.abs(u))
-        t = (1.0 - e) / (1.0 + e)
-        y = 0.5 * y * (1.0 + tl.where(u < 0.0, -t, t))
+        y = 0.5 * y * (1.0 + _tanh(0.7978845608028654 * (y + 0.044715 * y * y * y)))
+    elif ACTIVATION == "tanh":
+        y = _tanh(y)
     elif ACTIVATION == "silu":
         y = y * tl.sigmoid(y)
     return y
@@ -53,11 +65,12 @@ def activation(y, ACTIVATION: tl.constexpr):
 @triton.jit
 def gemm_epilogue(
     acc, x_sum, offs_m, offs_n,
-    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
     M, N, GROUP_N,
-    stride_rm, stride_rn, stride_om, stride_on,
+    stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
+    HAS_GATE: tl.constexpr,
 ):
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -74,10 +87,17 @@ def gemm_epilogue(
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = activation(y, ACTIVATION)
     m64 = offs_m.to(tl.int64)
+    if HAS_GATE:
+        gate = tl.load(gate_ptr + m64[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=mask, other=0.0)
+        y = y * gate.to(tl.float32)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
         y = y + res.to(tl.float32)
     y_out = y.to(out_ptr.dtype.element_ty)
+    if HAS_OUT_SCALE:
+        # rounded twice, as the graph's multiply of the rounded output would be
+        c = tl.load(c_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+        y_out = (y_out.to(tl.float32) * c[None, :]).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + m64[:, None] * stride_om + offs_n[None, :] * stride_on, y_out, mask=mask)
     if REQUANT:
         bits = tl.where(mask, abs_bits(y_out.to(tl.float32)), 0)
@@ -95,15 +115,21 @@ def activation_ref(y: torch.Tensor, name: str) -> torch.Tensor:
         return F.gelu(y, approximate="tanh")
     if name == "silu":
         return F.silu(y)
+    if name == "tanh":
+        return torch.tanh(y)
     raise ValueError(f"activation={name!r} is not valid; allowed: {', '.join(ACTIVATIONS)}")
 
 
-def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype) -> torch.Tensor:
-    """fp32 y after scales and bias -> activation, residual, output dtype (as the kernel does)."""
+def finish_ref(y: torch.Tensor, activation: str, residual: torch.Tensor | None, out_dtype,
+               out_scale: torch.Tensor | None = None, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 y after scales and bias -> activation, gate, residual, output dtype (as the kernel does)."""
     y = activation_ref(y, activation)
+    if gate is not None:
+        y = y * gate.float()
     if residual is not None:
         y = y + residual.float()
-    return y.to(out_dtype)
+    y = y.to(out_dtype)
+    return y if out_scale is None else (y.float() * out_scale.float()).to(out_dtype)
 
 
 def check_epilogue_args(m: int, n: int, bias, residual, activation: str, out_dtype) -> None:

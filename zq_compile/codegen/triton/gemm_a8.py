@@ -37,12 +37,12 @@ from zq_compile.quant import quantize_per_token_ref, unpack_int4
                  prune_configs_by={"early_config_prune": bucket_pruner("a8")})
 @triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
 def gemm_a8_kernel(
-    x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
+    x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
     M, N, K, group_n,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
     W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-    HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_GATE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
@@ -63,9 +63,9 @@ def gemm_a8_kernel(
 
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
-        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr,
-        M, N, group_n, stride_rm, stride_rn, stride_om, stride_on,
-        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT,
+        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
+        M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
+        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE,
     )
 
 
@@ -95,9 +95,10 @@ def launch_kwargs(config) -> dict:
 
 
 def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
-            w_bits: int = 8, activation: str = "none", requant: bool = False, config=None,
-            launch=identity_launcher):
-    """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant."""
+            w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None,
+            config=None, launch=identity_launcher):
+    """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant
+    (of y * out_scale, when given: the next linear's smoothing 1/s per feature)."""
     if x_q.dtype != torch.int8 or x_q.dim() != 2:
         raise ValueError(f"x_q must be int8 [M, K], got {x_q.dtype} {tuple(x_q.shape)}")
     m, k = x_q.shape
@@ -105,6 +106,10 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         raise ValueError(f"x_scale must be fp32 with one value per row ({m}), got {tuple(x_scale.shape)}")
     n = check_weight(w_q, w_scale, w_zero, w_bits, k)
     check_epilogue_args(m, n, bias, residual, activation, out_dtype)
+    if out_scale is not None and (not requant or out_scale.shape != (n,)):
+        raise ValueError(f"out_scale must be ({n},) and comes with requant=True (the scaled rows are only quantized)")
+    if gate is not None and gate.shape != (m, n):
+        raise ValueError(f"gate {tuple(gate.shape)} must be ({m}, {n})")
     out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
     absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None
     if m and n:
@@ -115,12 +120,14 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
             x_q, w_q, x_scale, w_scale, w_zero if w_zero is not None else w_scale,
             bias if bias is not None else w_scale, residual if residual is not None else out, out,
             absmax if absmax is not None else x_scale,
+            out_scale.contiguous() if out_scale is not None else w_scale, gate if gate is not None else out,
             m, n, k, n // w_scale.numel(),
             x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
             *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
+            *(gate.stride() if gate is not None else (0, 0)),
             M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
             ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
-            **launch_kwargs(config),
+            HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None, **launch_kwargs(config),
         )
     if not requant:
         return out
@@ -128,9 +135,9 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
 
 
 def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
-              w_bits: int = 8, activation: str = "none", requant: bool = False):
+              w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None):
     """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32."""
     w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
     y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
-    out = finish_ref(y, activation, residual, out_dtype)
+    out = finish_ref(y, activation, residual, out_dtype, out_scale, gate)
     return quantize_per_token_ref(out) if requant else out

@@ -10,10 +10,10 @@ is decided when this module is first imported, like Triton's own choice of inter
 Every op takes activations with any leading dims ([..., K]) and returns [..., N].
 
     triton_quantize_per_token(x) -> (q int8, scale fp32 [..., 1])
-    triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float) -> (q, scale, y or empty)
+    triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float, quant_scale?) -> (q, scale, y or empty)
     triton_linear_a8(x_q, x_scale, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits,
-                     activation) -> y
-    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation) -> (q, scale)
+                     activation, gate?) -> y
+    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation, out_scale?, gate?) -> (q, scale)
     triton_linear_a16(x, w_q, w_scale, w_zero?, bias?, residual?, w_bits, activation) -> y
 """
 
@@ -51,42 +51,45 @@ def _quantize_per_token_fake(x):
 
 
 def _norm_quantize(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, rms: bool,
-                   emit_float: bool) -> tuple[Tensor, Tensor, Tensor]:
+                   emit_float: bool, quant_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     q, s, y = norm_quantize.norm_quantize(_rows(x), weight, bias, eps, rms=rms, emit_float=emit_float,
-                                          launch=_launcher())
+                                          quant_scale=quant_scale, launch=_launcher())
     y = y.reshape(x.shape) if y is not None else x.new_empty((0,))
     return q.reshape(x.shape), s.reshape(*x.shape[:-1], 1), y
 
 
-def _norm_quantize_fake(x, weight, bias, eps, rms, emit_float):
+def _norm_quantize_fake(x, weight, bias, eps, rms, emit_float, quant_scale=None):
     y = torch.empty_like(x) if emit_float else x.new_empty((0,))
     return torch.empty_like(x, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32), y
 
 
 def _linear_a8(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None,
                bias: Tensor | None, residual: Tensor | None, out_dtype: torch.dtype, w_bits: int,
-               activation: str) -> Tensor:
+               activation: str, gate: Tensor | None = None) -> Tensor:
     y = gemm_a8.gemm_a8(_rows(x_q), x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
                         None if residual is None else _rows(residual), out_dtype=out_dtype, w_bits=w_bits,
-                        activation=activation, launch=_launcher())
+                        activation=activation, gate=None if gate is None else _rows(gate), launch=_launcher())
     return y.reshape(*x_q.shape[:-1], w_q.shape[0])
 
 
-def _linear_a8_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, out_dtype, w_bits, activation):
+def _linear_a8_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, out_dtype, w_bits, activation, gate=None):
     return x_q.new_empty((*x_q.shape[:-1], w_q.shape[0]), dtype=out_dtype)
 
 
 def _linear_a8_requant(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None,
                        bias: Tensor | None, residual: Tensor | None, float_dtype: torch.dtype, w_bits: int,
-                       activation: str) -> tuple[Tensor, Tensor]:
+                       activation: str, out_scale: Tensor | None = None,
+                       gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
     q, s = gemm_a8.gemm_a8(_rows(x_q), x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
                            None if residual is None else _rows(residual), out_dtype=float_dtype, w_bits=w_bits,
-                           activation=activation, requant=True, launch=_launcher())
+                           activation=activation, requant=True, out_scale=out_scale,
+                           gate=None if gate is None else _rows(gate), launch=_launcher())
     lead = x_q.shape[:-1]
     return q.reshape(*lead, w_q.shape[0]), s.reshape(*lead, 1)
 
 
-def _linear_a8_requant_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, float_dtype, w_bits, activation):
+def _linear_a8_requant_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, float_dtype, w_bits, activation,
+                            out_scale=None, gate=None):
     lead = x_q.shape[:-1]
     return (x_q.new_empty((*lead, w_q.shape[0]), dtype=torch.int8),
             x_q.new_empty((*lead, 1), dtype=torch.float32))

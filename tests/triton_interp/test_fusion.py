@@ -1,0 +1,268 @@
+"""The Triton fusion passes (fuse_gemm_epilogue, fuse_norm_quantize) end to end through Inductor
+under the interpreter: what the generated code calls, what the report says, and that the fused
+graph computes what the unfused one does."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
+from torch.testing import FileCheck
+
+from zq_compile import recent_reports
+from zq_compile.metrics import sqnr_db
+
+FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize")
+
+
+class WrittenOutRMSNorm(torch.nn.Module):
+    """Hugging Face's LlamaRMSNorm, as written there (casts included)."""
+
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight = torch.nn.Parameter(1 + 0.1 * torch.randn(d))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def written_out_gelu_tanh(x):
+    """GPT-2's "gelu_new" (Hugging Face NewGELUActivation), as written there."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+NORMS = {
+    "layer": lambda d: torch.nn.LayerNorm(d),
+    "layer_no_affine": lambda d: torch.nn.LayerNorm(d, elementwise_affine=False),
+    "rms": lambda d: torch.nn.RMSNorm(d, eps=1e-6),
+    "rms_written_out": WrittenOutRMSNorm,
+}
+ACTIVATIONS = {
+    "gelu_erf": (F.gelu, "gelu_erf"),
+    "gelu_tanh": (lambda x: F.gelu(x, approximate="tanh"), "gelu_tanh"),
+    "gelu_new_written_out": (written_out_gelu_tanh, "gelu_tanh"),
+    "silu": (F.silu, "silu"),
+    "tanh": (torch.tanh, "tanh"),
+    # no epilogue form: must run unfused, with the reason
+    "relu": (F.relu, None),
+    "mish": (F.mish, None),
+}
+
+
+class Mlp(torch.nn.Module):
+    """Pre-norm MLP block: x + down(act(up(norm(x)))), up's input also read by a side branch when
+    ``side`` (so the norm must also write its float output)."""
+
+    def __init__(self, norm="layer", act="gelu_erf", d=64, hidden=96, side=False):
+        super().__init__()
+        self.norm = NORMS[norm](d)
+        self.act = ACTIVATIONS[act][0]
+        self.up = torch.nn.Linear(d, hidden)
+        self.down = torch.nn.Linear(hidden, d)
+        self.side = side
+
+    def forward(self, x):
+        h = self.norm(x)
+        y = x + self.down(self.act(self.up(h)))
+        return y + h if self.side else y
+
+
+def _compile(m, x, **options):
+    before = len(recent_reports())
+    with torch.inference_mode():
+        out, code = run_and_get_code(
+            torch.compile(m, backend="zeroquant", options={"target": "triton", "smooth": False, **options}), x)
+    (report,) = recent_reports()[before:]
+    torch._dynamo.reset()
+    return out, "\n".join(code), report
+
+
+def _block(norm="layer", act="gelu_erf", dtype=torch.float32, side=False):
+    torch.manual_seed(0)
+    m = Mlp(norm, act, side=side).to(dtype).eval()
+    x = torch.randn(2, 13, 64, dtype=dtype)
+    return m, x
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("act", ["gelu_erf", "gelu_tanh", "gelu_new_written_out", "silu", "tanh"])
+def test_block_runs_three_fused_kernels_and_matches_the_unfused_graph(norm, act):
+    m, x = _block(norm, act)
+    out, code, report = _compile(m, x)
+    unfused, plain_code, plain = _compile(m, x, disable_passes=FUSION_PASSES)
+    with torch.inference_mode():
+        ref = m(x)
+    # norm + quantize, GEMM + activation + requantize, GEMM + residual: nothing else runs
+    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8_requant") \
+        .check(f"'{ACTIVATIONS[act][1]}'").check("zq.triton_linear_a8.default").run(code)
+    assert "triton_quantize_per_token" not in code and "cpp_fused" not in code
+    # the unfused emission of the same graph: standalone quantize kernels and Inductor glue
+    assert plain_code.count("zq.triton_quantize_per_token.default(") == 2 and "cpp_fused" in plain_code
+    kind = "rms" if norm.startswith("rms") else "layer"
+    assert report.fusions == {f"gemm+{ACTIVATIONS[act][1]}": 1, "gemm+requant": 1, "gemm+residual": 1,
+                              f"{kind}_norm_quantize": 1}
+    assert report.pass_counts["fuse_gemm_epilogue"] == 2 and report.pass_counts["fuse_norm_quantize"] == 1
+    assert all(d.fused for d in report.quantized) and not report.fusion_fallbacks
+    assert not plain.fusions and set(plain.disabled_passes) == set(FUSION_PASSES)
+    # fp32 end to end: the kernels round where the unfused graph does; only summation order differs
+    assert not torch.isnan(out).any()
+    assert sqnr_db(unfused, out) > 60
+    assert sqnr_db(ref, out) > 25
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_block_fuses_and_matches_the_unfused_graph(dtype):
+    m, x = _block("layer", "gelu_erf", dtype)
+    out, code, report = _compile(m, x)
+    unfused, _, _ = _compile(m, x, disable_passes=FUSION_PASSES)
+    assert "triton_quantize_per_token" not in code and len(report.fusions) == 4
+    assert out.dtype == dtype
+    # the unfused graph keeps Inductor's fused glue in fp32 where the kernels round to dtype
+    assert sqnr_db(unfused.float(), out.float()) > 30
+
+
+def test_norm_read_elsewhere_also_writes_its_float_output():
+    m, x = _block(side=True)
+    out, code, report = _compile(m, x)
+    unfused, _, _ = _compile(m, x, disable_passes=FUSION_PASSES)
+    FileCheck().check("zq.triton_norm_quantize.default(").check_same("False, True, quant_scale=None)").run(code)
+    assert report.fusions["layer_norm_quantize+float"] == 1
+    assert sqnr_db(unfused, out) > 60
+
+
+@pytest.mark.parametrize("disabled", ["fuse_gemm_epilogue", "fuse_norm_quantize"])  # fuse_swiglu: below
+def test_each_fusion_pass_switches_off_by_name(disabled):
+    m, x = _block()
+    out, code, report = _compile(m, x, disable_passes=(disabled,))
+    assert report.disabled_passes == [disabled] and disabled not in report.pass_counts
+    if disabled == "fuse_norm_quantize":
+        assert "triton_norm_quantize" not in code and "zq.triton_quantize_per_token" in code
+        assert "zq.triton_linear_a8_requant" in code
+    else:
+        assert "triton_linear_a8_requant" not in code and "zq.triton_norm_quantize" in code
+        assert not any(k.startswith("gemm+") for k in report.fusions)
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25
+
+
+@pytest.mark.parametrize("act", ["relu", "mish"])
+def test_activation_without_epilogue_form_runs_unfused_with_the_reason(act):
+    m, x = _block(act=act)
+    out, code, report = _compile(m, x)
+    assert any(f"activation {act!r} has no epilogue form" in f for f in report.fusion_fallbacks)
+    assert "gemm+requant" not in report.fusions  # the activation reads the float output
+    assert report.fusions["gemm+residual"] == 1 and report.fusions["layer_norm_quantize"] == 1
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25
+
+
+class NormOverTwoDims(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm((13, 64))
+        self.up = torch.nn.Linear(64, 96)
+
+    def forward(self, x):
+        return self.up(self.norm(x))
+
+
+class BroadcastAdd(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(64, 96)
+        self.shift = torch.nn.Parameter(torch.randn(1, 1, 96))
+
+    def forward(self, x):
+        return self.up(x) + self.shift
+
+
+@pytest.mark.parametrize("module, reason", [
+    (NormOverTwoDims, "spans more than the last dimension"),
+    (BroadcastAdd, "broadcasts against the output"),
+], ids=["norm_over_two_dims", "broadcast_add"])
+def test_shapes_the_kernels_do_not_take_run_unfused_with_the_reason(module, reason):
+    torch.manual_seed(0)
+    m = module().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x)
+    assert any(reason in f for f in report.fusion_fallbacks), report.fusion_fallbacks
+    assert not report.fusions and "zq.triton_quantize_per_token" in code
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25
+
+
+def test_cpu_target_is_not_touched_by_the_fusion_passes():
+    m, x = _block()
+    before = len(recent_reports())
+    with torch.inference_mode():
+        torch.compile(m, backend="zeroquant", options={"target": "cpu", "smooth": False})(x)
+    (report,) = recent_reports()[before:]
+    torch._dynamo.reset()
+    assert report.pass_counts["fuse_gemm_epilogue"] == 0 and report.pass_counts["fuse_norm_quantize"] == 0
+    assert not report.fusions and not report.fusion_fallbacks
+
+
+def test_smoothing_scales_go_into_the_norm_kernel_and_the_requantizing_epilogue():
+    """With the norm's output also read elsewhere, smooth_outliers cannot fold 1/s into the
+    norm's weight: it multiplies before the quantize, and the kernel takes that as quant_scale;
+    the down projection's 1/s multiplies the GeLU output, and the up GEMM's epilogue takes it."""
+    m, x = _block(side=True)
+    smooth = {"smooth": {"alpha": 0.5}}
+    out, code, report = _compile(m, x, **smooth)
+    unfused, _, plain = _compile(m, x, disable_passes=FUSION_PASSES, **smooth)
+    assert plain.pass_counts["smooth_outliers"] > 0
+    assert report.fusions["layer_norm_quantize+float+smoothed"] == 1
+    assert report.fusions["gemm+requant_smoothed"] == 1 and not report.fusion_fallbacks
+    FileCheck().check("zq.triton_norm_quantize.default(").check_same("True, arg") \
+        .check("zq.triton_linear_a8_requant.default(").check_same("'gelu_erf', arg").run(code)
+    assert "triton_quantize_per_token" not in code  # (the side branch's add is Inductor's)
+    assert sqnr_db(unfused, out) > 60
+
+
+class SwiGLU(torch.nn.Module):
+    """A Llama MLP block: x + down(SiLU(gate(rms(x))) * up(rms(x)))."""
+
+    def __init__(self, d=64, hidden=96):
+        super().__init__()
+        self.norm = WrittenOutRMSNorm(d)
+        self.gate = torch.nn.Linear(d, hidden, bias=False)
+        self.up = torch.nn.Linear(d, hidden, bias=False)
+        self.down = torch.nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        h = self.norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))
+
+
+@pytest.mark.parametrize("smooth", [False, {"alpha": 0.5}], ids=["plain", "smoothed"])
+def test_swiglu_folds_into_the_gate_and_up_epilogues(smooth):
+    torch.manual_seed(0)
+    m = SwiGLU().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x, smooth=smooth)
+    unfused, _, _ = _compile(m, x, smooth=smooth, disable_passes=FUSION_PASSES)
+    # gate with SiLU, then up times it, requantized for down: no product or quantize kernel
+    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8.default(").check_same("'silu'") \
+        .check("zq.triton_linear_a8_requant.default(").check("zq.triton_linear_a8.default(").run(code)
+    assert "triton_quantize_per_token" not in code and "cpp_fused" not in code
+    assert report.fusions["swiglu"] == 1 and report.pass_counts["fuse_swiglu"] == 1
+    assert all(d.fused for d in report.quantized) and not report.fusion_fallbacks
+    assert sqnr_db(unfused, out) > 60
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25
+
+
+def test_swiglu_off_by_name_leaves_silu_in_the_gate_epilogue_only():
+    torch.manual_seed(0)
+    m = SwiGLU().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x, disable_passes=("fuse_swiglu",))
+    assert "swiglu" not in report.fusions and report.fusions["gemm+silu"] == 1
+    assert code.count("zq.triton_quantize_per_token.default(") == 1  # the product, for down
+    with torch.inference_mode():
+        assert sqnr_db(m(x), out) > 25

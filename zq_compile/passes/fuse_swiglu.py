@@ -1,0 +1,146 @@
+"""fuse_swiglu (target "triton"): SwiGLU's SiLU(gate) * up goes into the two GEMMs' epilogues.
+
+Llama-style MLPs compute down(SiLU(gate(x)) * up(x)); gate and up read one quantized x. Unfused,
+the gate GEMM writes its output, a SiLU kernel reads and writes it, the up GEMM writes its own,
+a multiply reads both and writes the product, and a quantize reads that for the down
+projection. Here the gate GEMM applies SiLU in its epilogue and the up GEMM multiplies by the
+gate's result in its own, then requantizes for the down projection when only it reads the
+product (with the down projection's smoothing 1/s, if any, as ``fuse_gemm_epilogue`` does).
+
+Before (~ : views / reshapes keeping the last dim; x_q, x_s shared by both linears):
+
+    x_q ─► linear_w8a8(Wg) ─~─► silu ──┐
+    x_q ─► linear_w8a8(Wu) ─~──────────┴─► mul ─~─► [mul(·, 1/s)] ─► quantize_per_token ─► linear_w8a8(Wd)
+
+After:
+
+    x_q ─► triton_linear_a8(Wg, activation="silu") ─► g
+    x_q ─► triton_linear_a8_requant(Wu, gate=g, out_scale=1/s) ─► (q, s) ─► linear_w8a8(Wd)
+           (triton_linear_a8(Wu, gate=g) ─► product, when something else reads the product)
+
+Runs before ``fuse_gemm_epilogue``, which then sees neither GEMM. Left unfused, with the reason
+in ``report.fusion_fallbacks``: gate and up reading different activations, shapes or dtypes
+that differ, symbolic sizes where a reshape must be rebuilt. Returns the number of SwiGLUs fused.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch.fx as fx
+
+from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
+    _reshaped
+from zq_compile.passes.fusion_common import carry_decision, follow_relabels, is_relabel, record_fallback, \
+    record_fusion, static_shape, triton_ops
+from zq_compile.passes.graph_utils import annotate, fake_value
+
+NAME = "fuse_swiglu"
+
+
+def _back_to_linear(node) -> fx.Node | None:
+    """The zq.linear_w8a8 whose output ``node`` is, through single-user relabels."""
+    while isinstance(node, fx.Node):
+        if node.op == "call_function" and node.target is LINEAR:
+            return node
+        if len(node.users) != 1 or not is_relabel(node):
+            return None
+        node = node.args[0]
+    return None
+
+
+def _match(mul: fx.Node):
+    """(gate linear, silu node, up linear) when ``mul`` is SiLU(gate) * up, else None."""
+    if not (mul.op == "call_function" and mul.target in MUL and len(mul.args) == 2 and not mul.kwargs):
+        return None
+    for a, b in (mul.args, mul.args[::-1]):
+        if not (isinstance(a, fx.Node) and a.op == "call_function" and a.target in SILU and len(a.users) == 1):
+            continue
+        if a.args[1:2] == (True,) or a.kwargs.get("inplace"):
+            continue
+        gate, up = _back_to_linear(a.args[0]), _back_to_linear(b)
+        if gate is not None and up is not None and gate is not up and follow_relabels(gate)[0] is a.args[0] \
+                and follow_relabels(up)[0] is b:
+            return gate, a, up
+    return None
+
+
+def _where(ctx, node) -> str:
+    decision = ctx.memo.get("decision_of", {}).get(node)
+    return (decision.module or decision.node) if decision is not None else node.name
+
+
+def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
+    found = _match(mul)
+    if found is None:
+        return False
+    graph = ctx.gm.graph
+    gate, silu, up = found
+    where = _where(ctx, up)
+    if gate.args[0] is not up.args[0] or gate.args[1] is not up.args[1]:
+        record_fallback(ctx, NAME, where, "gate and up read different quantized activations")
+        return False
+    g_val, u_val, m_val = fake_value(gate), fake_value(up), fake_value(mul)
+    out_dtype = up.args[6]
+    if gate.args[6] != out_dtype or out_dtype not in FLOAT_DTYPES or m_val.dtype != out_dtype:
+        record_fallback(ctx, NAME, where, f"gate / up / product dtypes {gate.args[6]}, {out_dtype}, {m_val.dtype}")
+        return False
+    gemm_shape = static_shape(up)
+    if gemm_shape is None or static_shape(gate) != gemm_shape or static_shape(mul) is None or \
+            tuple(g_val.shape) != tuple(u_val.shape):
+        record_fallback(ctx, NAME, where, "gate and up shapes differ, or are symbolic")
+        return False
+    quantize, inv_s, why = _requant_target(mul, out_dtype)
+    if why:
+        record_fallback(ctx, NAME, where, f"not requantized: {why}")
+    x_q, x_s = up.args[0], up.args[1]
+    with graph.inserting_before(mul):
+        g = graph.call_function(ops.triton_linear_a8.default,
+                                (x_q, x_s, *gate.args[2:6], None, out_dtype, 8, "silu"))
+        annotate(g, ctx.fake_mode)
+    anchor = quantize if quantize is not None else mul
+    with graph.inserting_before(anchor):
+        up_args = (x_q, x_s, *up.args[2:6], None, out_dtype, 8, "none")
+        if quantize is None:
+            fused = graph.call_function(ops.triton_linear_a8.default, up_args, {"gate": g})
+            annotate(fused, ctx.fake_mode)
+            mul.replace_all_uses_with(_reshaped(graph, ctx, fused, static_shape(mul)))
+        else:
+            fused = graph.call_function(ops.triton_linear_a8_requant.default, up_args,
+                                        {"out_scale": inv_s, "gate": g})
+            annotate(fused, ctx.fake_mode)
+            q_shape = static_shape(quantize.args[0])
+            q, s = (graph.call_function(operator.getitem, (fused, i)) for i in (0, 1))
+            for n in (q, s):
+                annotate(n, ctx.fake_mode)
+            q = _reshaped(graph, ctx, q, q_shape)
+            s = _reshaped(graph, ctx, s, (*q_shape[:-1], 1))
+            consumers = [r for gi in quantize.users for r in gi.users]
+            for gi in list(quantize.users):
+                gi.replace_all_uses_with(q if gi.args[1] == 0 else s)
+                graph.erase_node(gi)
+            tail = quantize.args[0]
+            graph.erase_node(quantize)
+    carry_decision(ctx, gate, g)
+    carry_decision(ctx, up, fused)
+    # from the product back through both branches: silu, the gate and up GEMMs, their relabels
+    _erase_dead(graph, mul if quantize is None else tail, x_q)
+    record_fusion(ctx, "gemm+silu", [g])
+    record_fusion(ctx, "swiglu", [fused])
+    if quantize is not None:
+        record_fusion(ctx, "gemm+requant", [fused])
+        if inv_s is not None:
+            record_fusion(ctx, "gemm+requant_smoothed", [fused])
+        record_fusion(ctx, "input:requantized_by_producer", consumers, count=False)
+    return True
+
+
+def run(ctx) -> int:
+    if ctx.target != "triton":
+        return 0
+    graph = ctx.gm.graph
+    muls = [n for n in graph.nodes if n.op == "call_function" and n.target in MUL and _match(n) is not None]
+    if not muls:
+        return 0
+    ops = triton_ops()
+    return sum(_fuse_one(ctx, m, ops) for m in muls)
