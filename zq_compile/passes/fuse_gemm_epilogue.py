@@ -197,6 +197,27 @@ def _reshaped(graph, ctx, node: fx.Node, shape: tuple[int, ...]) -> fx.Node:
     return out
 
 
+def _take_quantize_outputs(ctx, quantize: fx.Node, fused: fx.Node) -> tuple[list[fx.Node], fx.Node]:
+    """The readers of ``quantize``'s (q, scale) read the requantizing ``fused`` node's instead
+    (shaped like the quantize's input) and ``quantize`` is erased. Returns the linears that read
+    it and its former input."""
+    graph = ctx.gm.graph
+    q_shape = static_shape(quantize.args[0])
+    q, s = (graph.call_function(operator.getitem, (fused, i)) for i in (0, 1))
+    for n in (q, s):
+        annotate(n, ctx.fake_mode)
+    if q_shape is not None:
+        q = _reshaped(graph, ctx, q, q_shape)
+        s = _reshaped(graph, ctx, s, (*q_shape[:-1], 1))
+    consumers = [r for g in quantize.users for r in g.users]
+    for g in list(quantize.users):
+        g.replace_all_uses_with(q if g.args[1] == 0 else s)
+        graph.erase_node(g)
+    tail = quantize.args[0]
+    graph.erase_node(quantize)
+    return consumers, tail
+
+
 def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
     x_q, x_s, w_q, w_s, w_z, bias, out_dtype = linear.args
@@ -247,19 +268,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
         else:
             fused = graph.call_function(ops.triton_linear_a8_requant.default, (*args, inv_s))
             annotate(fused, ctx.fake_mode)
-            q_shape = static_shape(quantize.args[0])
-            q, s = (graph.call_function(operator.getitem, (fused, i)) for i in (0, 1))
-            for n in (q, s):
-                annotate(n, ctx.fake_mode)
-            if q_shape is not None:
-                q = _reshaped(graph, ctx, q, q_shape)
-                s = _reshaped(graph, ctx, s, (*q_shape[:-1], 1))
-            consumers = [r for g in quantize.users for r in g.users]
-            for g in list(quantize.users):
-                g.replace_all_uses_with(q if g.args[1] == 0 else s)
-                graph.erase_node(g)
-            tail = quantize.args[0]
-            graph.erase_node(quantize)
+            consumers, tail = _take_quantize_outputs(ctx, quantize, fused)
     carry_decision(ctx, linear, fused)
     _erase_dead(graph, last if quantize is None else tail, linear)
     kinds = [k for k, on in ((act, act), ("residual", residual is not None), ("requant", quantize is not None),

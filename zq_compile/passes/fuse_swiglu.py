@@ -25,12 +25,11 @@ that differ, symbolic sizes where a reshape must be rebuilt. Returns the number 
 
 from __future__ import annotations
 
-import operator
 
 import torch.fx as fx
 
 from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
-    _reshaped
+    _reshaped, _take_quantize_outputs
 from zq_compile.passes.fusion_common import carry_decision, follow_relabels, is_relabel, record_fallback, \
     record_fusion, static_shape, triton_ops
 from zq_compile.passes.graph_utils import annotate, fake_value
@@ -109,18 +108,7 @@ def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
             fused = graph.call_function(ops.triton_linear_a8_requant.default, up_args,
                                         {"out_scale": inv_s, "gate": g})
             annotate(fused, ctx.fake_mode)
-            q_shape = static_shape(quantize.args[0])
-            q, s = (graph.call_function(operator.getitem, (fused, i)) for i in (0, 1))
-            for n in (q, s):
-                annotate(n, ctx.fake_mode)
-            q = _reshaped(graph, ctx, q, q_shape)
-            s = _reshaped(graph, ctx, s, (*q_shape[:-1], 1))
-            consumers = [r for gi in quantize.users for r in gi.users]
-            for gi in list(quantize.users):
-                gi.replace_all_uses_with(q if gi.args[1] == 0 else s)
-                graph.erase_node(gi)
-            tail = quantize.args[0]
-            graph.erase_node(quantize)
+            consumers, tail = _take_quantize_outputs(ctx, quantize, fused)
     carry_decision(ctx, gate, g)
     carry_decision(ctx, up, fused)
     # from the product back through both branches: silu, the gate and up GEMMs, their relabels
