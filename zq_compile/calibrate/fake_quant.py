@@ -196,14 +196,11 @@ def preset_rule(preset: str, *, row_groups: int | None = None, k_group_size: int
 def _types_around(modules: dict[str, torch.nn.Module], path: str) -> list[tuple[str, str]]:
     """Class names of the module at ``path`` and of its parents, innermost first, as the
     backend reads them from a graph node's module stack."""
-    out = []
+    from zq_compile.schemes.policy import type_names
+
     parts = path.split(".")
-    for i in range(len(parts), -1, -1):
-        module = modules.get(".".join(parts[:i]))
-        if module is not None:
-            typ = type(module)
-            out.append((typ.__name__, f"{typ.__module__}.{typ.__qualname__}"))
-    return out
+    around = (modules.get(".".join(parts[:i])) for i in range(len(parts), -1, -1))
+    return [type_names(type(m)) for m in around if m is not None]
 
 
 def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[str], FakeQuantSpec | None]:

@@ -135,15 +135,10 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
     if ctx.constants[i][0] in ctx.memo.setdefault("finalized", set()):
         return 0  # a weight shared by several nodes (one kernel per graph regime)
     value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
-    # Constants reused from zq_compile.store may already be another graph's kernel handle (the
-    # decode graph's kernel can differ from prefill's): finalize from the plain packed weight.
-    plain = _PLAIN.get(value(w), value(w))
-    new = finalize(plain, value(ws), value(wz))
+    new = _finalized(finalize, value(w), value(ws), value(wz))
     ctx.memo["finalized"].add(ctx.constants[i][0])
     if new is ctx.constants[i][1]:
         return 0
-    if new is not plain:
-        _PLAIN[new] = plain
     ctx.constants[i] = (w.name, new)
     for source in ctx.weight_sources:
         if source.slots.get("w") == i:
@@ -151,13 +146,17 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
     return 1
 
 
-def _finalize_made(finalize, made: dict) -> dict:
-    """Re-quantized constants (``binding.py``) in this graph's kernel's form. They may come from
-    the store already in another graph's kernel form: start from the plain packed weight."""
-    made = dict(made)
-    plain = _PLAIN.get(made["w"], made["w"])
-    new = finalize(plain, made["ws"], made.get("wz"))
+def _finalized(finalize, w, ws, wz):
+    """``w`` in this graph's kernel's form. Constants from zq_compile.store may already be another
+    graph's kernel handle (the decode graph's kernel can differ from prefill's): finalize from the
+    plain packed weight, and remember which plain weight each new handle stands for."""
+    plain = _PLAIN.get(w, w)
+    new = finalize(plain, ws, wz)
     if new is not plain:
         _PLAIN[new] = plain
-    made["w"] = new
-    return made
+    return new
+
+
+def _finalize_made(finalize, made: dict) -> dict:
+    """Re-quantized constants (``binding.py``) in this graph's kernel's form."""
+    return {**made, "w": _finalized(finalize, made["w"], made["ws"], made.get("wz"))}

@@ -138,13 +138,18 @@ def classify(graph: fx.Graph, linears: list[fx.Node]) -> dict[fx.Node, str]:
     return {n: "attention" if n in attention else "ffn" if n in ffn else "other" for n in linears}
 
 
+def type_names(typ: type) -> tuple[str, str]:
+    """(plain, dotted) class name: the two spellings ``module_types`` keys may use."""
+    return typ.__name__, f"{typ.__module__}.{typ.__qualname__}"
+
+
 def _module_types(node: fx.Node) -> list[str]:
     """Class names of the modules ``node`` was called in, innermost first (both the plain and
     the dotted name of each)."""
     names = []
     for _path, typ in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
         if isinstance(typ, type):
-            names.append((typ.__name__, f"{typ.__module__}.{typ.__qualname__}"))
+            names.append(type_names(typ))
         else:  # some tracers keep a string
             text = str(typ).removeprefix("<class '").removesuffix("'>")
             names.append((text.rsplit(".", 1)[-1], text))
