@@ -156,3 +156,25 @@ def test_onednn_graph_holds_a_handle_not_a_second_int8_copy():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="released int8 weight handle"):
         KERNELS["onednn"].linear(x_q, x_s, handle, qw.scale.clone(), None, None, torch.float32)
+
+
+@pytest.mark.parametrize("default", ["int_mm", "reference"])
+def test_eager_op_follows_a_handle_whatever_the_process_default(default, monkeypatch):
+    """A graph raced to oneDNN holds handles; the eager op (explain's per-layer figures run it)
+    used the process default, which under load could be int_mm, and read the handle's zeros:
+    the toy's linears came out as their bias alone (0.06 dB), only on loaded machines."""
+    if "onednn" not in FAST:
+        pytest.skip("oneDNN missing from this torch build")
+    from zq_compile.codegen.cpu import select
+    from zq_compile.codegen.cpu.kernels import release_plain
+
+    monkeypatch.setattr(select, "default_cpu_kernel", lambda: KERNELS[default])
+    qw = quantize_weight(torch.randn(16, 32))
+    x_q, x_s = quantize_per_token_ref(torch.randn(13, 32))
+    bias = torch.randn(16)
+    want = torch.ops.zq.linear_w8a8(x_q, x_s, qw.qdata, qw.scale, None, bias, torch.float32)
+    handle = release_plain(qw.qdata, qw.scale)
+    got = torch.ops.zq.linear_w8a8(x_q, x_s, handle, qw.scale, None, bias, torch.float32)
+    assert sqnr_db(want, got) > 60
+    with pytest.raises(RuntimeError, match=f"{default!r} was given a released int8 weight handle"):
+        KERNELS[default].linear(x_q, x_s, handle, qw.scale, None, bias, torch.float32)

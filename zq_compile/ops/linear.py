@@ -24,10 +24,17 @@ def linear_w8a8(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
+    from zq_compile.codegen.cpu.kernels import KERNELS, is_weight_handle
     from zq_compile.codegen.cpu.select import default_cpu_kernel
 
     check_linear_args(x_q, x_scale, w_q, w_scale, w_zero, bias)
-    kernel = default_cpu_kernel() if x_q.device.type == "cpu" else None
+    kernel = None
+    if x_q.device.type == "cpu":
+        # A graph whose race picked oneDNN holds its weights as handles whose only copy is
+        # oneDNN's; the process default (raced on a proxy problem) may be another kernel, which
+        # would read the handle's zeros: the op run eagerly (explain's per-layer errors) must
+        # follow the weight, not the default.
+        kernel = KERNELS["onednn"] if is_weight_handle(w_q) else default_cpu_kernel()
     if kernel is None:
         raise NotImplementedError(f"zq::linear_w8a8 has no kernel for device {x_q.device.type}")
     return kernel.linear(x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype)

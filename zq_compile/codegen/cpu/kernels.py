@@ -150,6 +150,14 @@ def shifted_uint8(x_q: torch.Tensor) -> torch.Tensor:
     return (x_q.reshape(-1, k).to(torch.int32) + 128).to(torch.uint8)
 
 
+def _no_handle(kernel: str, w_q: torch.Tensor) -> None:
+    if is_weight_handle(w_q):
+        raise RuntimeError(
+            f"zq cpu kernel {kernel!r} was given a released int8 weight handle (its values live only in "
+            "oneDNN's packed copy); pass plain_weight(w_q) or run the 'onednn' kernel"
+        )
+
+
 def _zero_correction(w_scale, w_zero, n):
     if w_zero is None:
         return None
@@ -169,6 +177,7 @@ class ReferenceKernel(CpuKernel):
     description = "int32 matmul of int8 values (exact, slow)"
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        _no_handle(self.name, w_q)
         n, k = w_q.shape
         acc = torch.ops.zq.int8_mm_ref(x_q.reshape(-1, k), w_q)
         return epilogue(acc, x_q, x_scale, group_rows(w_scale.float(), n),
@@ -217,6 +226,7 @@ class IntMmKernel(CpuKernel):
     description = "ATen torch._int_mm (int8 x int8 -> int32)"
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
+        _no_handle(self.name, w_q)
         n, k = w_q.shape
         acc = torch._int_mm(_rows_strided(x_q.reshape(-1, k)), w_q.t())
         return epilogue(acc, x_q, x_scale, group_rows(w_scale.float(), n),
