@@ -301,3 +301,43 @@ def test_unchanged_weights_are_not_requantized_per_call():
         for _ in range(3):
             c(torch.randn(2, 5, 64))
     assert recent_reports()[-1].quantized and recent_reports()[-1].requantized == 0
+
+
+def test_a_compiled_model_keeps_no_compile_time_objects_alive(monkeypatch):
+    """What a compiled graph holds after compiling: its code, its constants and the binding's
+    recipes. Found on SmolLM2 (~200 MiB of RSS): Inductor's module-level metrics lists, filled
+    while our byte count turns its log on, kept every Scheduler node, IR and fake tensor; the
+    binding's closures kept the pass context (the rewritten graph, the first call's inputs)."""
+    import gc
+    import weakref
+
+    from torch._inductor import config as inductor_config
+    from torch._inductor import metrics
+
+    from zq_compile.passes.context import PassContext
+
+    made = []
+    init = PassContext.__init__
+
+    def tracking_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(PassContext, "__init__", tracking_init)
+    totals = (len(metrics.node_runtimes), len(metrics.nodes_num_elem), metrics.num_bytes_accessed)
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.GELU(), torch.nn.Linear(96, 64)).eval()
+    x = torch.randn(4, 8, 64)
+    c = zq_compile.compile(m)
+    with inductor_config.patch(fx_graph_cache=False), torch.inference_mode():  # code-generated: counted
+        c(x)
+    assert recent_reports()[-1].inductor_bytes  # Inductor's log was on for this compile
+    assert (len(metrics.node_runtimes), len(metrics.nodes_num_elem), metrics.num_bytes_accessed) == totals
+    gc.collect()
+    alive = [r for r in made if r() is not None]
+    assert made and not alive, f"{len(alive)} of {len(made)} PassContext(s) still alive after compiling"
+    with torch.no_grad():  # the binding still re-quantizes a changed weight without them
+        m[0].weight.mul_(-1)
+    with torch.inference_mode():
+        assert sqnr_db(m(x), c(x)) > 20
+    assert recent_reports()[-1].requantized == 1

@@ -21,22 +21,32 @@ import torch
 _GEMM_OUT_BYTES = {"onednn": {torch.bfloat16: 2}, "int_mm": {}, "reference": {}}
 
 
+#: Inductor's module-level metrics its count_bytes call adds to while the log is on.
+_METRIC_TOTALS = ("nodes_num_elem", "node_runtimes", "num_bytes_accessed")
+
+
 @contextlib.contextmanager
 def counting_inductor_bytes(report):
     from torch._inductor import compile_fx, metrics
     from torch._inductor.scheduler import ExternKernelSchedulerNode, NopKernelSchedulerNode
 
     log = compile_fx.inductor_metrics_log
-    saved = (log.level, log.disabled, log.propagate, metrics.nodes_num_elem)
+    saved = (log.level, log.disabled, log.propagate)
+    # With the log on, Inductor also appends every scheduler node to these module-level totals
+    # and never clears them: each node holds its Scheduler, IR and fake tensors, so left in place
+    # they kept ~200 MiB alive per SmolLM2 compile (and grew with every compile in the process).
+    totals = {name: getattr(metrics, name) for name in _METRIC_TOTALS}
     counted: list = []
-    metrics.nodes_num_elem = counted
+    metrics.nodes_num_elem, metrics.node_runtimes, metrics.num_bytes_accessed = counted, [], 0
     log.setLevel(logging.INFO)
     log.disabled, log.propagate = False, False  # no handler of its own: nothing is printed
     try:
         yield
     finally:
         log.setLevel(saved[0])
-        log.disabled, log.propagate, metrics.nodes_num_elem = saved[1], saved[2], saved[3]
+        log.disabled, log.propagate = saved[1], saved[2]
+        for name, value in totals.items():
+            setattr(metrics, name, value)
     if counted:
         # count_bytes records bytes // 4 per scheduler node; extern nodes (the GEMMs, bmm) are
         # counted from their shapes instead (gemm_bytes), so they are left out here.

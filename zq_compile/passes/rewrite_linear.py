@@ -131,6 +131,56 @@ def constant_roots(node: fx.Node) -> list[fx.Node]:
     return [r for n in node.all_input_nodes for r in constant_roots(n)]
 
 
+class _Slot(int):
+    """Where a value of the replayed chain sits in its list of values."""
+
+
+def replay_chain(ctx, out: fx.Node, roots: list[fx.Node]):
+    """The ops from ``roots`` (placeholders) to ``out`` as a plain function of one value per
+    root (in ``roots``' order, duplicates included).
+
+    The binding keeps it for as long as the compiled graph lives, to re-quantize a weight that
+    changed: referring to the rewritten graph's nodes (or to the pass context) instead kept the
+    whole graph, its fake tensors and the first call's inputs alive beside it."""
+    slot = {}
+    for root in roots:
+        slot.setdefault(root, _Slot(len(slot)))
+    order = {n: i for i, n in enumerate(out.graph.nodes)}
+    needed, todo = set(), [out]
+    while todo:
+        n = todo.pop()
+        if n not in needed and n not in slot:
+            needed.add(n)
+            todo.extend(n.all_input_nodes)
+    steps = []  # (op, target, args, kwargs) with nodes replaced by their slots; get_attr: the value
+    for n in sorted(needed, key=order.__getitem__):
+        if n.op == "get_attr":
+            steps.append(("const", constant_value(ctx, n), (), {}))
+        else:
+            steps.append((n.op, n.target, fx.node.map_arg(n.args, slot.__getitem__),
+                          fx.node.map_arg(n.kwargs, slot.__getitem__)))
+        slot[n] = _Slot(len(slot))
+    first = {root: roots.index(root) for root in roots}
+    positions = [first[r] for r in sorted(first, key=lambda r: slot[r])]
+    result = slot[out]
+
+    def run(*values):
+        env = [values[i] for i in positions]
+        fetch = lambda a: env[a] if type(a) is _Slot else a  # noqa: E731
+        with torch.no_grad():
+            for op, target, args, kwargs in steps:
+                if op == "const":
+                    env.append(target)
+                    continue
+                args = fx.node.map_aggregate(args, fetch)
+                kwargs = fx.node.map_aggregate(kwargs, fetch)
+                env.append(getattr(args[0], target)(*args[1:], **kwargs) if op == "call_method"
+                           else target(*args, **kwargs))
+        return env[result]
+
+    return run
+
+
 def _chain(node) -> str:
     """The ops between a weight's placeholder and the linear, as text (part of its store key)."""
     if node.op == "placeholder":
@@ -181,9 +231,11 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
     if not roots:
         return None
 
+    chain, weight_is_nk = replay_chain(ctx, m.weight, roots), m.weight_is_nk
+
     def make_float(values):
-        w = constant_value(ctx, m.weight, env=dict(zip(roots, values)))
-        w = w if m.weight_is_nk else w.t()
+        w = chain(*values)
+        w = w if weight_is_nk else w.t()
         return w if scale is None else _smoothed(w, scale)
 
     def quantize(w_nk):
