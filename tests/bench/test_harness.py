@@ -77,3 +77,21 @@ def test_pt2e_static_on_a_causal_lm_calibrates_on_other_ids_and_runs_prefill_onl
     assert out["perplexity"]["pt2e x86 static"]["vs_eager_fp32"] == pytest.approx(1.0, abs=0.05)
     assert "pt2e x86 static" in out["prefill"]["ms"]
     assert "no KV cache" in out["contenders"]["pt2e x86 static"]["error"]  # decode needs a cache it lacks
+
+
+def test_an_lkd_contender_runs_lkd_on_a_copy():
+    """The "+lkd" contenders once gathered statistics only (calibrate() runs LKD only when the
+    config asks): they scored exactly as their plain twins. Now LKD trains a copy of the model."""
+    import zq_compile
+
+    bm, windows = _tiny_llama()
+    before = {n: p.detach().clone() for n, p in bm.model.named_parameters()}
+    example = {"input_ids": windows[:1]}
+    reports = len(zq_compile.recent_reports())
+    (lkd,) = [c for c in select(["zeroquant w8a8+lkd"]) if c.name.endswith("+lkd")]
+    with torch.inference_mode(), dynamo_settings():
+        fn = lkd.build(bm, example)
+        fn(**example)
+    notes = [n for r in zq_compile.recent_reports()[reports:] for n in r.notes]
+    assert any(n.startswith("LKD already ran on this model") for n in notes), notes
+    assert all(torch.equal(p, before[n]) for n, p in bm.model.named_parameters())  # the copy trained

@@ -252,16 +252,19 @@ def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options)
     import zq_compile
     from zq_compile.config import ZeroQuantConfig
 
-    config = ZeroQuantConfig(preset=preset, **options)  # ValueError for presets not built yet
+    # calibrate() runs LKD only when the config asks for it: without lkd=True these contenders
+    # gathered statistics only and scored exactly as their plain twins (seen 2026-12-01).
+    config = ZeroQuantConfig(preset=preset, lkd=True if lkd else None, **options)
     model = bm.model
     if lkd:
-        calibrate = getattr(zq_compile, "calibrate", None)
-        if calibrate is None:
-            raise NotImplementedError("LKD: zq_compile.calibrate is not built yet")
+        from zq_compile.benchmarks.calibration_text import batches
+
         # LKD edits the float weights: on a copy, so the other contenders keep the fp32 model.
         model = bm.mutable()
-        result = calibrate(model, config, [example])
-        model = result if isinstance(result, torch.nn.Module) else model
+        data, _ = batches(bm, example)  # text the bench never scores
+        report = zq_compile.calibrate(model, config, data)
+        if report.lkd is None:
+            raise RuntimeError("zq_compile.calibrate returned without running LKD")
     return zq_compile.compile(model, config)
 
 
@@ -303,7 +306,8 @@ def all_contenders() -> list[Contender]:
             name = f"zeroquant {preset}" + ("+lkd" if lkd else "")
             how = f"zq_compile.compile(model, ZeroQuantConfig(preset={preset!r}))"
             if lkd:
-                how = "zq_compile.calibrate (LKD) on the calibration batch, then " + how
+                how = ("zq_compile.calibrate(model_copy, config with lkd=True, calibration text the bench "
+                       "never scores) (LKD), then " + how)
             out.append(Contender(name, "zeroquant", functools.partial(_zeroquant, preset, lkd), how))
     # issue 12, each step's effect; calibrated on text the bench does not score (calibration_text.py)
     from zq_compile.benchmarks.calibration_text import zeroquant_calibrated
