@@ -25,7 +25,6 @@ that differ, symbolic sizes where a reshape must be rebuilt. Returns the number 
 
 from __future__ import annotations
 
-
 import torch.fx as fx
 
 from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
