@@ -1,6 +1,8 @@
 """attention_bf16 on graphs Dynamo captured: which attention calls get bf16 matmuls, which stay
 fp32, and why. Runs the passes without Inductor (``prepare``) and the rewritten graph eagerly."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from tests.conftest import capture
 from tests.modules import TwoLayers, attention_inputs as _inputs
 from zq_compile import ZeroQuantConfig
 from zq_compile.backend import prepare
+from zq_compile.codegen.cpu import attention_race
 from zq_compile.codegen.cpu.attention import mask_to_bias
 from zq_compile.metrics import sqnr_db
 
@@ -124,13 +127,45 @@ def test_dynamic_sequence_and_scores_over_budget_stay_fp32(monkeypatch):
 
     torch._dynamo.reset()
     q = torch.randn(2, 3, 40, 8)  # 2 x 3 x 40 x 40 bf16 scores: 18.75 KiB
+    monkeypatch.setattr(attention_race, "RACE_MIN_SCORES_MIB", 0.0)
     monkeypatch.setattr(attention_pass, "SCORES_BUDGET_MIB", 0.01)
     prepared, _ = _prepare(attend, q, q, q)
     (a,) = prepared.report.attention
-    assert a.dtype == "fp32" and "0.0 MiB of bf16 scores per call (budget 0.01 MiB)" in a.reason
-    monkeypatch.setattr(attention_pass, "SCORES_BUDGET_MIB", 0.02)
-    prepared, _ = _prepare(attend, q, q, q)
-    assert prepared.report.attention[0].dtype == "bf16"
+    assert "0.0 MiB of stored scores per call (budget 0.01 MiB)" in a.reason
+    (line,) = [r for r in prepared.report.races if r.startswith("attention")]
+    assert "bf16_flash" in line and "fp32_flash" in line and "bf16_matmul" not in line
+    assert _count(prepared.gm, OP) == 0  # the lowering that stores the scores was never a candidate
+
+
+@pytest.mark.skipif(not select.has_bf16(), reason="auto keeps fp32 attention on a CPU without native bf16")
+def test_auto_races_the_variants_and_emits_the_winner(monkeypatch):
+    """Over RACE_MIN_SCORES_MIB, "auto" times the three variants on the problem's shapes (once
+    per distinct problem: both layers share one race line) and the graph holds the winner."""
+    monkeypatch.setattr(attention_race, "RACE_MIN_SCORES_MIB", 0.0)
+    m = TwoLayers().eval()
+    x, mask = _inputs()
+    prepared, out = _prepare(m, x, mask)
+    (line,) = [r for r in prepared.report.races if r.startswith("attention")]
+    assert "(x2)" in line and all(v in line for v in attention_race.VARIANTS)
+    winner = line.rsplit("-> ", 1)[1]
+    times = {name: float(ms) for name, ms in re.findall(r"(\w+) ([\d.]+) ms", line.split(": ", 1)[1])}
+    assert winner == min(times, key=times.get)
+    sdpa = [n for n in prepared.gm.graph.nodes if n.target is F.scaled_dot_product_attention]
+    if winner == "bf16_matmul":
+        assert _count(prepared.gm, OP) == 2 and not sdpa
+    else:
+        dtype = torch.bfloat16 if winner == "bf16_flash" else torch.float32
+        assert len(sdpa) == 2 and _count(prepared.gm, OP) == 0
+        assert all(n.args[0].meta["example_value"].dtype == dtype for n in sdpa)
+    assert all("raced at this problem's shapes" in a.reason for a in prepared.report.attention)
+    with torch.no_grad():
+        assert sqnr_db(m(x, mask), out) > 30
+
+
+def test_race_choice_is_the_fastest_with_bf16_first_on_a_tie():
+    assert attention_race.choose({"bf16_matmul": 3.0, "bf16_flash": 2.0, "fp32_flash": 2.5}) == "bf16_flash"
+    assert attention_race.choose({"bf16_matmul": 2.0, "bf16_flash": 2.0, "fp32_flash": 2.0}) == "bf16_matmul"
+    assert attention_race.choose({"bf16_flash": 2.0, "fp32_flash": 1.0}) == "fp32_flash"
 
 
 @pytest.mark.skipif(not select.has_bf16(), reason="auto keeps fp32 attention on a CPU without native bf16")

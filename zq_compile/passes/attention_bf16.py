@@ -6,30 +6,30 @@ Before (``F.scaled_dot_product_attention``, as Hugging Face's "sdpa" attention c
                                                                  ▲
     mask [B, 1, L, S] bool (True = attend) ──────────────────────┘   (the same mask node in every layer)
 
-After (``attention="auto"`` / ``"bf16"``: ATen's flash attention on bf16 inputs):
+After (``attention="bf16"``, or the race's pick under ``"auto"``: ATen's flash attention on bf16 inputs):
 
     q, k, v ──► to(bf16) ──► scaled_dot_product_attention(.., mask (fp32 masks to bf16), scale=..) ──► to(fp32) ──► o
 
-After (``attention="bf16_matmul"``: our own lowering, ``codegen/cpu/attention.py``):
+After (``attention="bf16_matmul"``, or the race's pick: our own lowering, ``codegen/cpu/attention.py``):
 
     mask ──► mask_to_bias ──► bias [B, 1, L, S] fp32 (0 / -inf; once per mask, shared by the layers)
     q, k, v, bias ──► zq.attention_bf16(q, k, v, bias, scale, is_causal, gqa) ──► o fp32
 
-Why flash by default: side by side under Inductor, bf16 q/k/v, interleaved, on the 2-core Zen 5
-(avx512_bf16, no AMX) this project is built on, fastest of 15 runs: MiniLM 32x12x128x32 flash
-52 ms vs our two-bmm lowering 62 ms, BERT-base 8x12x128x64 28 vs 44 ms; a second run (machine
-more loaded) 103 vs 164 and 51 vs 160. On an AMX Xeon the issue measured flash 30 ms vs ours 54
-per MiniLM forward. Flash streams the scores instead of storing [B, H, L, S] twice in bf16.
-(The machine was shared by other jobs: ratios, not absolute times; the race is not repeated at
-compile time because our lowering is only fast once Inductor has fused it.) The linears around it
-are already int8; ZeroQuant runs everything but the linears in 16-bit floats.
+Why a race under "auto" (``codegen/cpu/attention_race.py``): which variant wins moved from day to
+day on this project's own 2-core Zen 5 (avx512_bf16, no AMX). On 2026-11-2x flash beat our
+lowering (MiniLM 32x12x128x32: 52 vs 62 ms, BERT-base 8x12x128x64: 28 vs 44); on 2026-12-01 and
+12-02, quiet machine, our lowering won in the model (MiniLM forward 288 ms against 325 with
+flash, three rounds) and alone (12.4 ms per call against 13.6 bf16 flash and 13.4 fp32 flash;
+BERT-base 3.2 against 5.3 and 4.9). So each problem of at least ``RACE_MIN_SCORES_MIB`` of scores
+is timed at compile time, the three variants on its own shapes, and the fastest is emitted (fp32
+flash means the node is left as written); smaller problems get bf16 flash unraced.
 
 Left alone, with the reason recorded: targets other than "cpu", ``attention="fp32"``, inputs that
 are not fp32 CPU tensors, dropout, a scale or flag computed at run time, masks that are neither
 bool nor fp32; and under ``attention="auto"``: CPUs without native bf16, queries of at most 16 rows
 (a decode step: little to gain, and the whole K/V cache would be converted every step), a dynamic
-sequence length (the stored scores would have no bound), and more than ``SCORES_BUDGET_MIB`` of
-scores per call (the batch size may be dynamic: its size at compile time counts).
+sequence length (the stored scores would have no bound), and problems where fp32 flash won the
+race. Past ``SCORES_BUDGET_MIB`` of scores per call our lowering (which stores them) is not raced.
 Returns the number of attention nodes rewritten.
 """
 
@@ -42,7 +42,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.fx.experimental.symbolic_shapes import optimization_hint
 
-from zq_compile.codegen.cpu import select
+from zq_compile.codegen.cpu import attention_race, select
 from zq_compile.codegen.cpu.attention import mask_to_bias
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.report import AttentionDecision
@@ -101,11 +101,6 @@ def _problem(ctx, a: dict) -> str | None:
                     "grow without bound; flash attention streams them")
         if rows <= select.SMALL_M:  # a decode step, as the int8 GEMM's regime counts it
             return f"query of {rows} row(s), a decode step: too small to gain from bf16"
-        batch_heads = math.prod(optimization_hint(d) for d in tensors[0].shape[:-2])
-        mib = batch_heads * rows * keys * 2 / 2**20
-        if mib > SCORES_BUDGET_MIB:
-            return (f"{mib:.1f} MiB of bf16 scores per call (budget {SCORES_BUDGET_MIB} MiB): past that, "
-                    "fp32 flash attention is faster here")
     return None
 
 
@@ -147,9 +142,41 @@ def _flash_bf16(ctx, node: fx.Node, a: dict, scale: float) -> fx.Node:
     return back
 
 
+def _hint_shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(int(optimization_hint(d)) for d in fake_value(node).shape)
+
+
+def _auto_variant(ctx, a: dict, scale: float, counts: dict) -> tuple[str, str]:
+    """(variant, reason) under attention="auto": the race's winner on this problem's shapes, or
+    bf16 flash for problems too small to be worth an Inductor compile to race."""
+    q, k, v = (_hint_shape(a[name]) for name in ("query", "key", "value"))
+    mib = attention_race.scores_mib(q, k)
+    variants = attention_race.VARIANTS
+    over = ""
+    if mib > SCORES_BUDGET_MIB:  # the batch may be dynamic: its size at compile time counts
+        variants = tuple(n for n in variants if n != "bf16_matmul")
+        over = f"; bf16_matmul not raced: {mib:.1f} MiB of stored scores per call (budget {SCORES_BUDGET_MIB} MiB)"
+    if mib < attention_race.RACE_MIN_SCORES_MIB:
+        return "bf16_flash", (f"the default, not raced ({mib:.2f} MiB of scores per call, under "
+                              f"{attention_race.RACE_MIN_SCORES_MIB} MiB: too small to pay for the race)")
+    mask = a["attn_mask"]
+    mask_key = None if mask is None else (_hint_shape(mask), fake_value(mask).dtype)
+    key = (q, k, v, mask_key, a["is_causal"], a["enable_gqa"], scale, variants)
+    try:
+        times = attention_race.race_attention(*key)
+    except Exception as e:  # a race that cannot run must not fail the user's compile
+        return "bf16_flash", f"the default: the race failed ({type(e).__name__}: {e})"
+    winner = attention_race.choose(times)
+    line = attention_race.race_line(q, 1, times, winner)
+    counts[key] = counts.get(key, 0) + 1
+    ctx.memo.setdefault("attention_race_lines", {})[key] = (q, times, winner)
+    return winner, f"raced at this problem's shapes ({line.split(': ', 1)[1]}){over}"
+
+
 def run(ctx) -> int:
     graph = ctx.gm.graph
     rewritten = 0
+    counts: dict = {}
     for node in [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA]:
         a = sdpa_arguments(node)
         problem = _problem(ctx, a)
@@ -159,22 +186,35 @@ def run(ctx) -> int:
         if problem:
             continue
         q = a["query"]
-        scale = a["scale"] if a["scale"] is not None else fake_value(q).shape[-1] ** -0.5
-        if ctx.config.attention == "bf16_matmul":
+        scale = float(a["scale"] if a["scale"] is not None else fake_value(q).shape[-1] ** -0.5)
+        variant = {"bf16": "bf16_flash", "bf16_matmul": "bf16_matmul"}.get(ctx.config.attention)
+        why = None
+        if variant is None:  # "auto"
+            variant, why = _auto_variant(ctx, a, scale, counts)
+            if variant == "fp32_flash":
+                decision.reason = f"fp32 flash attention: {why}"
+                continue
+        if variant == "bf16_matmul":
             with graph.inserting_before(node):
                 new = graph.call_function(
                     torch.ops.zq.attention_bf16.default,
-                    (q, a["key"], a["value"], _bias_for(ctx, a["attn_mask"], node), float(scale), a["is_causal"],
+                    (q, a["key"], a["value"], _bias_for(ctx, a["attn_mask"], node), scale, a["is_causal"],
                      a["enable_gqa"]),
                 )
             new.meta.update({k: v for k, v in node.meta.items() if k not in ("example_value", "val")})
             annotate(new, ctx.fake_mode)
-            decision.reason = "bf16 matmuls, fp32 softmax (attention='bf16_matmul')"
+            decision.reason = why or "bf16 matmuls, fp32 softmax (attention='bf16_matmul')"
         else:
-            new = _flash_bf16(ctx, node, a, float(scale))
-            decision.reason = "bf16 flash attention (ATen's fused kernel on bf16 q/k/v, fp32 softmax statistics)"
+            new = _flash_bf16(ctx, node, a, scale)
+            decision.reason = why or "bf16 flash attention (ATen's fused kernel on bf16 q/k/v, fp32 softmax statistics)"
+        decision.reason = f"{_LABEL[variant]}: {decision.reason}" if why else decision.reason
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         decision.dtype = "bf16"
         rewritten += 1
+    for key, (q, times, winner) in ctx.memo.pop("attention_race_lines", {}).items():
+        ctx.report.races.append(attention_race.race_line(q, counts[key], times, winner))
     return rewritten
+
+
+_LABEL = {"bf16_matmul": "bf16 matmuls, fp32 softmax", "bf16_flash": "bf16 flash attention"}
