@@ -20,7 +20,7 @@ from zq_compile.data import polarity_sentences
 from zq_compile.models import load_minilm, mean_pool
 from zq_compile.timing import interleaved_medians
 
-SHOWN = ("bytes", "race:", "kernel:", "activations:")
+SHOWN = ("bytes", "race:", "kernel:", "activations:", "kept_linear_bf16")
 
 
 def main() -> None:
