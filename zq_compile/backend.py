@@ -23,7 +23,7 @@ from zq_compile import debug
 from zq_compile.binding import WeightBinding
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
-from zq_compile.lowering import MergeDuplicateCasts, decompositions_for
+from zq_compile.lowering import PostGradPasses, decompositions_for
 from zq_compile.ops.linear_wo import finalize_weights as finalize_scheme_weights
 from zq_compile.passes.context import PassContext
 from zq_compile.passes.graph_utils import clone_graph_module
@@ -109,7 +109,8 @@ def zeroquant_backend(
         compiled = compile_fx(
             prepared.gm,
             list(example_inputs) + _static_fakes(prepared.constants),
-            config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": MergeDuplicateCasts(),
+            config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": PostGradPasses(
+                                config.disable_passes, prepared.report.pass_counts),
                             **(list_mode_options(mode) if mode else {})},
             decompositions=decompositions_for(prepared.kernel),
         )

@@ -316,11 +316,12 @@ class ZeroQuantConfig:
         object.__setattr__(self, "lkd", LkdConfig.from_options(self.lkd))
         if self.version != CONFIG_VERSION:
             _fail("version", self.version, str(CONFIG_VERSION))
+        from zq_compile.lowering import POST_GRAD_PASSES
         from zq_compile.passes import PASS_ORDER
 
-        unknown = [p for p in self.disable_passes if p not in PASS_ORDER]
+        unknown = [p for p in self.disable_passes if p not in PASS_ORDER + POST_GRAD_PASSES]
         if unknown:
-            _fail("disable_passes", unknown, ", ".join(PASS_ORDER))
+            _fail("disable_passes", unknown, ", ".join(PASS_ORDER + POST_GRAD_PASSES))
         for name in {self.preset, *(p for _, p in self.overrides + self.module_types)}:
             for scheme_name in MIXED_PRESETS.get(name, {"": name}).values():
                 self.scheme_named(scheme_name)  # validates the merged schemes now, not at compile time

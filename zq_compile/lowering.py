@@ -5,10 +5,12 @@ attention has a single lowering, ``codegen/cpu/attention.py``); AOT autograd tra
 of the zq ops, so whatever they leave as aten code Inductor fuses, and whatever they call as an
 opaque op (the GEMM) stays one call.
 
-``MergeDuplicateCasts`` runs on the post-grad graph (Inductor's ``post_grad_custom_pre_pass``,
-set in our compile call only): each linear's decomposition traces its own ``x_q + 128 -> uint8``
-chain, so Q, K and V reading one quantized activation gave three identical chains, and Inductor
-wrote the int8 activation plus three uint8 copies of it. Merged, it writes one uint8 copy.
+``PostGradPasses`` runs on the post-grad graph (Inductor's ``post_grad_custom_pre_pass``, set in
+our compile call only). ``merge_duplicate_casts``: each linear's decomposition traces its own
+``x_q + 128 -> uint8`` chain, so Q, K and V reading one quantized activation gave three identical
+chains, and Inductor wrote the int8 activation plus three uint8 copies of it. Merged, it writes
+one uint8 copy. ``uint8_shift_in_float`` (``passes/uint8_shift_in_float.py``) then computes that
+shift in float, without the int8 -> int32 -> uint8 vector conversions.
 """
 
 from __future__ import annotations
@@ -43,30 +45,55 @@ MERGEABLE = frozenset({
 })
 
 
-class MergeDuplicateCasts(CustomGraphPass):
+#: Passes over Inductor's post-grad aten graph, in the order they run; each can be switched off
+#: by name (``disable_passes``) like the FX passes of ``zq_compile.passes``.
+POST_GRAD_PASSES = ("merge_duplicate_casts", "uint8_shift_in_float")
+
+
+def merge_duplicate_casts(graph: torch.fx.Graph) -> int:
     """Replace every MERGEABLE node with an integer result by the first node with the same
-    target and arguments."""
+    target and arguments. Returns the number of nodes merged away."""
+    seen: dict[tuple, torch.fx.Node] = {}
+    merged = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target not in MERGEABLE:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or val.is_floating_point() or val.is_complex():
+            continue
+        try:
+            key = (node.target, _freeze(node.args), _freeze(node.kwargs))
+            hash(key)
+        except TypeError:  # an unhashable argument (a list of SymInts is fine, a tensor not)
+            continue
+        first = seen.setdefault(key, node)
+        if first is not node:
+            node.replace_all_uses_with(first)
+            graph.erase_node(node)
+            merged += 1
+    return merged
+
+
+class PostGradPasses(CustomGraphPass):
+    """Inductor's ``post_grad_custom_pre_pass`` for our compile call: the POST_GRAD_PASSES not in
+    ``disabled``, their counts written to ``counts`` (the report's pass_counts). A graph served
+    from Inductor's cache does not run them (its counts are then absent)."""
+
+    def __init__(self, disabled=(), counts: dict | None = None):
+        self.enabled = tuple(p for p in POST_GRAD_PASSES if p not in disabled)
+        self.counts = counts if counts is not None else {}
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        seen: dict[tuple, torch.fx.Node] = {}
-        for node in list(graph.nodes):
-            if node.op != "call_function" or node.target not in MERGEABLE:
-                continue
-            val = node.meta.get("val")
-            if not isinstance(val, torch.Tensor) or val.is_floating_point() or val.is_complex():
-                continue
-            try:
-                key = (node.target, _freeze(node.args), _freeze(node.kwargs))
-                hash(key)
-            except TypeError:  # an unhashable argument (a list of SymInts is fine, a tensor not)
-                continue
-            first = seen.setdefault(key, node)
-            if first is not node:
-                node.replace_all_uses_with(first)
-                graph.erase_node(node)
+        from zq_compile.passes import uint8_shift_in_float
+
+        run = {"merge_duplicate_casts": merge_duplicate_casts, "uint8_shift_in_float": uint8_shift_in_float.run}
+        for name in self.enabled:
+            self.counts[name] = run[name](graph)
 
     def uuid(self):
-        return get_hash_for_files((__file__,))
+        from zq_compile.passes import uint8_shift_in_float
+
+        return (get_hash_for_files((__file__, uint8_shift_in_float.__file__)), self.enabled)
 
 
 def _freeze(value):
