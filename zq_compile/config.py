@@ -234,9 +234,9 @@ class ZeroQuantConfig:
     attention: fp32 scaled-dot-product attention on the cpu target: "auto", where the CPU has
         native bf16 dot products and the query has more than a decode step's rows, races our
         two-bmm bf16 lowering, ATen's flash kernel on bf16 q/k/v and fp32 flash on each problem's
-        shapes at compile time and emits the fastest (problems under 1 MiB of scores get bf16
-        flash unraced); "bf16" runs bf16 flash on any CPU; "bf16_matmul" our lowering; "fp32"
-        leaves it.
+        shapes at compile time and emits the most exact one unless another is 10% faster
+        (problems under 1 MiB of scores get bf16 flash unraced); "bf16" runs bf16 flash on any
+        CPU; "bf16_matmul" our lowering; "fp32" leaves it.
     activations: what fp32 models store between the quantized linears on the cpu target:
         "auto" is bf16 where the CPU has native bf16 (avx512_bf16 / amx_bf16), else fp32;
         "bf16" asks for it (ValueError on a CPU without native bf16); "fp32" keeps fp32. The

@@ -84,12 +84,14 @@ def test_kept_linear_stays_fp32_with_the_reason(config, rows, reason):
 
 
 @bf16_cpu
-def test_a_default_kept_head_keeps_fp32_logits():
+def test_a_default_kept_head_runs_bf16_at_prefill_and_fp32_in_a_decode_step():
     torch.manual_seed(0)
-    prepared, _ = _prepare(WithHead().eval(), torch.randn(4, 24, 64), keep_float="auto")
-    head = next(d for d in prepared.report.decisions if d.module == "lm_head")
-    assert head.scheme is None and "default-kept head" in head.reason
-    assert torch.float32 in _float_linears(prepared.gm)
+    for rows, dtype in ((24, torch.bfloat16), (1, torch.float32)):
+        prepared, _ = _prepare(WithHead().eval(), torch.randn(1, rows, 64), keep_float="auto")
+        head = next(d for d in prepared.report.decisions if d.module == "lm_head")
+        assert head.scheme is None and "lm_head" in head.reason
+        assert dtype in _float_linears(prepared.gm)
+        assert ("runs in bf16" if dtype == torch.bfloat16 else "decode step") in head.reason
 
 
 @bf16_cpu

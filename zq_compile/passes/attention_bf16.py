@@ -21,8 +21,10 @@ lowering (MiniLM 32x12x128x32: 52 vs 62 ms, BERT-base 8x12x128x64: 28 vs 44); on
 12-02, quiet machine, our lowering won in the model (MiniLM forward 288 ms against 325 with
 flash, three rounds) and alone (12.4 ms per call against 13.6 bf16 flash and 13.4 fp32 flash;
 BERT-base 3.2 against 5.3 and 4.9). So each problem of at least ``RACE_MIN_SCORES_MIB`` of scores
-is timed at compile time, the three variants on its own shapes, and the fastest is emitted (fp32
-flash means the node is left as written); smaller problems get bf16 flash unraced.
+is timed at compile time, the three variants on its own shapes; the most exact variant is kept
+unless a less exact one is at least 10% faster (``attention_race.choose``: the variants round
+differently, and near-ties flip from run to run), and fp32 flash means the node is left as
+written; smaller problems get bf16 flash unraced.
 
 Left alone, with the reason recorded: targets other than "cpu", ``attention="fp32"``, inputs that
 are not fp32 CPU tensors, dropout, a scale or flag computed at run time, masks that are neither

@@ -96,7 +96,6 @@ def run(ctx) -> int:
                     signature(config), report))
     by_name = {n.name: n for n in linears}
     ctx.memo["keep_float"] = {by_name[k]: reason for k, reason in keep.items() if k in by_name}
-    ctx.memo["kept_heads"] = {by_name[k] for k in keep if k in by_name and sites[k].head}
     ctx.memo["smooth_plan"] = {by_name[k]: (sites[k], absmax.get(k), alphas.get(k)) for k in sites}
     ctx.report.calibration = report
     return len(ctx.memo["keep_float"])
