@@ -90,9 +90,10 @@ def run(ctx) -> int:
                    for a in node.all_input_nodes if fake_value(a) is not None and fake_value(a).dtype == torch.float32}
             new = graph.node_copy(node, lambda a: low.get(a, a))
             annotate(new, ctx.fake_mode)
-            back = _cast(graph, new, torch.float32, ctx.fake_mode)
-        node.replace_all_uses_with(back)
-        graph.erase_node(node)
+        # The original node becomes the cast back to fp32, so the linear's output keeps its name
+        # (explain finds a kept linear in the rewritten graph by it).
+        node.op, node.target, node.args, node.kwargs = "call_method", "to", (new, torch.float32), {}
+        annotate(node, ctx.fake_mode)
         if decision is not None:
             decision.reason += f"; runs in bf16 ({NAME}: bf16 GEMM, fp32 accumulation)"
         moved += 1
