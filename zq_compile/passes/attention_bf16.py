@@ -37,7 +37,6 @@ Returns the number of attention nodes rewritten.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.fx as fx
@@ -148,7 +147,7 @@ def _hint_shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(int(optimization_hint(d)) for d in fake_value(node).shape)
 
 
-def _auto_variant(ctx, a: dict, scale: float, counts: dict) -> tuple[str, str]:
+def _auto_variant(a: dict, scale: float, races: dict) -> tuple[str, str]:
     """(variant, reason) under attention="auto": the race's winner on this problem's shapes, or
     bf16 flash for problems too small to be worth an Inductor compile to race."""
     q, k, v = (_hint_shape(a[name]) for name in ("query", "key", "value"))
@@ -169,16 +168,14 @@ def _auto_variant(ctx, a: dict, scale: float, counts: dict) -> tuple[str, str]:
     except Exception as e:  # a race that cannot run must not fail the user's compile
         return "bf16_flash", f"the default: the race failed ({type(e).__name__}: {e})"
     winner = attention_race.choose(times)
-    line = attention_race.race_line(q, 1, times, winner)
-    counts[key] = counts.get(key, 0) + 1
-    ctx.memo.setdefault("attention_race_lines", {})[key] = (q, times, winner)
-    return winner, f"raced at this problem's shapes ({line.split(': ', 1)[1]}){over}"
+    races.setdefault(key, [q, times, winner, 0])[3] += 1  # one report line per distinct problem
+    return winner, f"raced at this problem's shapes ({attention_race.ranked(times, winner)}){over}"
 
 
 def run(ctx) -> int:
     graph = ctx.gm.graph
     rewritten = 0
-    counts: dict = {}
+    races: dict = {}
     for node in [n for n in graph.nodes if n.op == "call_function" and n.target in SDPA]:
         a = sdpa_arguments(node)
         problem = _problem(ctx, a)
@@ -192,7 +189,7 @@ def run(ctx) -> int:
         variant = {"bf16": "bf16_flash", "bf16_matmul": "bf16_matmul"}.get(ctx.config.attention)
         why = None
         if variant is None:  # "auto"
-            variant, why = _auto_variant(ctx, a, scale, counts)
+            variant, why = _auto_variant(a, scale, races)
             if variant == "fp32_flash":
                 decision.reason = f"fp32 flash attention: {why}"
                 continue
@@ -214,8 +211,8 @@ def run(ctx) -> int:
         graph.erase_node(node)
         decision.dtype = "bf16"
         rewritten += 1
-    for key, (q, times, winner) in ctx.memo.pop("attention_race_lines", {}).items():
-        ctx.report.races.append(attention_race.race_line(q, counts[key], times, winner))
+    for q, times, winner, count in races.values():
+        ctx.report.races.append(attention_race.race_line(q, count, times, winner))
     return rewritten
 
 

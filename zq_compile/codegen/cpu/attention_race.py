@@ -20,12 +20,12 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
 from zq_compile.codegen.cpu.attention import attention_bf16, mask_to_bias
+from zq_compile.codegen.cpu.select import time_variants
 
 VARIANTS = ("bf16_matmul", "bf16_flash", "fp32_flash")
 #: Most exact first: a later variant must be RACE_MARGIN times the time of the current pick.
@@ -60,8 +60,8 @@ def race_attention(q_shape: tuple, k_shape: tuple, v_shape: tuple, mask: tuple |
         args = [*low, bias]
         lowering = _compiled_lowering(args, scale, is_causal, enable_gqa)
         fns["bf16_matmul"] = lambda: lowering(*args)
-    with torch.inference_mode():
-        return _time({name: fns[name] for name in variants})
+    with torch.inference_mode():  # fastest of ROUNDS interleaved rounds, as the GEMM race times
+        return time_variants({name: fns[name] for name in variants}, ROUNDS)
 
 
 def choose(times: dict[str, float]) -> str:
@@ -79,10 +79,15 @@ def choose(times: dict[str, float]) -> str:
     return best
 
 
+def ranked(times: dict[str, float], winner: str) -> str:
+    """"a 1.20 ms, b 1.35 ms -> a": the variants fastest first, then the pick."""
+    order = sorted(times.items(), key=lambda kv: kv[1])
+    return ", ".join(f"{name} {ms:.{3 if ms < 1 else 2}f} ms" for name, ms in order) + f" -> {winner}"
+
+
 def race_line(q_shape: tuple, count: int, times: dict[str, float], winner: str) -> str:
     where = "x".join(str(d) for d in q_shape) + (f" (x{count})" if count > 1 else "")
-    ranked = ", ".join(f"{name} {ms:.{3 if ms < 1 else 2}f} ms" for name, ms in sorted(times.items(), key=lambda kv: kv[1]))
-    return f"attention per call at q {where}: {ranked} -> {winner}"
+    return f"attention per call at q {where}: {ranked(times, winner)}"
 
 
 def scores_mib(q_shape: tuple, k_shape: tuple) -> float:
@@ -114,14 +119,3 @@ def _compiled_lowering(args: list, scale: float, is_causal: bool, enable_gqa: bo
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="zq-attention-race") as pool:
         return pool.submit(build).result()
 
-
-def _time(fns: dict) -> dict[str, float]:
-    """Fastest ms of each callable over ``ROUNDS`` interleaved rounds after one warm-up round."""
-    times = {name: math.inf for name in fns}
-    for i in range(ROUNDS + 1):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            if i:
-                times[name] = min(times[name], (time.perf_counter() - start) * 1e3)
-    return times

@@ -176,7 +176,7 @@ def default_cpu_kernel() -> CpuKernel:
 RACE_MAX_M = 4096
 
 
-def _time_variants(fns: dict, rounds: int) -> dict[str, float]:
+def time_variants(fns: dict, rounds: int) -> dict[str, float]:
     """Fastest ms of each zero-argument callable, taking turns (see ``_race``)."""
     import time
 
@@ -227,7 +227,7 @@ def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[st
             w_t = w_q.t()
             fns["int_mm->int32"] = lambda: torch._int_mm(x_q, w_t)
         fns[f"{'bf16' if float_dtype == torch.bfloat16 else 'fp32'} F.linear"] = lambda: F.linear(x_f, w_f)
-        for name, ms in _time_variants(fns, rounds).items():
+        for name, ms in time_variants(fns, rounds).items():
             totals[name] = totals.get(name, 0.0) + ms * count
     return totals
 
