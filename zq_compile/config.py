@@ -20,6 +20,7 @@ TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
 ACTIVATIONS = ("auto", "bf16", "fp32")
+HEADS = ("float", "split")
 #: Group sizes along the input dimension for INT4 weights (what INT4 kernels take).
 INT4_GROUP_SIZES = (32, 64, 128)
 #: What the attention/FFN classification (``schemes/policy.py``) can say of a linear.
@@ -248,6 +249,10 @@ class ZeroQuantConfig:
         lm_head / embedding-tied linears and then the worst linears while the model-level
         error on the calibration data improves; an int keeps that many of the worst; a float is
         a floor in dB: every linear whose output SQNR is below it stays float.
+    heads: lm_head / embedding-tied linears: "float" keeps them float under keep_float="auto"
+        (quantized like any linear under the other policies); "split" quantizes them with their
+        input's widest channels split into several columns (calibrate/split.py) under every
+        policy: an int8 GEMM where a float head is a bf16 / fp32 one, at some accuracy.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     release_float_weights: after compiling, free the float weights of every quantized linear
@@ -271,6 +276,7 @@ class ZeroQuantConfig:
     activations: str = "auto"
     smooth: Any = "auto"
     keep_float: Any = "auto"
+    heads: str = "float"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     release_float_weights: bool = False
@@ -307,6 +313,8 @@ class ZeroQuantConfig:
                       f"auto, fp32 on this CPU ({cpu_description()} has no native bf16: avx512_bf16 / amx_bf16)")
         object.__setattr__(self, "smooth", _check_smooth(self.smooth))
         _check_keep_float(self.keep_float)
+        if self.heads not in HEADS:
+            _fail("heads", self.heads, ", ".join(HEADS))
         if self.symmetric is not None and not isinstance(self.symmetric, bool):
             _fail("symmetric", self.symmetric, "True, False, None (preset default)")
         if self.dump_graphs is not None and not isinstance(self.dump_graphs, str):

@@ -97,15 +97,16 @@ class _FloatSmoothed(fx.Interpreter):
 
     def __init__(self, ctx):
         super().__init__(ctx.gm)
-        self.scales = ctx.memo["smooth_scale"]
+        self.scales, self.splits = ctx.memo["smooth_scale"], ctx.memo["split"]
 
     def run_node(self, n):
-        s = self.scales.get(n)
-        if s is None:
+        s, split = self.scales.get(n), self.splits.get(n)
+        if s is None and split is None:
             return super().run_node(n)
         x, w = self.env[n.args[0]], self.env[n.args[1]]
         bias = self.env[n.args[2]] if len(n.args) > 2 and n.args[2] is not None else None
-        return F.linear(x, w * s, bias)
+        w = w if s is None else w * s
+        return F.linear(x, w if split is None else split.w(w), bias)
 
 
 @pytest.mark.parametrize("kind", ["llama", "bert"])

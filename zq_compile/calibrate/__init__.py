@@ -57,7 +57,9 @@ def _sites(model: torch.nn.Module, config: ZeroQuantConfig) -> dict[str, tuple[S
         n = mod.weight.shape[0]
         g = n if groups is None else (groups if n % groups == 0 else math.gcd(n, groups))
         head = name.rsplit(".", 1)[-1] == "lm_head" or id(mod.weight) in embedding_weights
-        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head), mod)
+        split = (head and config.heads == "split" and config.scheme.act_bits is not None
+                 and config.scheme.weight_bits == 8)
+        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head, split), mod)
     return out
 
 
@@ -131,7 +133,7 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
         if key in sim.stats.values:
             stats.remember(site.weight, stats.LinearCalibration(
                 site.module, sim.stats.values[key], alphas[key], sim.keep_float.get(key), sqnr[key],
-                (config.smooth, config.keep_float), report))
+                (config.smooth, config.keep_float, config.heads), report))
     report.lkd = lkd_report
     return report
 

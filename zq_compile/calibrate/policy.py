@@ -8,10 +8,15 @@ Everything is decided on the calibration data, deterministically (ties broken by
 2. each alpha (smooth="auto": none and ``SMOOTH_ALPHAS``) is scored by the model-level SQNR of
    a run with every linear fake-quantized as the w8a8 kernels quantize it; the best is kept;
 3. a float run measures each linear's output SQNR with its input in float (its own error);
-4. keep_float: "auto" keeps lm_head / embedding-tied linears, then, among the linears at least
-   ``OUTLIER_DB`` below the median SQNR, the lowest one at a time while the model-level SQNR
-   improves by at least ``MIN_GAIN_DB`` (at most ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
+4. keep_float: "auto" keeps lm_head / embedding-tied linears (unless ``heads="split"``), then,
+   among the linears at least ``OUTLIER_DB`` below the median SQNR, the lowest one at a time
+   while the model-level SQNR improves by at least ``MIN_GAIN_DB`` (at most
+   ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
    every linear below that many dB.
+
+With ``heads="split"`` the heads (with int8 activations) are quantized with their input's
+outlier channels split (``split.py``) in every run above, so each figure is the one the compiled
+model will have.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 
 from zq_compile.calibrate.report import CalibrationReport, LayerError
 from zq_compile.calibrate.smooth import fake_linear, quantized_weight, smooth_scale
+from zq_compile.calibrate.split import Split, split_for
 from zq_compile.calibrate.stats import AbsMax
 from zq_compile.config import SMOOTH_ALPHAS
 
@@ -53,6 +59,7 @@ class Site:
     groups: int  # weight groups of the scheme
     symmetric: bool
     head: bool  # lm_head or tied to an embedding
+    split: bool = False  # a head with int8 activations: its input's outlier channels are split
 
 
 class Simulator:
@@ -65,27 +72,41 @@ class Simulator:
         self.scales: dict[str, torch.Tensor | None] = {}
         self.quantized: set[str] = set()
         self.errors: dict[str, list[float]] = {}
+        self.splits: dict[str, Split] = {}
         self._w: dict[str, torch.Tensor] = {}
 
     def set_plan(self, scales: dict, quantized: set[str]) -> None:
         if scales is not self.scales:
             self._w.clear()
+            self.splits = {k: split_for(_smoothed_absmax(self.stats.values[k], scales.get(k)))
+                           for k, site in self.sites.items() if site.split and k in self.stats.values}
         self.scales, self.quantized = scales, quantized
 
     def _wq(self, key: str) -> torch.Tensor:
         if key not in self._w:
-            site = self.sites[key]
-            self._w[key] = quantized_weight(site.w_nk, self.scales.get(key), site.groups, site.symmetric)
+            site, s, split = self.sites[key], self.scales.get(key), self.splits.get(key)
+            if split is None:
+                self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric)
+            else:
+                w = site.w_nk.detach().float() * (1 if s is None else s)
+                self._w[key] = quantized_weight(split.w(w), None, site.groups, site.symmetric)
         return self._w[key]
+
+    def _fake(self, key: str, x: torch.Tensor, bias) -> torch.Tensor:
+        s, split = self.scales.get(key), self.splits.get(key)
+        if split is None:
+            return fake_linear(x, self._wq(key), bias, s)
+        xs = x.float() if s is None else x.float() / s
+        return fake_linear(split.x(xs), self._wq(key), bias, None).to(x.dtype)
 
     def linear(self, key: str, x: torch.Tensor, w_nk: torch.Tensor, bias) -> torch.Tensor:
         if self.mode == "quant" and key in self.quantized:
-            return fake_linear(x, self._wq(key), bias, self.scales.get(key))
+            return self._fake(key, x, bias)
         y = F.linear(x, w_nk, bias)
         if self.mode == "stats":
             self.stats.update(key, x)
         elif self.mode == "sqnr":
-            yq = fake_linear(x, self._wq(key), bias, self.scales.get(key)).double()
+            yq = self._fake(key, x, bias).double()
             ref = y.double()
             finite = torch.isfinite(x).all(dim=-1)  # tokens with NaN/Inf inputs: no error figure
             ref, yq = ref[finite], yq[finite]
@@ -93,6 +114,10 @@ class Simulator:
             e[0] += ref.pow(2).sum().item()
             e[1] += (ref - yq).pow(2).sum().item()
         return y
+
+
+def _smoothed_absmax(absmax: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    return absmax.float() if s is None else absmax.float() / s
 
 
 def _db(signal: float, noise: float) -> float:
@@ -154,7 +179,8 @@ def decide(sites: dict[str, Site], run: Callable[[Simulator], list[list[torch.Te
                                 "zq_compile.calibrate(model, config, data) with representative inputs first")
         if missing:
             report.notes.append(f"{len(missing)} linear(s) never ran on the calibration data: not smoothed")
-        heads = {k for k, s in live.items() if s.head} if config.keep_float == "auto" else set()
+        float_heads = config.keep_float == "auto" and config.heads == "float"
+        heads = {k for k, s in live.items() if s.head} if float_heads else set()
         quantize = set(live) - heads
 
         def score(scales, quantized) -> float:
@@ -175,7 +201,9 @@ def decide(sites: dict[str, Site], run: Callable[[Simulator], list[list[torch.Te
         run(sim)
         sqnr = {k: _db(*sim.errors[k]) for k in live}
         kept = _keep(config.keep_float, live, sqnr, heads, scales, score, report)
-        if kept != heads or report.model_sqnr_db_after_policy is None:
+        report.notes.extend(f"{live[k].module}: {sp.describe()}" for k, sp in sorted(sim.splits.items())
+                            if k not in kept)
+        if kept.keys() != heads or report.model_sqnr_db_after_policy is None:
             report.model_sqnr_db_after_policy = score(scales, set(live) - set(kept))
         for key, site in sorted(live.items(), key=lambda kv: kv[1].module):
             report.layers.append(LayerError(site.module, tuple(site.w_nk.shape), sqnr[key], kept.get(key)))

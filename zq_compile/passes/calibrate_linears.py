@@ -31,7 +31,7 @@ EMBEDDING = {F.embedding, torch.embedding, torch.ops.aten.embedding.default}
 
 
 def signature(config) -> tuple:
-    return (config.smooth, config.keep_float)
+    return (config.smooth, config.keep_float, config.heads)
 
 
 def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMatch]]]:
@@ -63,14 +63,16 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
         head = module.rsplit(".", 1)[-1] == "lm_head" or any(
             u.op == "call_function" and u.target in EMBEDDING for u in roots[0].users)
         sites[node.name] = Site(node.name, module or node.name, weight, w_nk, m.x, groups,
-                                scheme.symmetric, head)
+                                scheme.symmetric, head,
+                                split=head and ctx.config.heads == "split" and scheme.act_bits is not None
+                                and scheme.weight_bits == 8)
         linears[node] = (node.name, m)
     return sites, linears
 
 
 def run(ctx) -> int:
     config = ctx.config
-    if config.smooth is False and config.keep_float == 0:
+    if config.smooth is False and config.keep_float == 0 and config.heads == "float":
         return 0
     if "rewrite_linear" in config.disable_passes:
         ctx.report.note("calibrate_linears: rewrite_linear is disabled, nothing to calibrate")

@@ -22,10 +22,11 @@ The weight is cast inside the graph, every call: the module's parameter stays th
 (an in-place change to it is seen at once, nothing extra is held in memory), and the cast reads
 the weight once per call, which at prefill sizes is a small fraction of the GEMM's own bytes.
 
-The default-kept heads (``lm_head`` / embedding-tied weights) are included: SmolLM2's tied
-576 x 49152 head in fp32 made a 256-token prefill 297 ms against 204 with the head in int8 (the
-policy's other kept linears were already bf16); its logits then carry bf16 rounding, as those of
-a bf16 model do (Inductor bf16 perplexity 23.750 against fp32 23.780 there).
+Kept heads (``lm_head`` / embedding-tied weights) are included: SmolLM2's tied 576 x 49152
+head in fp32 made a 256-token prefill 297 ms against 204 with the head in int8 (the policy's
+other kept linears were already bf16); its logits then carry bf16 rounding, as those of a bf16
+model do (Inductor bf16 perplexity 23.750 against fp32 23.780 there). With ``heads="split"``
+they are quantized instead (``calibrate/split.py``).
 
 Left alone, with the reason in the report: graphs whose activations stay fp32
 (``bf16_activations.wanted``), non-fp32 inputs, and linears seeing at most ``select.SMALL_M``

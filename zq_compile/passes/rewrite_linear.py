@@ -191,7 +191,7 @@ def _chain(node) -> str:
     return f"{target}({', '.join(args)})"
 
 
-def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None) -> str | None:
+def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, split=None) -> str | None:
     """Key of this weight's constants in ``zq_compile.store``; None for weights computed from
     several placeholders or kept by the graph itself (get_attr), which are not stored."""
     roots = constant_roots(m.weight)
@@ -200,31 +200,36 @@ def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None) -> str 
     chain = f"{'nk' if m.weight_is_nk else 'kn'}:{_chain(m.weight)}"
     if scale is not None:  # smoothed: W * s is what gets quantized, so s is part of the recipe
         chain += f"*s{hashlib.sha1(scale.float().contiguous().numpy().tobytes()).hexdigest()[:16]}"
+    if split is not None:  # outlier channels split: (W * s)[:, index] is what gets quantized
+        chain += f"[:,split{split.digest()}]"
     return store.recipe(handler.name, scheme, groups, chain)
 
 
-def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None):
+def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None, split=None):
     """(constants, root tensor, store key): kept ones for this weight and recipe if the store has
     them, else quantized now and kept."""
-    key = _store_key(m, handler, scheme, groups, scale)
+    key = _store_key(m, handler, scheme, groups, scale, split)
     root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
     tensors = store.get(root, key) if root is not None else None
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
-        w = w_nk if scale is None else _smoothed(w_nk, scale)
+        w = _transformed(w_nk, scale, split)
         tensors = handler.constant_tensors(handler.quantize(w, scheme, groups))
         if root is not None:
             store.put(root, key, tensors, ctx.config.to_json())
     return tensors, root, key
 
 
-def _smoothed(w_nk: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return (w_nk.float() * scale).to(w_nk.dtype)
+def _transformed(w_nk: torch.Tensor, scale: torch.Tensor | None, split) -> torch.Tensor:
+    """What is quantized in place of W: W * s (smoothed), then its columns laid out by the split."""
+    if scale is not None:
+        w_nk = (w_nk.float() * scale).to(w_nk.dtype)
+    return w_nk if split is None else split.w(w_nk)
 
 
 def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int],
-                   scale: torch.Tensor | None = None) -> WeightSource | None:
+                   scale: torch.Tensor | None = None, split=None) -> WeightSource | None:
     """How to redo this weight's quantization from other float inputs (None: a get_attr
     constant of the graph itself, which cannot change between calls)."""
     roots = constant_roots(m.weight)
@@ -236,13 +241,13 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
     def make_float(values):
         w = chain(*values)
         w = w if weight_is_nk else w.t()
-        return w if scale is None else _smoothed(w, scale)
+        return _transformed(w, scale, split)
 
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
 
     return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots,
-                        _store_key(m, handler, scheme, groups, scale), ctx.config.to_json())
+                        _store_key(m, handler, scheme, groups, scale, split), ctx.config.to_json())
 
 
 def _mutated_in_graph(node: fx.Node) -> bool:
@@ -370,20 +375,23 @@ def run(ctx) -> int:
         # The accuracy policy and outlier smoothing (calibrate_linears, smooth_outliers) ran first.
         kept = ctx.memo.get("keep_float", {}).get(node)
         scale = ctx.memo.get("smooth_scale", {}).get(node)
+        split = ctx.memo.get("split", {}).get(node)
         decision = LinearDecision(node=node.name, module=module, op=m.op,
                                   shape=tuple(w_nk.shape) if w_nk is not None else None,
                                   scheme=None, reason=kept or reason, role=roles[node])
         ctx.report.decisions.append(decision)
-        if scale is not None and (w_nk is None or kept):
+        if (scale is not None or split is not None) and (w_nk is None or kept):
             raise RuntimeError(f"zeroquant internal error: {node.name} was smoothed but is not quantized")
         if w_nk is None or kept:
             continue
         if scale is not None:  # X arrives divided by s: W * s is quantized (_quantized_constants)
             decision.reason += ", smoothed"
+        if split is not None:  # X arrives with its columns split: (W * s)[:, index] is quantized
+            decision.reason += f", {split.describe()}"
         handler = handler_for(scheme)
-        key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale))
+        key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale), id(split))
         if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-            tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale)
+            tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale, split)
             prefix = f"{node.name}_"
             quantized_weights[key] = []
             slots = {}
@@ -393,7 +401,7 @@ def run(ctx) -> int:
                 quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
             if root is not None:  # the backend writes the kernel's form of these back to the store
                 ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots, module))
-            source = _weight_source(ctx, m, handler, scheme, groups, slots, scale)
+            source = _weight_source(ctx, m, handler, scheme, groups, slots, scale, split)
             if source is not None:
                 ctx.weight_sources.append(source)
             decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)

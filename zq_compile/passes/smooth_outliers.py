@@ -18,7 +18,14 @@ the per-token quantize that reads it (and that into X's producer):
     X ──► linear(X, W) ;  X ──► residual            (before)
     X ──► mul(X, 1/s) ──► linear(·, W·s) ;  X ──► residual                        (after)
 
-Returns the number of activation groups smoothed.
+Split, for a head that reads its input alone (``calibrate/split.py``): its widest channels
+become several columns. The copies' 1/c joins 1/s (folded or divided as above), a gather lays
+the columns out, and ``rewrite_linear`` quantizes (W * s)[:, index] (``ctx.memo["split"]``):
+
+    X ──► lm_head(X, W)                                                            (before)
+    X ──► (X / (s·c)) ──► index_select(·, -1, index) ──► lm_head(·, (W·s)[:, index])  (after)
+
+Returns the number of activation groups smoothed or split.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch.nn.functional as F
 
 from zq_compile.binding import WeightSource
 from zq_compile.calibrate.smooth import smooth_scale
+from zq_compile.calibrate.split import split_for
 from zq_compile.passes.graph_utils import annotate, fake_value
 from zq_compile.passes.rewrite_linear import constant_roots, constant_value
 
@@ -99,7 +107,7 @@ def _fold(ctx, x: fx.Node, s: torch.Tensor) -> bool:
     return True
 
 
-def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> None:
+def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> fx.Node:
     graph = ctx.gm.graph
     inv = ctx.add_constant(f"{x.name}_inv_smooth", (1.0 / s).to(fake_value(x).dtype))
     first = next(n for n in graph.nodes if n in readers)
@@ -108,6 +116,7 @@ def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> None:
     annotate(xs, ctx.fake_mode)
     for n in readers:
         n.replace_input_with(x, xs)
+    return xs
 
 
 #: weight tensor -> (alpha, smooth/keep_float settings, s) of the graph that smoothed it first.
@@ -128,11 +137,22 @@ def _scale_for(ctx, weights: list[torch.Tensor], k: int, alpha, compute) -> torc
     return s
 
 
+def _gather(ctx, x: fx.Node, reader: fx.Node, index: torch.Tensor) -> None:
+    graph = ctx.gm.graph
+    idx = ctx.add_constant(f"{reader.name}_split_index", index)
+    with graph.inserting_before(reader):
+        g = graph.call_function(torch.ops.aten.index_select.default, (x, -1, idx))
+    annotate(g, ctx.fake_mode)
+    reader.replace_input_with(x, g)
+
+
 def run(ctx) -> int:
     plan = ctx.memo.get("smooth_plan")
     if not plan:
         return 0
     scales = ctx.memo.setdefault("smooth_scale", {})
+    splits = ctx.memo.setdefault("split", {})
+    how = ctx.memo.setdefault("smooth_how", {})
     groups: dict[fx.Node, list[fx.Node]] = {}
     for node, (site, _, _) in plan.items():
         groups.setdefault(site.group, []).append(node)
@@ -140,21 +160,33 @@ def run(ctx) -> int:
     for x, nodes in groups.items():
         smoothed = [n for n in nodes if plan[n][2] is not None]
         stats = [plan[n][1] for n in nodes if plan[n][1] is not None]
-        if not smoothed or not stats:
+        # a head reading its input alone; kept float by the policy: no smooth_plan alpha, no split
+        split_node = nodes[0] if (len(nodes) == 1 and plan[nodes[0]][0].split and stats
+                                  and nodes[0] not in ctx.memo.get("keep_float", {})) else None
+        if not (smoothed or split_node) or not stats:
             continue
-        alpha = plan[smoothed[0]][2]
-        s = _scale_for(ctx, [plan[n][0].weight for n in nodes], plan[nodes[0]][0].w_nk.shape[1], alpha,
-                       lambda: smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha))
-        for n in smoothed:
-            scales[n] = s
-        folded = set(x.users) <= set(smoothed) and _fold(ctx, x, s)
-        if not folded:
-            _divide(ctx, x, s, smoothed)
-        how = ctx.memo.setdefault("smooth_how", {})
-        how[x.name] = "folded into the norm" if folded else "divided before quantize"
+        s = None
+        if smoothed:
+            alpha = plan[smoothed[0]][2]
+            s = _scale_for(ctx, [plan[n][0].weight for n in nodes], plan[nodes[0]][0].w_nk.shape[1], alpha,
+                           lambda: smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha))
+            for n in smoothed:
+                scales[n] = s
+        divisor = s
+        if split_node is not None:
+            split = split_for(stats[0].float() if s is None else stats[0].float() / s)
+            splits[split_node] = split
+            divisor = (1.0 if s is None else s) / split.inv
+        readers = smoothed or [split_node]
+        folded = set(x.users) <= set(readers) and _fold(ctx, x, divisor)
+        source = x if folded else _divide(ctx, x, divisor, readers)
+        if split_node is not None:
+            _gather(ctx, source, split_node, splits[split_node].index)
+        how[x.name] = ("folded into the norm" if folded else "divided before quantize") + (
+            ", outlier channels split" if split_node is not None else "")
         done += 1
     if done:
         folded = sum(v.startswith("folded") for v in how.values())
-        ctx.report.note(f"smooth_outliers: {done} input(s) smoothed: {folded} folded into the norm before them, "
-                        f"{done - folded} divided by s in the per-token quantize")
+        ctx.report.note(f"smooth_outliers: {done} input(s) smoothed or split: {folded} folded into the norm before "
+                        f"them, {done - folded} divided by s in the per-token quantize, {len(splits)} split")
     return done
