@@ -186,8 +186,9 @@ def test_dump_graphs_writes_before_and_after(tmp_path):
         "04_fuse_gemm_epilogue_after.py", "04_fuse_gemm_epilogue_before.py",
         "05_fuse_norm_quantize_after.py", "05_fuse_norm_quantize_before.py",
         "06_attention_bf16_after.py", "06_attention_bf16_before.py",
-        "07_kept_linear_bf16_after.py", "07_kept_linear_bf16_before.py",
-        "08_bf16_activations_after.py", "08_bf16_activations_before.py"]
+        "07_kept_decode_w8a16_after.py", "07_kept_decode_w8a16_before.py",
+        "08_kept_linear_bf16_after.py", "08_kept_linear_bf16_before.py",
+        "09_bf16_activations_after.py", "09_bf16_activations_before.py"]
     after = next(f for f in tmp_path.iterdir() if f.name.endswith("rewrite_linear_after.py")).read_text()
     assert "zq.linear_w8a8" in after
 

@@ -31,7 +31,8 @@ they are quantized instead (``calibrate/split.py``).
 Left alone, with the reason in the report: graphs whose activations stay fp32
 (``bf16_activations.wanted``), non-fp32 inputs, and linears seeing at most ``select.SMALL_M``
 rows (a decode step reads the weight, so casting it each call would cost more bytes than the
-bf16 GEMM saves; a decode step's head stays fp32). Returns the number of linears moved to bf16.
+bf16 GEMM saves; ``kept_decode_w8a16``, which runs first, gives those INT8 weights unless it is
+switched off). Returns the number of linears moved to bf16.
 """
 
 from __future__ import annotations

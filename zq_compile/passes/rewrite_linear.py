@@ -382,39 +382,51 @@ def run(ctx) -> int:
         ctx.report.decisions.append(decision)
         if (scale is not None or split is not None) and (w_nk is None or kept):
             raise RuntimeError(f"zeroquant internal error: {node.name} was smoothed but is not quantized")
+        if w_nk is not None and kept:  # kept_decode_w8a16 may still quantize it for decode steps
+            ctx.memo.setdefault("kept_weights", {})[node] = (w_nk, quantized_weights)
         if w_nk is None or kept:
             continue
         if scale is not None:  # X arrives divided by s: W * s is quantized (_quantized_constants)
             decision.reason += ", smoothed"
         if split is not None:  # X arrives with its columns split: (W * s)[:, index] is quantized
             decision.reason += f", {split.describe()}"
-        handler = handler_for(scheme)
-        key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale), id(split))
-        if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-            tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale, split)
-            prefix = f"{node.name}_"
-            quantized_weights[key] = []
-            slots = {}
-            for name, t in tensors.items():
-                if t is not None:
-                    slots[name] = len(ctx.constants)
-                quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
-            if root is not None:  # the backend writes the kernel's form of these back to the store
-                ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots, module))
-            source = _weight_source(ctx, m, handler, scheme, groups, slots, scale, split)
-            if source is not None:
-                ctx.weight_sources.append(source)
-            decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
-            decision.float_bytes = w_nk.numel() * w_nk.element_size()
-        else:
-            decision.reason += " (weight shared with an earlier node, quantized once)"
-        out_dtype = fake_value(m.x).dtype
-        with graph.inserting_before(node):
-            y = handler.emit(ctx, m.x, quantized_weights[key], m.bias, out_dtype)
-        node.replace_all_uses_with(y)
-        graph.erase_node(node)
+        y = quantize_and_emit(ctx, m, w_nk, scheme, groups, decision, quantized_weights, scale, split)
         ctx.memo.setdefault("decision_of", {})[y] = decision  # the fusion passes name their work here
-        decision.scheme = handler.name
         rewritten += 1
     progress.close()
     return rewritten
+
+
+def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: LinearDecision,
+                      quantized_weights: dict, scale=None, split=None) -> fx.Node:
+    """Quantize m's weight (once per weight and recipe: ``quantized_weights`` is the cache of
+    this graph), emit the scheme's ops in place of m.node and return their output node."""
+    graph = ctx.gm.graph
+    handler = handler_for(scheme)
+    key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale), id(split))
+    if key not in quantized_weights:  # a weight shared by several nodes is quantized once
+        tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale, split)
+        prefix = f"{m.node.name}_"
+        quantized_weights[key] = []
+        slots = {}
+        for name, t in tensors.items():
+            if t is not None:
+                slots[name] = len(ctx.constants)
+            quantized_weights[key].append(None if t is None else ctx.add_constant(prefix + name, t))
+        if root is not None:  # the backend writes the kernel's form of these back to the store
+            ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots,
+                                                      decision.module))
+        source = _weight_source(ctx, m, handler, scheme, groups, slots, scale, split)
+        if source is not None:
+            ctx.weight_sources.append(source)
+        decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
+        decision.float_bytes = w_nk.numel() * w_nk.element_size()
+    else:
+        decision.reason += " (weight shared with an earlier node, quantized once)"
+    out_dtype = fake_value(m.x).dtype
+    with graph.inserting_before(m.node):
+        y = handler.emit(ctx, m.x, quantized_weights[key], m.bias, out_dtype)
+    m.node.replace_all_uses_with(y)
+    graph.erase_node(m.node)
+    decision.scheme = handler.name
+    return y

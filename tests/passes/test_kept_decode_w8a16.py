@@ -1,0 +1,74 @@
+"""kept_decode_w8a16: in decode-sized graphs the linears keep_float leaves float read INT8
+weights (w8a16); at prefill sizes they stay float."""
+
+import pytest
+import torch
+
+import zq_compile.codegen.cpu.select as select
+from tests.passes.test_kept_linear_bf16 import WithHead, _float_linears, _prepare
+from zq_compile.metrics import sqnr_db
+
+
+@pytest.mark.parametrize("rows", [1, 13, select.SMALL_M])
+def test_a_kept_head_reads_int8_weights_in_a_decode_step(rows):
+    torch.manual_seed(0)
+    model, x = WithHead().eval(), torch.randn(1, rows, 64)
+    prepared, out = _prepare(model, x, keep_float="auto")
+    assert prepared.report.pass_counts["kept_decode_w8a16"] == 1
+    head = next(d for d in prepared.report.decisions if d.module == "lm_head")
+    assert head.scheme == "w8a16" and "lm_head / embedding-tied" in head.reason
+    assert "kept_decode_w8a16: " in head.reason
+    assert head.quant_bytes < head.float_bytes / 3  # INT8 weight + one scale per row
+    assert _float_linears(prepared.gm) == []
+    with torch.no_grad():
+        ref = model(x)
+    assert out.dtype == ref.dtype and sqnr_db(ref, out) > 30
+
+
+def test_prefill_sized_graphs_keep_the_head_float():
+    torch.manual_seed(0)
+    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, select.SMALL_M + 1, 64), keep_float="auto")
+    assert prepared.report.pass_counts["kept_decode_w8a16"] == 0
+    head = next(d for d in prepared.report.decisions if d.module == "lm_head")
+    assert head.scheme is None and "kept_decode_w8a16" not in head.reason
+
+
+def test_switched_off_by_name_the_decode_head_stays_float():
+    torch.manual_seed(0)
+    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, 1, 64), keep_float="auto",
+                           disable_passes=("kept_decode_w8a16",))
+    assert "kept_decode_w8a16" in prepared.report.disabled_passes
+    head = next(d for d in prepared.report.decisions if d.module == "lm_head")
+    assert head.scheme is None and _float_linears(prepared.gm) == [torch.float32]
+
+
+def test_a_fp16_model_decode_head_is_w8a16_too():
+    torch.manual_seed(0)
+    model = WithHead().eval().half()
+    x = torch.randn(1, 1, 64, dtype=torch.float16)
+    prepared, out = _prepare(model, x, keep_float="auto")
+    head = next(d for d in prepared.report.decisions if d.module == "lm_head")
+    assert head.scheme == "w8a16" and out.dtype == torch.float16
+    with torch.no_grad():
+        assert sqnr_db(model(x).float(), out.float()) > 25
+
+
+def test_release_never_frees_a_kept_weight_when_the_decode_graph_compiles_first():
+    import zq_compile
+
+    torch.manual_seed(0)
+    model = WithHead().eval()
+    x = torch.randn(1, 24, 64)
+    with torch.no_grad():
+        ref = model(x)  # before compiling: release frees the block's float weights
+    config = {"keep_float": "auto", "smooth": False, "release_float_weights": True}
+    compiled = torch.compile(model, backend="zeroquant", options=config, dynamic=False)
+    with torch.no_grad():
+        compiled(torch.randn(1, 1, 64))  # decode-sized first: the head is w8a16 in this graph
+        head = next(d for d in zq_compile.recent_reports()[-1].decisions if d.module == "lm_head")
+        assert head.scheme == "w8a16"
+        assert not zq_compile.store.is_released(model.lm_head.weight)
+        out = compiled(x)  # prefill-sized: the head runs in float from the weight that was kept
+    head = next(d for d in zq_compile.recent_reports()[-1].decisions if d.module == "lm_head")
+    assert head.scheme is None
+    assert sqnr_db(ref, out) > 25
