@@ -78,18 +78,14 @@ class Simulator:
     def set_plan(self, scales: dict, quantized: set[str]) -> None:
         if scales is not self.scales:
             self._w.clear()
-            self.splits = {k: split_for(_smoothed_absmax(self.stats.values[k], scales.get(k)))
+            self.splits = {k: split_for(self.stats.values[k], scales.get(k))
                            for k, site in self.sites.items() if site.split and k in self.stats.values}
         self.scales, self.quantized = scales, quantized
 
     def _wq(self, key: str) -> torch.Tensor:
         if key not in self._w:
             site, s, split = self.sites[key], self.scales.get(key), self.splits.get(key)
-            if split is None:
-                self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric)
-            else:
-                w = site.w_nk.detach().float() * (1 if s is None else s)
-                self._w[key] = quantized_weight(split.w(w), None, site.groups, site.symmetric)
+            self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric, split)
         return self._w[key]
 
     def _fake(self, key: str, x: torch.Tensor, bias) -> torch.Tensor:
@@ -114,10 +110,6 @@ class Simulator:
             e[0] += ref.pow(2).sum().item()
             e[1] += (ref - yq).pow(2).sum().item()
         return y
-
-
-def _smoothed_absmax(absmax: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-    return absmax.float() if s is None else absmax.float() / s
 
 
 def _db(signal: float, noise: float) -> float:

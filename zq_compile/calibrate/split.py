@@ -67,9 +67,12 @@ class Split:
         return f"{self.extra} outlier channel copies (K {k} -> {k + self.extra}, widest split {widest} ways)"
 
 
-def split_for(act_absmax: torch.Tensor, extra: int | None = None) -> Split:
-    """The split of a linear whose (smoothed) input has max |X_j| = ``act_absmax`` [K]."""
+def split_for(act_absmax: torch.Tensor, s: torch.Tensor | None = None, extra: int | None = None) -> Split:
+    """The split of a linear whose input has max |X_j| = ``act_absmax`` [K], smoothed by ``s``
+    when given (the split sees X / s, what the GEMM's quantize reads)."""
     a = act_absmax.detach().float().clone()
+    if s is not None:
+        a = a / s
     a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
     copies = torch.ones_like(a)
     for _ in range(extra_columns(a.numel()) if extra is None else extra):

@@ -55,9 +55,7 @@ def run(ctx) -> int:
         if rows is None or rows > select.SMALL_M:
             continue
         w_nk, cache = kept[node]
-        n = w_nk.shape[0]
-        groups = scheme.weight_groups or n
-        groups = groups if n % groups == 0 else math.gcd(n, groups)
+        groups, _ = rl.groups_for(scheme, w_nk.shape[0])
         decision = decisions[node.name]
         decision.reason += (f"; {NAME}: {rows} row(s), a decode step reads the weight: INT8 weights, "
                             "float activations")

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from zq_compile import store
 from zq_compile.binding import WeightSource
+from zq_compile.calibrate.smooth import transformed_weight
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
 from zq_compile.schemes import handler_for
@@ -214,18 +215,11 @@ def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
-        w = _transformed(w_nk, scale, split)
+        w = transformed_weight(w_nk, scale, split)
         tensors = handler.constant_tensors(handler.quantize(w, scheme, groups))
         if root is not None:
             store.put(root, key, tensors, ctx.config.to_json())
     return tensors, root, key
-
-
-def _transformed(w_nk: torch.Tensor, scale: torch.Tensor | None, split) -> torch.Tensor:
-    """What is quantized in place of W: W * s (smoothed), then its columns laid out by the split."""
-    if scale is not None:
-        w_nk = (w_nk.float() * scale).to(w_nk.dtype)
-    return w_nk if split is None else split.w(w_nk)
 
 
 def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int],
@@ -241,7 +235,7 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
     def make_float(values):
         w = chain(*values)
         w = w if weight_is_nk else w.t()
-        return _transformed(w, scale, split)
+        return transformed_weight(w, scale, split)
 
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
@@ -298,13 +292,18 @@ def _decide(ctx, m: LinearMatch, module: str, role: str = "other"):
                                   f"(limit K <= {limit} for {scheme.name}): kept in float")
     if scheme.name != "w8a8" and ctx.target == "triton":
         return None, None, None, f"{why}: scheme {scheme.name} has no Triton kernel yet (w8a8 only)"
-    groups = scheme.weight_groups or n
-    reason = f"{scheme.name}, " + ("per-channel" if groups == n else f"{groups} groups")
-    if n % groups:
-        used = math.gcd(n, groups)
-        reason = f"{scheme.name}, {used} groups (weight_groups={groups} does not divide {n} rows)"
-        groups = used
+    groups, reason = groups_for(scheme, n)
     return w_nk, scheme, groups, f"{reason}; {why}"
+
+
+def groups_for(scheme, n: int) -> tuple[int, str]:
+    """The weight groups a scheme gets on N output rows, and how the report words it: the
+    scheme's own count where it divides N, else the largest count that does."""
+    asked = scheme.weight_groups or n
+    if n % asked == 0:
+        return asked, f"{scheme.name}, " + ("per-channel" if asked == n else f"{asked} groups")
+    used = math.gcd(n, asked)
+    return used, f"{scheme.name}, {used} groups (weight_groups={asked} does not divide {n} rows)"
 
 
 def _check(ctx, m: LinearMatch, module: str):

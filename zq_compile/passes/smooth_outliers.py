@@ -174,7 +174,7 @@ def run(ctx) -> int:
                 scales[n] = s
         divisor = s
         if split_node is not None:
-            split = split_for(stats[0].float() if s is None else stats[0].float() / s)
+            split = split_for(stats[0], s)
             splits[split_node] = split
             divisor = (1.0 if s is None else s) / split.inv
         readers = smoothed or [split_node]
