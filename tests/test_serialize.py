@@ -68,6 +68,24 @@ def test_round_trip_is_bit_identical_without_requantizing(kind, saved_from, tmp_
     assert torch.equal(before, after)
 
 
+def test_calibration_travels_with_the_file(tmp_path, request):
+    """A model calibrated on other data than its first compiled call: the file carries the
+    calibration (the smoothed recipe depends on it), so the loaded model quantizes nothing and
+    matches bit for bit, and its report says where the calibration came from."""
+    model = tiny_model("llama")
+    data = [{"input_ids": torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(5))}]
+    zq_compile.calibrate(model, CONFIG, data)
+    compiled, before = _compiled_output(model)
+    zq_compile.save(compiled, tmp_path / "w.safetensors")
+
+    fresh = tiny_model("llama")
+    request.getfixturevalue("no_quantize_no_pickle")
+    config = zq_compile.load(tmp_path / "w.safetensors", fresh)
+    _, after = _compiled_output(fresh, config)
+    assert torch.equal(before, after)
+    assert "zq_compile.load('w.safetensors')" in str(zq_compile.recent_reports()[-1].calibration.source)
+
+
 def _block(seed=0, **kwargs):
     torch.manual_seed(seed)
     return Block(**kwargs).eval()
@@ -144,7 +162,7 @@ BAD_FILES = {
     "empty": (lambda src, dst: dst.write_bytes(b""), "truncated"),
     "other config version": (lambda src, dst: _rewrite_metadata(src, dst, _set_config_version), "config version"),
     "other format version": (
-        lambda src, dst: _rewrite_metadata(src, dst, lambda m, t: m.update(format_version=2)), "format version 2"),
+        lambda src, dst: _rewrite_metadata(src, dst, lambda m, t: m.update(format_version=99)), "format version 99"),
     "no zeroquant metadata": (
         lambda src, dst: _rewrite_metadata(src, dst, lambda m, t: m.clear()), "not a zeroquant weights file"),
     "extra name in the model": (

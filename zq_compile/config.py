@@ -20,7 +20,7 @@ TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
 ACTIVATIONS = ("auto", "bf16", "fp32")
-HEADS = ("float", "split")
+HEADS = ("float", "split", "outliers")
 #: Group sizes along the input dimension for INT4 weights (what INT4 kernels take).
 INT4_GROUP_SIZES = (32, 64, 128)
 #: What the attention/FFN classification (``schemes/policy.py``) can say of a linear.
@@ -252,7 +252,10 @@ class ZeroQuantConfig:
     heads: lm_head / embedding-tied linears: "float" keeps them float under keep_float="auto"
         (quantized like any linear under the other policies); "split" quantizes them with their
         input's widest channels split into several columns (calibrate/split.py) under every
-        policy: an int8 GEMM where a float head is a bf16 / fp32 one, at some accuracy.
+        policy: an int8 GEMM where a float head is a bf16 / fp32 one, at some accuracy;
+        "outliers" quantizes them with their input's 8 widest channels (per 1024) left out of
+        the int8 GEMM and multiplied in float beside it (calibrate/outliers.py, LLM.int8's
+        decomposition), fused into the kernel that writes the logits.
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     release_float_weights: after compiling, free the float weights of every quantized linear

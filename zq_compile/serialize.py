@@ -8,6 +8,11 @@ each weight's recipe (``zq_compile.store.recipe``), the name, shape and dtype of
 and buffer of the module (to refuse a file from another model) and a CRC-32 of every tensor (to
 refuse a corrupt one). Loading reads nothing but that JSON and raw tensor bytes: no pickle.
 
+Since format version 2 the file also holds each weight's calibration (``calibrate/stats.py``:
+max |X_j| of its input, the alpha and the policy's decision), because the recipe of a smoothed
+weight depends on it: without it the next compile would calibrate on its own first call, find
+another s, and quantize again with other results. Version 1 files (no calibration) still load.
+
 ``load`` puts the constants into ``zq_compile.store`` beside the module's parameters, where the
 next compile finds them instead of quantizing; the module itself is not modified. Everything is
 checked before anything is kept, so a bad file leaves no trace.
@@ -22,10 +27,12 @@ import zlib
 import torch
 
 from zq_compile import store
+from zq_compile.calibrate import stats
 from zq_compile.config import CONFIG_VERSION, ZeroQuantConfig
 
 FORMAT = "zeroquant-quantized-weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 METADATA_KEY = "zeroquant"
 
 
@@ -88,7 +95,16 @@ def save(model, path: str | os.PathLike) -> None:
                 configs.append(entry.config)
             weights.setdefault(name, []).append(
                 {"recipe": recipe, "tensors": files, "config": configs.index(entry.config)})
-    if not tensors:
+    calibration = {}
+    for name, t in named.items():
+        entry = stats.lookup(t)  # kept-float linears too: the next compile needs every entry
+        if entry is not None:
+            key = f"{name}:calibration:act_absmax"
+            tensors[key] = entry.act_absmax.detach().float().cpu().contiguous()
+            calibration[name] = {"module": entry.module, "act_absmax": key, "alpha": entry.alpha,
+                                 "keep_float": entry.keep_float, "sqnr_db": _finite_or_none(entry.sqnr_db),
+                                 "signature": list(entry.signature)}
+    if not weights:
         raise ValueError(
             "nothing to save: no quantized weights are kept for this model. Compile it with the "
             "zeroquant backend and run it once (compilation happens at the first call), then save")
@@ -98,6 +114,7 @@ def save(model, path: str | os.PathLike) -> None:
         "configs": [json.loads(c) for c in configs],
         "parameters": _fingerprint(named),
         "weights": weights,
+        "calibration": calibration,
         "crc32": {k: _crc(v) for k, v in tensors.items()},
     }
     path = os.fspath(path)
@@ -117,6 +134,7 @@ def load(path: str | os.PathLike, model) -> ZeroQuantConfig:
     try:
         configs = [ZeroQuantConfig.from_dict(c) for c in meta["configs"]]
         plan = _match(meta, named, raw)
+        calibrated = _calibration(meta, named, raw, path)
     except WeightsFileError:
         raise
     except ValueError as e:
@@ -125,7 +143,35 @@ def load(path: str | os.PathLike, model) -> ZeroQuantConfig:
         raise WeightsFileError(f"{path}: malformed zeroquant metadata ({type(e).__name__}: {e})") from None
     for name, recipe, tensors, config in plan:  # every check passed: keep them all
         store.put(named[name], recipe, tensors, configs[config].to_json())
+    for name, entry in calibrated.items():
+        stats.remember(named[name], entry)
     return configs[0]
+
+
+def _finite_or_none(x: float):
+    return x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None
+
+
+def _calibration(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torch.Tensor], path: str) -> dict:
+    """The saved calibration of each weight (checked like the constants), as stats entries that
+    share one report naming the file."""
+    from zq_compile.calibrate.report import CalibrationReport
+
+    out, report = {}, None
+    for name, c in meta.get("calibration", {}).items():
+        if name not in named or c["act_absmax"] not in raw:
+            raise WeightsFileError(f"calibration for {name!r} refers to a missing weight or tensor")
+        absmax = raw[c["act_absmax"]]
+        if absmax.dim() != 1 or absmax.dtype != torch.float32:
+            raise WeightsFileError(f"calibration for {name!r}: max |X| must be a 1-D fp32 tensor")
+        signature = tuple(c["signature"])
+        if report is None:
+            report = CalibrationReport(source=f"zq_compile.load({os.path.basename(path)!r})", batches=0, tokens=0,
+                                       smooth=signature[0], keep_float=signature[1])
+        sqnr = c["sqnr_db"]
+        out[name] = stats.LinearCalibration(str(c["module"]), absmax, c["alpha"], c["keep_float"],
+                                            float("nan") if sqnr is None else float(sqnr), signature, report)
+    return out
 
 
 def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -144,15 +190,24 @@ def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise WeightsFileError(f"{path}: unreadable, corrupt or truncated safetensors file: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise WeightsFileError(f"{path}: not a zeroquant weights file (format {meta.get('format') if isinstance(meta, dict) else meta!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READS_VERSIONS:
         raise WeightsFileError(
-            f"{path}: format version {meta.get('format_version')!r}; this zeroquant reads version {FORMAT_VERSION}")
+            f"{path}: format version {meta.get('format_version')!r}; this zeroquant reads versions "
+            f"{', '.join(map(str, READS_VERSIONS))}")
     versions = {c.get("version") for c in meta.get("configs", []) if isinstance(c, dict)}
     if versions - {CONFIG_VERSION}:
         raise WeightsFileError(
             f"{path}: saved with config version {sorted(versions - {CONFIG_VERSION})}; this zeroquant reads "
             f"config version {CONFIG_VERSION}: quantize the model again and save it with this version")
     return meta, raw
+
+
+def _checked(raw: dict[str, torch.Tensor], crc: dict, key: str) -> torch.Tensor:
+    if key not in raw:
+        raise WeightsFileError(f"tensor {key!r} is listed but missing from the file")
+    if _crc(raw[key]) != crc[key]:
+        raise WeightsFileError(f"tensor {key!r} is corrupt (CRC-32 differs from the one saved)")
+    return raw[key]
 
 
 def _match(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torch.Tensor]) -> list:
@@ -178,15 +233,14 @@ def _match(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torch.Tens
                 if key is None:
                     tensors[cname] = None
                     continue
-                if key not in raw:
-                    raise WeightsFileError(f"tensor {key!r} is listed but missing from the file")
-                if _crc(raw[key]) != crc[key]:
-                    raise WeightsFileError(f"tensor {key!r} is corrupt (CRC-32 differs from the one saved)")
-                tensors[cname] = raw[key]
+                tensors[cname] = _checked(raw, crc, key)
                 used.add(key)
             if not isinstance(s["recipe"], str) or not 0 <= s["config"] < len(meta["configs"]):
                 raise WeightsFileError(f"malformed entry for {name!r}")
             plan.append((name, s["recipe"], tensors, s["config"]))
+    for c in meta.get("calibration", {}).values():
+        _checked(raw, crc, c["act_absmax"])
+        used.add(c["act_absmax"])
     if set(raw) - used:
         raise WeightsFileError(f"tensors no weight refers to: {sorted(set(raw) - used)[:5]}")
     return plan

@@ -97,7 +97,7 @@ class _FloatSmoothed(fx.Interpreter):
 
     def __init__(self, ctx):
         super().__init__(ctx.gm)
-        self.scales, self.splits = ctx.memo["smooth_scale"], ctx.memo["split"]
+        self.scales, self.splits = ctx.memo["smooth_scale"], ctx.memo["columns"]
 
     def run_node(self, n):
         s, split = self.scales.get(n), self.splits.get(n)

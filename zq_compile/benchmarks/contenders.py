@@ -315,7 +315,8 @@ def all_contenders() -> list[Contender]:
     for name, options in (("zeroquant w8a8 plain", dict(smooth=False, keep_float=0)),
                           ("zeroquant w8a8+smooth", dict(keep_float=0)),
                           ("zeroquant w8a8+smooth+policy", {}),
-                          ("zeroquant w8a8+smooth+policy+split", dict(heads="split"))):
+                          ("zeroquant w8a8+smooth+policy+split", dict(heads="split")),
+                          ("zeroquant w8a8+smooth+policy+outliers", dict(heads="outliers"))):
         out.append(Contender(name, "zeroquant", functools.partial(zeroquant_calibrated, options),
                              f"zq_compile.calibrate on held-out text, then zq_compile.compile, options {options}"))
     out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",

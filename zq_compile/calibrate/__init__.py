@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from zq_compile.calibrate import stats
-from zq_compile.calibrate.policy import Simulator, Site, decide
+from zq_compile.calibrate.policy import Simulator, Site, decide, head_columns
 from zq_compile.calibrate.report import CalibrationReport
 from zq_compile.config import ZeroQuantConfig
 
@@ -57,9 +57,8 @@ def _sites(model: torch.nn.Module, config: ZeroQuantConfig) -> dict[str, tuple[S
         n = mod.weight.shape[0]
         g = n if groups is None else (groups if n % groups == 0 else math.gcd(n, groups))
         head = name.rsplit(".", 1)[-1] == "lm_head" or id(mod.weight) in embedding_weights
-        split = (head and config.heads == "split" and config.scheme.act_bits is not None
-                 and config.scheme.weight_bits == 8)
-        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head, split), mod)
+        columns = head_columns(config, config.scheme, head)
+        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head, columns), mod)
     return out
 
 

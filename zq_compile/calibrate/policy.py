@@ -8,15 +8,15 @@ Everything is decided on the calibration data, deterministically (ties broken by
 2. each alpha (smooth="auto": none and ``SMOOTH_ALPHAS``) is scored by the model-level SQNR of
    a run with every linear fake-quantized as the w8a8 kernels quantize it; the best is kept;
 3. a float run measures each linear's output SQNR with its input in float (its own error);
-4. keep_float: "auto" keeps lm_head / embedding-tied linears (unless ``heads="split"``), then,
+4. keep_float: "auto" keeps lm_head / embedding-tied linears (when ``heads="float"``), then,
    among the linears at least ``OUTLIER_DB`` below the median SQNR, the lowest one at a time
    while the model-level SQNR improves by at least ``MIN_GAIN_DB`` (at most
    ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
    every linear below that many dB.
 
-With ``heads="split"`` the heads (with int8 activations) are quantized with their input's
-outlier channels split (``split.py``) in every run above, so each figure is the one the compiled
-model will have.
+With ``heads="split"`` or ``"outliers"`` the heads (with int8 activations) are quantized with their
+input's outlier channels split (``split.py``) or computed in float (``outliers.py``) in every run
+above, so each figure is the one the compiled model will have.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from zq_compile.calibrate.report import CalibrationReport, LayerError
-from zq_compile.calibrate.smooth import fake_linear, quantized_weight, smooth_scale
+from zq_compile.calibrate.smooth import fake_linear, quantized_weight, smooth_scale, transformed_weight
+from zq_compile.calibrate.outliers import Outliers, float_term, outliers_for
 from zq_compile.calibrate.split import Split, split_for
 from zq_compile.calibrate.stats import AbsMax
 from zq_compile.config import SMOOTH_ALPHAS
@@ -59,7 +60,21 @@ class Site:
     groups: int  # weight groups of the scheme
     symmetric: bool
     head: bool  # lm_head or tied to an embedding
-    split: bool = False  # a head with int8 activations: its input's outlier channels are split
+    columns: str | None = None  # a head's outlier channels: "split" or "outliers" (head_columns)
+
+
+def head_columns(config, scheme, head: bool) -> str | None:
+    """How a head's outlier input channels are treated under ``config.heads``: "split" or
+    "outliers" for heads with int8 activations and int8 weights (the calibration simulator
+    quantizes weights as INT8), else None."""
+    if not head or config.heads == "float" or scheme.act_bits is None or scheme.weight_bits != 8:
+        return None
+    return config.heads
+
+
+def columns_for(site: Site, absmax: torch.Tensor, s: torch.Tensor | None) -> Split | Outliers:
+    """The head's outlier-channel treatment from its input statistics (smoothed by s)."""
+    return split_for(absmax, s) if site.columns == "split" else outliers_for(absmax, s)
 
 
 class Simulator:
@@ -72,28 +87,35 @@ class Simulator:
         self.scales: dict[str, torch.Tensor | None] = {}
         self.quantized: set[str] = set()
         self.errors: dict[str, list[float]] = {}
-        self.splits: dict[str, Split] = {}
+        self.columns: dict[str, Split | Outliers] = {}
         self._w: dict[str, torch.Tensor] = {}
+        self._w_float: dict[str, torch.Tensor] = {}
 
     def set_plan(self, scales: dict, quantized: set[str]) -> None:
         if scales is not self.scales:
             self._w.clear()
-            self.splits = {k: split_for(self.stats.values[k], scales.get(k))
-                           for k, site in self.sites.items() if site.split and k in self.stats.values}
+            self._w_float.clear()
+            self.columns = {k: columns_for(site, self.stats.values[k], scales.get(k))
+                            for k, site in self.sites.items() if site.columns and k in self.stats.values}
         self.scales, self.quantized = scales, quantized
 
     def _wq(self, key: str) -> torch.Tensor:
         if key not in self._w:
-            site, s, split = self.sites[key], self.scales.get(key), self.splits.get(key)
-            self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric, split)
+            site, s, columns = self.sites[key], self.scales.get(key), self.columns.get(key)
+            self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric, columns)
         return self._w[key]
 
     def _fake(self, key: str, x: torch.Tensor, bias) -> torch.Tensor:
-        s, split = self.scales.get(key), self.splits.get(key)
-        if split is None:
+        s, columns = self.scales.get(key), self.columns.get(key)
+        if columns is None:
             return fake_linear(x, self._wq(key), bias, s)
         xs = x.float() if s is None else x.float() / s
-        return fake_linear(split.x(xs), self._wq(key), bias, None).to(x.dtype)
+        y = fake_linear(columns.x(xs), self._wq(key), bias, None)
+        if isinstance(columns, Outliers):
+            if key not in self._w_float:
+                self._w_float[key] = columns.w_float(transformed_weight(self.sites[key].w_nk.detach().float(), s))
+            y = y + float_term(xs, self._w_float[key], columns.index)
+        return y.to(x.dtype)
 
     def linear(self, key: str, x: torch.Tensor, w_nk: torch.Tensor, bias) -> torch.Tensor:
         if self.mode == "quant" and key in self.quantized:
@@ -193,7 +215,7 @@ def decide(sites: dict[str, Site], run: Callable[[Simulator], list[list[torch.Te
         run(sim)
         sqnr = {k: _db(*sim.errors[k]) for k in live}
         kept = _keep(config.keep_float, live, sqnr, heads, scales, score, report)
-        report.notes.extend(f"{live[k].module}: {sp.describe()}" for k, sp in sorted(sim.splits.items())
+        report.notes.extend(f"{live[k].module}: {c.describe()}" for k, c in sorted(sim.columns.items())
                             if k not in kept)
         if kept.keys() != heads or report.model_sqnr_db_after_policy is None:
             report.model_sqnr_db_after_policy = score(scales, set(live) - set(kept))

@@ -38,19 +38,20 @@ def smooth_scale(act_absmax: torch.Tensor, weights_nk: list[torch.Tensor], alpha
     return s.clamp(1 / S_LIMIT, S_LIMIT)
 
 
-def transformed_weight(w_nk: torch.Tensor, s: torch.Tensor | None, split=None) -> torch.Tensor:
-    """What is quantized in place of W, in W's dtype: W * s (smoothed), its columns then laid out
-    by the outlier split (``calibrate.split.Split``). Compile and the calibration simulator both
-    read it, so they quantize the same matrix."""
+def transformed_weight(w_nk: torch.Tensor, s: torch.Tensor | None, columns=None) -> torch.Tensor:
+    """What is quantized in place of W, in W's dtype: W * s (smoothed), its columns then treated
+    for the heads' outlier channels (``columns``: a ``split.Split`` lays them out, an
+    ``outliers.Outliers`` zeroes those computed in float). Compile and the calibration simulator
+    both read it, so they quantize the same matrix."""
     if s is not None:
         w_nk = (w_nk.float() * s).to(w_nk.dtype)
-    return w_nk if split is None else split.w(w_nk)
+    return w_nk if columns is None else columns.w(w_nk)
 
 
 def quantized_weight(w_nk: torch.Tensor, s: torch.Tensor | None, groups: int, symmetric: bool,
-                     split=None) -> torch.Tensor:
-    """W * s (split when given) quantized to int8 as the w8a8 scheme does and dequantized, fp32 [N, K']."""
-    w = transformed_weight(w_nk.detach().float(), s, split)
+                     columns=None) -> torch.Tensor:
+    """``transformed_weight`` quantized to int8 as the w8a8 scheme does and dequantized, fp32 [N, K']."""
+    w = transformed_weight(w_nk.detach().float(), s, columns)
     return quantize_weight(w, bits=8, groups=groups, symmetric=symmetric).dequantize()
 
 

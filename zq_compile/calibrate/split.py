@@ -61,6 +61,10 @@ class Split:
     def digest(self) -> str:
         return hashlib.sha1(self.index.numpy().tobytes()).hexdigest()[:16]
 
+    def tag(self) -> str:
+        """The weight's treatment in its store key."""
+        return f"split{self.digest()}"
+
     def describe(self) -> str:
         k = self.inv.numel()
         widest = int((1 / self.inv).max().item())

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from zq_compile.calibrate import stats
 from zq_compile.calibrate.graph_run import graph_runner
-from zq_compile.calibrate.policy import Site, decide
+from zq_compile.calibrate.policy import Site, decide, head_columns
 from zq_compile.passes.graph_utils import module_path
 from zq_compile.passes import rewrite_linear as rl
 
@@ -64,8 +64,7 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
             u.op == "call_function" and u.target in EMBEDDING for u in roots[0].users)
         sites[node.name] = Site(node.name, module or node.name, weight, w_nk, m.x, groups,
                                 scheme.symmetric, head,
-                                split=head and ctx.config.heads == "split" and scheme.act_bits is not None
-                                and scheme.weight_bits == 8)
+                                columns=head_columns(ctx.config, scheme, head))
         linears[node] = (node.name, m)
     return sites, linears
 

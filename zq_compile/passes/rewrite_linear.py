@@ -35,7 +35,9 @@ from tqdm import tqdm
 
 from zq_compile import store
 from zq_compile.binding import WeightSource
+from zq_compile.calibrate.outliers import Outliers
 from zq_compile.calibrate.smooth import transformed_weight
+from zq_compile.passes import outlier_term
 from zq_compile.passes.graph_utils import fake_value, module_path
 from zq_compile.report import LinearDecision
 from zq_compile.schemes import handler_for
@@ -192,7 +194,7 @@ def _chain(node) -> str:
     return f"{target}({', '.join(args)})"
 
 
-def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, split=None) -> str | None:
+def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, columns=None) -> str | None:
     """Key of this weight's constants in ``zq_compile.store``; None for weights computed from
     several placeholders or kept by the graph itself (get_attr), which are not stored."""
     roots = constant_roots(m.weight)
@@ -201,21 +203,21 @@ def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, split=N
     chain = f"{'nk' if m.weight_is_nk else 'kn'}:{_chain(m.weight)}"
     if scale is not None:  # smoothed: W * s is what gets quantized, so s is part of the recipe
         chain += f"*s{hashlib.sha1(scale.float().contiguous().numpy().tobytes()).hexdigest()[:16]}"
-    if split is not None:  # outlier channels split: (W * s)[:, index] is what gets quantized
-        chain += f"[:,split{split.digest()}]"
+    if columns is not None:  # heads' outlier channels: what gets quantized is (W * s) laid out anew
+        chain += f"[:,{columns.tag()}]"
     return store.recipe(handler.name, scheme, groups, chain)
 
 
-def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None, split=None):
+def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None, columns=None):
     """(constants, root tensor, store key): kept ones for this weight and recipe if the store has
     them, else quantized now and kept."""
-    key = _store_key(m, handler, scheme, groups, scale, split)
+    key = _store_key(m, handler, scheme, groups, scale, columns)
     root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
     tensors = store.get(root, key) if root is not None else None
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
-        w = transformed_weight(w_nk, scale, split)
+        w = transformed_weight(w_nk, scale, columns)
         tensors = handler.constant_tensors(handler.quantize(w, scheme, groups))
         if root is not None:
             store.put(root, key, tensors, ctx.config.to_json())
@@ -223,7 +225,7 @@ def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int
 
 
 def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dict[str, int],
-                   scale: torch.Tensor | None = None, split=None) -> WeightSource | None:
+                   scale: torch.Tensor | None = None, columns=None) -> WeightSource | None:
     """How to redo this weight's quantization from other float inputs (None: a get_attr
     constant of the graph itself, which cannot change between calls)."""
     roots = constant_roots(m.weight)
@@ -235,13 +237,13 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
     def make_float(values):
         w = chain(*values)
         w = w if weight_is_nk else w.t()
-        return transformed_weight(w, scale, split)
+        return transformed_weight(w, scale, columns)
 
     def quantize(w_nk):
         return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
 
     return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots,
-                        _store_key(m, handler, scheme, groups, scale, split), ctx.config.to_json())
+                        _store_key(m, handler, scheme, groups, scale, columns), ctx.config.to_json())
 
 
 def _mutated_in_graph(node: fx.Node) -> bool:
@@ -374,12 +376,12 @@ def run(ctx) -> int:
         # The accuracy policy and outlier smoothing (calibrate_linears, smooth_outliers) ran first.
         kept = ctx.memo.get("keep_float", {}).get(node)
         scale = ctx.memo.get("smooth_scale", {}).get(node)
-        split = ctx.memo.get("split", {}).get(node)
+        columns = ctx.memo.get("columns", {}).get(node)
         decision = LinearDecision(node=node.name, module=module, op=m.op,
                                   shape=tuple(w_nk.shape) if w_nk is not None else None,
                                   scheme=None, reason=kept or reason, role=roles[node])
         ctx.report.decisions.append(decision)
-        if (scale is not None or split is not None) and (w_nk is None or kept):
+        if (scale is not None or columns is not None) and (w_nk is None or kept):
             raise RuntimeError(f"zeroquant internal error: {node.name} was smoothed but is not quantized")
         if w_nk is not None and kept:  # kept_decode_w8a16 may still quantize it for decode steps
             ctx.memo.setdefault("kept_weights", {})[node] = (w_nk, quantized_weights)
@@ -387,24 +389,26 @@ def run(ctx) -> int:
             continue
         if scale is not None:  # X arrives divided by s: W * s is quantized (_quantized_constants)
             decision.reason += ", smoothed"
-        if split is not None:  # X arrives with its columns split: (W * s)[:, index] is quantized
-            decision.reason += f", {split.describe()}"
-        y = quantize_and_emit(ctx, m, w_nk, scheme, groups, decision, quantized_weights, scale, split)
+        if columns is not None:  # X arrives split or masked: transformed_weight says what is quantized
+            decision.reason += f", {columns.describe()}"
+        y = quantize_and_emit(ctx, m, w_nk, scheme, groups, decision, quantized_weights, scale, columns)
         ctx.memo.setdefault("decision_of", {})[y] = decision  # the fusion passes name their work here
+        if isinstance(columns, Outliers):  # the outlier channels' float product joins the GEMM's output
+            outlier_term.emit(ctx, m, y, w_nk, scale, columns, ctx.memo["outlier_x"][node], module)
         rewritten += 1
     progress.close()
     return rewritten
 
 
 def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: LinearDecision,
-                      quantized_weights: dict, scale=None, split=None) -> fx.Node:
+                      quantized_weights: dict, scale=None, columns=None) -> fx.Node:
     """Quantize m's weight (once per weight and recipe: ``quantized_weights`` is the cache of
     this graph), emit the scheme's ops in place of m.node and return their output node."""
     graph = ctx.gm.graph
     handler = handler_for(scheme)
-    key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale), id(split))
+    key = (m.weight, m.weight_is_nk, scheme, None if scale is None else id(scale), id(columns))
     if key not in quantized_weights:  # a weight shared by several nodes is quantized once
-        tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale, split)
+        tensors, root, store_key = _quantized_constants(ctx, m, w_nk, handler, scheme, groups, scale, columns)
         prefix = f"{m.node.name}_"
         quantized_weights[key] = []
         slots = {}
@@ -415,7 +419,7 @@ def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: 
         if root is not None:  # the backend writes the kernel's form of these back to the store
             ctx.memo.setdefault("stored", []).append((constant_roots(m.weight)[0], root, store_key, slots,
                                                       decision.module))
-        source = _weight_source(ctx, m, handler, scheme, groups, slots, scale, split)
+        source = _weight_source(ctx, m, handler, scheme, groups, slots, scale, columns)
         if source is not None:
             ctx.weight_sources.append(source)
         decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)

@@ -20,12 +20,19 @@ the per-token quantize that reads it (and that into X's producer):
 
 Split, for a head that reads its input alone (``calibrate/split.py``): its widest channels
 become several columns. The copies' 1/c joins 1/s (folded or divided as above), a gather lays
-the columns out, and ``rewrite_linear`` quantizes (W * s)[:, index] (``ctx.memo["split"]``):
+the columns out, and ``rewrite_linear`` quantizes (W * s)[:, index] (``ctx.memo["columns"]``):
 
     X ──► lm_head(X, W)                                                            (before)
     X ──► (X / (s·c)) ──► index_select(·, -1, index) ──► lm_head(·, (W·s)[:, index])  (after)
 
-Returns the number of activation groups smoothed or split.
+Outliers, for such a head under ``heads="outliers"`` (``calibrate/outliers.py``): the int8 GEMM
+reads X / s with its k widest channels zeroed, and those channels are gathered for the float term
+that ``outlier_term`` adds after the GEMM (``ctx.memo["outlier_x"]``):
+
+    X/s ──► mul(·, m) ──► lm_head(·, (W·s)·m)
+    X/s ──► index_select(·, -1, idx) ──► xo                                        (after)
+
+Returns the number of activation groups smoothed or treated.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ import torch.nn.functional as F
 
 from zq_compile.binding import WeightSource
 from zq_compile.calibrate.smooth import smooth_scale
-from zq_compile.calibrate.split import split_for
+from zq_compile.calibrate.outliers import Outliers
+from zq_compile.calibrate.policy import columns_for
+from zq_compile.calibrate.split import Split
 from zq_compile.passes.graph_utils import annotate, fake_value
 from zq_compile.passes.rewrite_linear import constant_roots, constant_value
 
@@ -146,12 +155,25 @@ def _gather(ctx, x: fx.Node, reader: fx.Node, index: torch.Tensor) -> None:
     reader.replace_input_with(x, g)
 
 
+def _mask(ctx, x: fx.Node, reader: fx.Node, outliers: Outliers) -> None:
+    graph = ctx.gm.graph
+    mask = ctx.add_constant(f"{reader.name}_outlier_mask", outliers.mask(fake_value(x).dtype))
+    idx = ctx.add_constant(f"{reader.name}_outlier_index", outliers.index)
+    with graph.inserting_before(reader):
+        xm = graph.call_function(operator.mul, (x, mask))
+        xo = graph.call_function(torch.ops.aten.index_select.default, (x, -1, idx))
+    annotate(xm, ctx.fake_mode)
+    annotate(xo, ctx.fake_mode)
+    reader.replace_input_with(x, xm)
+    ctx.memo.setdefault("outlier_x", {})[reader] = xo  # outlier_term adds xo Wo^T after the GEMM
+
+
 def run(ctx) -> int:
     plan = ctx.memo.get("smooth_plan")
     if not plan:
         return 0
     scales = ctx.memo.setdefault("smooth_scale", {})
-    splits = ctx.memo.setdefault("split", {})
+    treated = ctx.memo.setdefault("columns", {})
     how = ctx.memo.setdefault("smooth_how", {})
     groups: dict[fx.Node, list[fx.Node]] = {}
     for node, (site, _, _) in plan.items():
@@ -161,9 +183,9 @@ def run(ctx) -> int:
         smoothed = [n for n in nodes if plan[n][2] is not None]
         stats = [plan[n][1] for n in nodes if plan[n][1] is not None]
         # a head reading its input alone; kept float by the policy: no smooth_plan alpha, no split
-        split_node = nodes[0] if (len(nodes) == 1 and plan[nodes[0]][0].split and stats
-                                  and nodes[0] not in ctx.memo.get("keep_float", {})) else None
-        if not (smoothed or split_node) or not stats:
+        head = nodes[0] if (len(nodes) == 1 and plan[nodes[0]][0].columns and stats
+                            and nodes[0] not in ctx.memo.get("keep_float", {})) else None
+        if not (smoothed or head) or not stats:
             continue
         s = None
         if smoothed:
@@ -172,21 +194,31 @@ def run(ctx) -> int:
                            lambda: smooth_scale(torch.stack(stats).amax(dim=0), [plan[n][0].w_nk for n in nodes], alpha))
             for n in smoothed:
                 scales[n] = s
-        divisor = s
-        if split_node is not None:
-            split = split_for(stats[0], s)
-            splits[split_node] = split
-            divisor = (1.0 if s is None else s) / split.inv
-        readers = smoothed or [split_node]
-        folded = set(x.users) <= set(readers) and _fold(ctx, x, divisor)
-        source = x if folded else _divide(ctx, x, divisor, readers)
-        if split_node is not None:
-            _gather(ctx, source, split_node, splits[split_node].index)
-        how[x.name] = ("folded into the norm" if folded else "divided before quantize") + (
-            ", outlier channels split" if split_node is not None else "")
+        divisor, columns = s, None
+        if head is not None:
+            columns = treated[head] = columns_for(plan[head][0], stats[0], s)
+            if isinstance(columns, Split):
+                divisor = (1.0 if s is None else s) / columns.inv
+        readers = smoothed or [head]
+        if divisor is None:  # outlier channels in float, nothing smoothed: nothing to divide
+            folded, source, done_how = False, x, "not smoothed"
+        else:
+            folded = set(x.users) <= set(readers) and _fold(ctx, x, divisor)
+            source = x if folded else _divide(ctx, x, divisor, readers)
+            done_how = "folded into the norm" if folded else "divided before quantize"
+        if isinstance(columns, Split):
+            _gather(ctx, source, head, columns.index)
+            done_how += ", outlier channels split"
+        elif isinstance(columns, Outliers):
+            _mask(ctx, source, head, columns)
+            done_how += ", outlier channels in float"
+        how[x.name] = done_how
         done += 1
     if done:
         folded = sum(v.startswith("folded") for v in how.values())
-        ctx.report.note(f"smooth_outliers: {done} input(s) smoothed or split: {folded} folded into the norm before "
-                        f"them, {done - folded} divided by s in the per-token quantize, {len(splits)} split")
+        divided = sum(v.startswith("divided") for v in how.values())
+        split = sum(isinstance(c, Split) for c in treated.values())
+        ctx.report.note(f"smooth_outliers: {done} input(s) smoothed or treated: {folded} folded into the norm "
+                        f"before them, {divided} divided by s in the per-token quantize; heads: {split} split, "
+                        f"{len(treated) - split} with outlier channels in float")
     return done
