@@ -253,9 +253,11 @@ class ZeroQuantConfig:
         (quantized like any linear under the other policies); "split" quantizes them with their
         input's widest channels split into several columns (calibrate/split.py) under every
         policy: an int8 GEMM where a float head is a bf16 / fp32 one, at some accuracy;
-        "outliers" quantizes them with their input's 8 widest channels (per 1024) left out of
-        the int8 GEMM and multiplied in float beside it (calibrate/outliers.py, LLM.int8's
-        decomposition), fused into the kernel that writes the logits.
+        "outliers" (the default) quantizes them with their input's 8 widest channels (per 1024)
+        left out of the int8 GEMM and multiplied in float beside it (calibrate/outliers.py,
+        LLM.int8's decomposition), fused into the kernel that writes the logits. "split" and
+        "outliers" apply to heads with int8 activations and INT8 weights; other heads (w8a16,
+        INT4 presets) stay float under keep_float="auto", as with "float".
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     release_float_weights: after compiling, free the float weights of every quantized linear
@@ -279,7 +281,7 @@ class ZeroQuantConfig:
     activations: str = "auto"
     smooth: Any = "auto"
     keep_float: Any = "auto"
-    heads: str = "float"
+    heads: str = "outliers"
     disable_passes: tuple[str, ...] = ()
     dump_graphs: str | None = None
     release_float_weights: bool = False

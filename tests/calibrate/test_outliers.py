@@ -6,7 +6,7 @@ import torch
 
 import zq_compile
 from tests.calibrate.test_smoothing import _ids, _logits, _prepared_logits
-from tests.calibrate.test_split import _head_outlier_llama
+from tests.calibrate.test_split import _head_outlier_llama, compiled_head_in_prefill_and_decode
 from zq_compile.calibrate.outliers import OUTLIER_STEP, float_term, outlier_count, outliers_for
 from zq_compile.metrics import sqnr_db
 
@@ -65,23 +65,7 @@ def test_weight_only_and_skipped_heads_are_left_alone():
 
 
 def test_compiled_outlier_head_serves_prefill_and_decode_from_one_calibration():
-    """Prefill and decode graphs share one calibration (the store key carries the channels)."""
-    m = _head_outlier_llama()
-    data = [{"input_ids": _ids(s, 2, 16), "use_cache": False} for s in (30, 31)]
-    config = zq_compile.ZeroQuantConfig(heads="outliers")
-    report = zq_compile.calibrate(m, config, data)
-    assert any(n.startswith("lm_head: ") and "in float beside the int8 GEMM" in n for n in report.notes), report.notes
-    compiled = zq_compile.compile(m, config)
-    ids = _ids(7, 1, 12)
-    with torch.no_grad():
-        ref = m(input_ids=ids)
-        out = compiled(input_ids=ids)
-        step_ref = m(input_ids=ids[:, -1:], past_key_values=ref.past_key_values).logits
-        step = compiled(input_ids=ids[:, -1:], past_key_values=out.past_key_values).logits
-    assert sqnr_db(ref.logits, out.logits) > 25
-    assert sqnr_db(step_ref, step) > 25
-    heads = [d for r in zq_compile.recent_reports()[-2:] for d in r.decisions if d.module == "lm_head"]
-    assert len(heads) == 2 and all("in float beside the int8 GEMM" in d.reason for d in heads), heads
+    compiled_head_in_prefill_and_decode("outliers", "in float beside the int8 GEMM")
 
 
 def test_an_in_place_edit_of_an_outlier_column_reaches_the_float_term():

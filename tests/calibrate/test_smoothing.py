@@ -114,7 +114,7 @@ def test_folding_and_division_leave_float_outputs_unchanged(kind):
     m = outlier_llama() if kind == "llama" else tiny_model("bert")
     before = copy.deepcopy(m.state_dict())
     ids = _ids(1)
-    ctx = _smoothed_graph(m, ids, smooth={"alpha": 0.5})
+    ctx = _smoothed_graph(m, ids, smooth={"alpha": 0.5}, heads="float")  # folding is tested, not the head
     how = ctx.memo["smooth_how"]
     if kind == "llama":
         assert sum(v.startswith("folded") for v in how.values()) == 4, how  # QKV, gate/up (lm_head float)
@@ -166,7 +166,8 @@ def test_policy_is_deterministic_and_follows_keep_float():
     assert a == b and reports[0].alpha == reports[1].alpha
     assert reports[0].alpha_search == reports[1].alpha_search
     layers = reports[0].layers
-    assert any(la.module == "lm_head" and la.kept_float for la in layers)  # float by default
+    # heads="outliers" by default: the head is quantized (its outlier channels in float), not kept
+    assert any(la.module == "lm_head" and not la.kept_float for la in layers)
     assert all(math.isfinite(la.sqnr_db) for la in layers)
 
     # smooth=False below: one plan to score instead of six, the policy is what is tested

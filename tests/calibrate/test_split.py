@@ -73,15 +73,16 @@ def test_weight_only_heads_are_not_split():
     assert not any("outlier channel copies" in d.reason for d in report.decisions)
 
 
-def test_compiled_split_head_serves_prefill_and_decode_from_one_calibration():
-    """The prefill graph and the decode-step graph quantize the head with the same split (the
-    store key carries it), and the compiled model tracks float in both."""
+def compiled_head_in_prefill_and_decode(heads: str, says: str):
+    """Calibrate, compile, run a prefill and one decode step: both track float (SQNR > 25 dB),
+    and the head's treatment (``says``, in the calibration notes and both graphs' decisions) is
+    the same in the two graphs, which share one calibration (the store key carries it)."""
     m = _head_outlier_llama()
     data = [{"input_ids": _ids(s, 2, 16), "use_cache": False} for s in (30, 31)]
-    config = zq_compile.ZeroQuantConfig(heads="split")
+    config = zq_compile.ZeroQuantConfig(heads=heads)
     report = zq_compile.calibrate(m, config, data)
     assert not report.kept_float or all(la.module != "lm_head" for la in report.kept_float)
-    assert any(n.startswith("lm_head: ") and "outlier channel copies" in n for n in report.notes), report.notes
+    assert any(n.startswith("lm_head: ") and says in n for n in report.notes), report.notes
     compiled = zq_compile.compile(m, config)
     ids = _ids(7, 1, 12)
     with torch.no_grad():
@@ -91,13 +92,20 @@ def test_compiled_split_head_serves_prefill_and_decode_from_one_calibration():
         step = compiled(input_ids=ids[:, -1:], past_key_values=out.past_key_values).logits
     assert sqnr_db(ref.logits, out.logits) > 25
     assert sqnr_db(step_ref, step) > 25
-    heads = [d for r in zq_compile.recent_reports()[-2:] for d in r.decisions if d.module == "lm_head"]
-    assert heads and all("outlier channel copies" in d.reason for d in heads), [d.reason for d in heads]
+    found = [d for r in zq_compile.recent_reports()[-2:] for d in r.decisions if d.module == "lm_head"]
+    assert len(found) == 2 and all(says in d.reason for d in found), [d.reason for d in found]
 
 
-def test_heads_float_by_default_and_bad_values_refused():
+def test_compiled_split_head_serves_prefill_and_decode_from_one_calibration():
+    compiled_head_in_prefill_and_decode("split", "outlier channel copies")
+
+
+def test_heads_outliers_by_default_float_on_request_and_bad_values_refused():
     m = _head_outlier_llama()
     _, report = _prepared_logits(m, _ids(8))
+    head = next(d for d in report.decisions if d.module == "lm_head")
+    assert head.quantized and "in float beside the int8 GEMM" in head.reason, head.reason
+    _, report = _prepared_logits(m, _ids(8), heads="float")
     head = next(d for d in report.decisions if d.module == "lm_head")
     assert not head.quantized and "lm_head / embedding-tied" in head.reason
     with pytest.raises(ValueError, match="heads"):

@@ -1,5 +1,6 @@
 """kept_decode_w8a16: in decode-sized graphs the linears keep_float leaves float read INT8
-weights (w8a16); at prefill sizes they stay float."""
+weights (w8a16); at prefill sizes they stay float. The kept linear here is a head kept float by
+heads="float" (the default, "outliers", quantizes it)."""
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from zq_compile.metrics import sqnr_db
 def test_a_kept_head_reads_int8_weights_in_a_decode_step(rows):
     torch.manual_seed(0)
     model, x = WithHead().eval(), torch.randn(1, rows, 64)
-    prepared, out = _prepare(model, x, keep_float="auto")
+    prepared, out = _prepare(model, x, keep_float="auto", heads="float")
     assert prepared.report.pass_counts["kept_decode_w8a16"] == 1
     head = next(d for d in prepared.report.decisions if d.module == "lm_head")
     assert head.scheme == "w8a16" and "lm_head / embedding-tied" in head.reason
@@ -27,7 +28,7 @@ def test_a_kept_head_reads_int8_weights_in_a_decode_step(rows):
 
 def test_prefill_sized_graphs_keep_the_head_float():
     torch.manual_seed(0)
-    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, select.SMALL_M + 1, 64), keep_float="auto")
+    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, select.SMALL_M + 1, 64), keep_float="auto", heads="float")
     assert prepared.report.pass_counts["kept_decode_w8a16"] == 0
     head = next(d for d in prepared.report.decisions if d.module == "lm_head")
     assert head.scheme is None and "kept_decode_w8a16" not in head.reason
@@ -35,7 +36,7 @@ def test_prefill_sized_graphs_keep_the_head_float():
 
 def test_switched_off_by_name_the_decode_head_stays_float():
     torch.manual_seed(0)
-    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, 1, 64), keep_float="auto",
+    prepared, _ = _prepare(WithHead().eval(), torch.randn(1, 1, 64), keep_float="auto", heads="float",
                            disable_passes=("kept_decode_w8a16",))
     assert "kept_decode_w8a16" in prepared.report.disabled_passes
     head = next(d for d in prepared.report.decisions if d.module == "lm_head")
@@ -46,7 +47,7 @@ def test_a_fp16_model_decode_head_is_w8a16_too():
     torch.manual_seed(0)
     model = WithHead().eval().half()
     x = torch.randn(1, 1, 64, dtype=torch.float16)
-    prepared, out = _prepare(model, x, keep_float="auto")
+    prepared, out = _prepare(model, x, keep_float="auto", heads="float")
     head = next(d for d in prepared.report.decisions if d.module == "lm_head")
     assert head.scheme == "w8a16" and out.dtype == torch.float16
     with torch.no_grad():
@@ -61,7 +62,7 @@ def test_release_never_frees_a_kept_weight_when_the_decode_graph_compiles_first(
     x = torch.randn(1, 24, 64)
     with torch.no_grad():
         ref = model(x)  # before compiling: release frees the block's float weights
-    config = {"keep_float": "auto", "smooth": False, "release_float_weights": True}
+    config = {"keep_float": "auto", "heads": "float", "smooth": False, "release_float_weights": True}
     compiled = torch.compile(model, backend="zeroquant", options=config, dynamic=False)
     with torch.no_grad():
         compiled(torch.randn(1, 1, 64))  # decode-sized first: the head is w8a16 in this graph

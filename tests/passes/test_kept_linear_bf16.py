@@ -88,7 +88,7 @@ def test_a_default_kept_head_runs_bf16_at_prefill_and_fp32_in_a_decode_step():
     torch.manual_seed(0)
     for rows, dtype in ((24, torch.bfloat16), (1, torch.float32)):
         # (kept_decode_w8a16 would make the decode step's head w8a16: tests/passes/test_kept_decode_w8a16.py)
-        prepared, _ = _prepare(WithHead().eval(), torch.randn(1, rows, 64), keep_float="auto",
+        prepared, _ = _prepare(WithHead().eval(), torch.randn(1, rows, 64), keep_float="auto", heads="float",
                                disable_passes=("kept_decode_w8a16",))
         head = next(d for d in prepared.report.decisions if d.module == "lm_head")
         assert head.scheme is None and "lm_head" in head.reason

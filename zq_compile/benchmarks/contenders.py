@@ -312,11 +312,13 @@ def all_contenders() -> list[Contender]:
     # issue 12, each step's effect; calibrated on text the bench does not score (calibration_text.py)
     from zq_compile.benchmarks.calibration_text import zeroquant_calibrated
 
-    for name, options in (("zeroquant w8a8 plain", dict(smooth=False, keep_float=0)),
-                          ("zeroquant w8a8+smooth", dict(keep_float=0)),
+    # "plain" and "+smooth" quantize the head like any linear (heads="float", keep_float=0);
+    # the policy row is the default config (outlier head); then the other head treatments
+    for name, options in (("zeroquant w8a8 plain", dict(smooth=False, keep_float=0, heads="float")),
+                          ("zeroquant w8a8+smooth", dict(keep_float=0, heads="float")),
                           ("zeroquant w8a8+smooth+policy", {}),
-                          ("zeroquant w8a8+smooth+policy+split", dict(heads="split")),
-                          ("zeroquant w8a8+smooth+policy+outliers", dict(heads="outliers"))):
+                          ("zeroquant w8a8+smooth+policy+float-head", dict(heads="float")),
+                          ("zeroquant w8a8+smooth+policy+split", dict(heads="split"))):
         out.append(Contender(name, "zeroquant", functools.partial(zeroquant_calibrated, options),
                              f"zq_compile.calibrate on held-out text, then zq_compile.compile, options {options}"))
     out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",

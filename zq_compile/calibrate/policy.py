@@ -8,7 +8,8 @@ Everything is decided on the calibration data, deterministically (ties broken by
 2. each alpha (smooth="auto": none and ``SMOOTH_ALPHAS``) is scored by the model-level SQNR of
    a run with every linear fake-quantized as the w8a8 kernels quantize it; the best is kept;
 3. a float run measures each linear's output SQNR with its input in float (its own error);
-4. keep_float: "auto" keeps lm_head / embedding-tied linears (when ``heads="float"``), then,
+4. keep_float: "auto" keeps lm_head / embedding-tied linears float unless ``heads`` treats them
+   (``head_columns``: "outliers", the default, or "split", on heads with int8 activations), then,
    among the linears at least ``OUTLIER_DB`` below the median SQNR, the lowest one at a time
    while the model-level SQNR improves by at least ``MIN_GAIN_DB`` (at most
    ``AUTO_MAX_FRACTION`` of the linears); an int keeps that many of the worst; a float keeps
@@ -193,8 +194,8 @@ def decide(sites: dict[str, Site], run: Callable[[Simulator], list[list[torch.Te
                                 "zq_compile.calibrate(model, config, data) with representative inputs first")
         if missing:
             report.notes.append(f"{len(missing)} linear(s) never ran on the calibration data: not smoothed")
-        float_heads = config.keep_float == "auto" and config.heads == "float"
-        heads = {k for k, s in live.items() if s.head} if float_heads else set()
+        # heads="float", or a head its treatment does not fit (weight-only or INT4 schemes)
+        heads = {k for k, s in live.items() if s.head and not s.columns} if config.keep_float == "auto" else set()
         quantize = set(live) - heads
 
         def score(scales, quantized) -> float:
