@@ -32,7 +32,8 @@ def test_every_linear_rewritten_and_close_to_eager(kind):
     reports = recent_reports()[before:]
     for i, report in enumerate(reports):
         assert len(report.decisions) == linear_module_count(m), report.summary()
-        # the others are kept float by the accuracy policy (keep_float="auto": lm_head at least)
+        # the others are kept float by the accuracy policy (keep_float="auto"; heads are quantized
+        # with their outlier channels in float by default)
         assert all(d.reason.startswith("kept float") for d in report.skipped), report.summary()
         # every attention call is accounted for: bf16 matmuls where the CPU has them in the
         # static first graph; the dynamic-shape graph keeps fp32 (its sequence length is unbounded)

@@ -64,7 +64,9 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
             u.op == "call_function" and u.target in EMBEDDING for u in roots[0].users)
         sites[node.name] = Site(node.name, module or node.name, weight, w_nk, m.x, groups,
                                 scheme.symmetric, head,
-                                columns=head_columns(ctx.config, scheme, head))
+                                # the triton target has no fused kernel for a masked or split head
+                                # input yet: its heads stay float (policy) or plain (keep_float=0)
+                                columns=head_columns(ctx.config, scheme, head) if ctx.target != "triton" else None)
         linears[node] = (node.name, m)
     return sites, linears
 
