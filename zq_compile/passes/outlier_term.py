@@ -20,8 +20,6 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from zq_compile import store
-from zq_compile.binding import WeightSource
 from zq_compile.calibrate.outliers import Outliers
 from zq_compile.calibrate.smooth import transformed_weight
 from zq_compile.passes.graph_utils import annotate, fake_value
@@ -29,23 +27,25 @@ from zq_compile.passes.graph_utils import annotate, fake_value
 aten, prims = torch.ops.aten, torch.ops.prims
 
 
-class _Recipe:
-    """Stands in for a scheme handler in the store key: what makes Wo^T from W."""
+class _Columns:
+    """A scheme handler for rewrite_linear's constant helpers: Wo^T from W * s. Its recipe (the
+    store key's "scheme") names the channels, so the helpers store, look up and re-make it
+    exactly as they do quantized weights."""
 
     name = "outlier_columns_t"
 
+    def __init__(self, outliers: Outliers):
+        self.outliers = outliers
 
-def _constant(ctx, rl, m, w_nk, scale, outliers: Outliers) -> tuple[torch.Tensor, str | None]:
-    key = rl._store_key(m, _Recipe, {"layout": "kn", "k": int(outliers.index.numel())}, 0, scale, outliers)
-    root = ctx.input_value(rl.constant_roots(m.weight)[0]) if key is not None else None
-    made = store.get(root, key) if root is not None else None
-    if made is None:
-        if root is not None and store.is_released(root):
-            raise store.ReleasedWeightError(store.missing_message(root))
-        made = _make(transformed_weight(w_nk, scale), outliers)
-        if root is not None:
-            store.put(root, key, made, ctx.config.to_json())
-    return made["wo_t"], key
+    def recipe(self) -> dict:
+        return {"layout": "kn", "k": int(self.outliers.index.numel()), "channels": self.outliers.tag()}
+
+    def quantize(self, w_nk: torch.Tensor, scheme, groups) -> dict[str, torch.Tensor]:
+        return _make(w_nk, self.outliers)
+
+    @staticmethod
+    def constant_tensors(made: dict) -> dict:
+        return made
 
 
 def _make(w_nk: torch.Tensor, outliers: Outliers) -> dict[str, torch.Tensor]:
@@ -57,23 +57,15 @@ def emit(ctx, m, y: fx.Node, w_nk: torch.Tensor, scale, outliers: Outliers, xo: 
     from zq_compile.passes import rewrite_linear as rl  # rewrite_linear calls this module
 
     graph = ctx.gm.graph
-    wo_t, key = _constant(ctx, rl, m, w_nk, scale, outliers)
-    slot = len(ctx.constants)
-    wo_node = ctx.add_constant(f"{y.name}_outlier_wo_t", wo_t)
-    roots = rl.constant_roots(m.weight)
-    if roots:
-        chain, weight_is_nk = rl.replay_chain(ctx, m.weight, roots), m.weight_is_nk
-
-        def make_float(values):
-            w = chain(*values)
-            return transformed_weight(w if weight_is_nk else w.t(), scale)
-
-        ctx.weight_sources.append(WeightSource(tuple(ctx.input_index(r) for r in roots), make_float,
-                                               lambda w: _make(w, outliers), {"wo_t": slot}, key,
-                                               ctx.config.to_json()))
-        if key is not None:
-            root = ctx.input_value(roots[0])
-            ctx.memo.setdefault("stored", []).append((roots[0], root, key, {"wo_t": slot}, module))
+    handler = _Columns(outliers)
+    made, root, key = rl._quantized_constants(ctx, m, w_nk, handler, handler.recipe(), 0, scale)
+    slots = {"wo_t": len(ctx.constants)}
+    wo_node = ctx.add_constant(f"{y.name}_outlier_wo_t", made["wo_t"])
+    source = rl._weight_source(ctx, m, handler, handler.recipe(), 0, slots, scale)
+    if source is not None:
+        ctx.weight_sources.append(source)
+    if root is not None:
+        ctx.memo.setdefault("stored", []).append((rl.constant_roots(m.weight)[0], root, key, slots, module))
     out_dtype = fake_value(y).dtype
     new = []
     with graph.inserting_before(y.next):  # in order, right after the GEMM
