@@ -5,7 +5,7 @@ numerics, computed in float): every linear inside the model's blocks gets the pr
 and per-token activations; embeddings, norms and the LM head stay fp32 in both runs.
 
     python bench/lkd_accuracy.py minilm  --preset w4/8a8 --data random text
-    python bench/lkd_accuracy.py smollm2 --preset w4/8a8 --data random text
+    python bench/lkd_accuracy.py smollm2 --preset w4/8a8 --data random generated text
 
 MiniLM-L6: gap = 1 - mean cosine of sentence embeddings vs fp32 on the 200 polarity sentences
 (held out: LKD never sees them). Calibration text: Wikipedia prose.
@@ -95,7 +95,7 @@ def main():
     ap.add_argument("model", choices=["minilm", "smollm2"])
     ap.add_argument("--preset", default="w4/8a8")
     ap.add_argument("--group-size", type=int, default=128, help="INT4 inputs per group along K (config.group_size)")
-    ap.add_argument("--data", nargs="+", default=["random", "text"])
+    ap.add_argument("--data", nargs="+", default=["random", "text"], choices=["random", "generated", "text"])
     ap.add_argument("--lkd", default="{}", help="LkdConfig fields as JSON")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--base-gap", type=float, default=None, help="the no-LKD gap of an earlier run (skips it)")
@@ -114,7 +114,7 @@ def main():
     lkd = json.loads(args.lkd)
     for source in args.data:
         m = copy.deepcopy(model)
-        if source == "random":
+        if source in ("random", "generated"):
             data = None
         elif isinstance(calib, torch.Tensor):  # token ids
             seq = lkd.get("seq", 128)
@@ -123,7 +123,8 @@ def main():
         else:
             data = calib
         t0 = time.perf_counter()
-        report = run_lkd(m, config, lkd, data=data, tokenizer=tok, spec_for=spec_for_config(config, m))
+        own = {**lkd, "data": source} if source in ("random", "generated") else lkd
+        report = run_lkd(m, config, own, data=data, tokenizer=tok, spec_for=spec_for_config(config, m))
         seconds = time.perf_counter() - t0
         g = gap(fake_quantized(m, spec_for_config(config, m)))
         cut = 1 - g / base_gap if base_gap else float("nan")

@@ -134,7 +134,7 @@ def _check_keep_float(value: Any) -> None:
         _fail("keep_float", value, allowed)
 
 
-LKD_DATA = ("random", "wikipedia")
+LKD_DATA = ("random", "generated", "wikipedia")
 LKD_SCHEDULES = ("linear", "constant")
 
 
@@ -150,7 +150,8 @@ class LkdConfig:
     seq: tokens per sequence. samples: calibration sequences in all (steps cycle over them).
     seed: fixes the random token ids, the batch order and the training.
     data: where calibration sequences come from when none are passed: "random" (token ids drawn
-        uniformly from the vocabulary: the paper's no-training-data setting) or "wikipedia"
+        uniformly from the vocabulary: the paper's no-training-data setting), "generated" (a
+        causal LM's own sampled text from random first tokens: no training data either) or "wikipedia"
         (the Wikipedia prose shipped in the gensim wheel; needs a tokenizer).
     blocks: dotted path of the nn.ModuleList of blocks (e.g. "model.layers"); None finds it.
     schedule: the learning rate over a block's steps: "linear" decays from lr to 0, "constant".

@@ -105,6 +105,30 @@ def test_user_data_forms_are_batched_alike():
     assert report.samples == 3 and report.batches == 2 and report.data == "user list"
 
 
+def test_generated_data_is_the_models_own_text_seeded_and_full_length():
+    m = tiny_model("llama")
+    with torch.no_grad():  # a random-weight model is near-flat: sharpen it so sampling shows
+        m.lm_head.weight.mul_(300)
+    lkd = LkdConfig(**{**SMALL, "data": "generated"})
+    state = torch.random.get_rng_state()
+    batches = calibration_batches(m, lkd)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is not drawn from
+    ids = torch.cat([kw["input_ids"] for _, kw in batches])
+    assert ids.shape == (4, 16) and int(ids.min()) >= 0 and int(ids.max()) < 1000
+    assert torch.equal(ids, torch.cat([kw["input_ids"] for _, kw in calibration_batches(m, lkd)]))
+    other = torch.cat([kw["input_ids"] for _, kw in calibration_batches(m, LkdConfig(**{**SMALL, "data": "generated", "seed": 1}))])
+    assert not torch.equal(ids[:, 1:], other[:, 1:])
+    # the continuation is sampled from the model: each token has non-negligible probability under it
+    with torch.no_grad():
+        logp = torch.log_softmax(m(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
+    chosen = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+    assert float(chosen.exp().mean()) > 50 / 1000  # uniform ids would score 1 / 1000
+    report = run_lkd(m, None, {**SMALL, "data": "generated"}, spec_for=W48)
+    assert report.data == "the model's own text from random first tokens" and report.samples == 4
+    with pytest.raises(ValueError, match="^lkd.data: 'generated' needs a model that can generate"):
+        run_lkd(tiny_model("bert"), None, {**SMALL, "data": "generated"}, spec_for=W48)
+
+
 def test_text_data_with_a_tokenizer():
     from transformers import AutoTokenizer
 

@@ -289,7 +289,8 @@ def _count(batches) -> int:
 
 def _describe(data, lkd) -> str:
     if data is None:
-        return "random token ids" if lkd.data == "random" else "bundled Wikipedia prose"
+        return {"random": "random token ids", "generated": "the model's own text from random first tokens",
+                "wikipedia": "bundled Wikipedia prose"}[lkd.data]
     if isinstance(data, str) or (isinstance(data, (list, tuple)) and data and isinstance(data[0], str)):
         return "user text"
     return f"user {type(data).__name__}"

@@ -3,7 +3,9 @@
 A batch is ``(args, kwargs)`` for ``model(*args, **kwargs)``. Accepted ``data``:
 
 - None: ``lkd.data`` says where from: "random" token ids drawn uniformly from the vocabulary
-  (seeded; the paper's setting without training data) or "wikipedia" (bundled prose, tokenized);
+  (seeded; the paper's setting without training data), "generated" (a causal LM writes its own
+  text: a random first token, then sampled continuations; still no training data) or
+  "wikipedia" (bundled prose, tokenized);
 - a tensor: token ids [N, S] (integers) or any [N, ...] first argument, cut into batches;
 - a dict of tensors sharing dim 0 (``input_ids``, ``attention_mask``, ...): the same;
 - a str or a list of str: raw text, tokenized with ``tokenizer`` and cut into windows of
@@ -56,6 +58,8 @@ def calibration_batches(model: torch.nn.Module, lkd, data=None, tokenizer=None) 
     if data is None:
         if lkd.data == "random":
             return _id_batches(model, _random_ids(model, lkd), lkd)
+        if lkd.data == "generated":
+            return _id_batches(model, _generated_ids(model, lkd), lkd)
         if tokenizer is None:
             raise ValueError("tokenizer: lkd.data='wikipedia' needs a tokenizer (pass tokenizer=...)")
         from zq_compile.data import wikipedia_prose
@@ -80,6 +84,60 @@ def _random_ids(model, lkd) -> torch.Tensor:
     seq = min(lkd.seq, max_positions(model) or lkd.seq)
     gen = torch.Generator().manual_seed(lkd.seed)
     return torch.randint(0, vocab, (lkd.samples, seq), generator=gen)
+
+
+def _generated_ids(model, lkd) -> torch.Tensor:
+    """The float model's own text from a uniformly random first token, sampled at temperature 1.
+
+    Uniform random ids are a sequence no text looks like: a decoder's later blocks then see
+    hidden states far from those of real text, and what LKD learns there need not carry over.
+    Sampling the model itself (as LLM-QAT does for data-free QAT) gives sequences with the
+    statistics the model was trained on, at the cost of one generation (seconds on CPU).
+    """
+    can = getattr(model, "can_generate", None)
+    if not callable(can) or not can():
+        raise ValueError(f"lkd.data: 'generated' needs a model that can generate text (a causal LM with "
+                         f".generate()); {type(model).__name__} cannot; use 'random' or pass data=")
+    vocab = vocab_size(model)
+    seq = min(lkd.seq, max_positions(model) or lkd.seq)
+    gen = torch.Generator().manual_seed(lkd.seed)
+    first = torch.randint(0, vocab, (lkd.samples, 1), generator=gen)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), _progress(seq - 1, lkd) as bar:
+            torch.manual_seed(lkd.seed)
+            # min_new_tokens keeps every sequence at full length: an end-of-text token is not
+            # sampled, and no padding is needed
+            out = model.generate(input_ids=first, attention_mask=torch.ones_like(first), do_sample=True,
+                                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq - 1,
+                                 min_new_tokens=seq - 1, pad_token_id=0, logits_processor=[bar])
+    finally:
+        model.train(was_training)
+    return out[:, :seq].contiguous()
+
+
+def _progress(total: int, lkd):
+    """A tqdm bar over the generated positions, advanced by a logits processor (once a step)."""
+    from contextlib import contextmanager
+
+    from tqdm.auto import tqdm
+    from transformers import LogitsProcessor
+
+    class Advance(LogitsProcessor):
+        def __init__(self, bar):
+            self.bar = bar
+
+        def __call__(self, input_ids, scores):
+            self.bar.update(1)
+            return scores
+
+    @contextmanager
+    def bar():
+        with tqdm(total=total, desc="LKD data: generating", unit="tok", disable=not lkd.progress) as b:
+            yield Advance(b)
+
+    return bar()
 
 
 def _text_ids(text, tokenizer, lkd) -> torch.Tensor:
