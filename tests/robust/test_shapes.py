@@ -50,6 +50,23 @@ def test_mark_dynamic_compiles_once_for_every_shape(preset):
     assert _graphs() == 1 and len(c.zq_reports) == 1
 
 
+@pytest.mark.parametrize("kind", ["bert", "llama"])
+def test_dynamic_from_the_first_call_calibrates_on_it(kind):
+    """``dynamic=True``: the first graph takes its sizes as SymInt inputs, and calibrating on the
+    first call's inputs must run it with their values (an HF model's mask ``expand`` raised
+    "SymIntArrayRef expected to contain only concrete integers" before)."""
+    from tests.models.tiny import tiny_model
+
+    m = tiny_model(kind)
+    c = torch.compile(m, backend="zeroquant", dynamic=True)
+    gen = torch.Generator().manual_seed(0)
+    for b, s in [(2, 16), (3, 9), (5, 31)]:  # no size 1: Dynamo specialises it (a recompile, any backend)
+        ids = torch.randint(0, 1000, (b, s), generator=gen)
+        with torch.inference_mode():
+            assert sqnr_db(m(input_ids=ids)[0], c(input_ids=ids)[0]) >= sqnr_floor("w8a8", torch.float32), (b, s)
+    assert _graphs() == 1
+
+
 PROMPT = [[17, 256, 3, 901, 44, 512, 77, 8]]
 NEW_TOKENS = 16
 

@@ -38,10 +38,21 @@ def _mutates(gm: fx.GraphModule) -> bool:
     return False
 
 
+def _concrete(value):
+    """A dynamic-shape graph's size placeholders arrive as SymInts; the interpreter runs real
+    tensors, whose sizes are the SymInts' hints (the values of this call)."""
+    if isinstance(value, torch.SymInt):
+        hint = value.node.hint
+        if hint is None:
+            raise RuntimeError(f"calibration: a size input of the graph ({value}) has no value for this call")
+        return int(hint)
+    return value
+
+
 def graph_runner(gm: fx.GraphModule, example_inputs: list, linears: dict):
     """``run(sim)`` for ``policy.decide``: one batch, the call's own inputs. Inputs the graph
     writes to (a KV cache's ``index_copy_``) are cloned first, so calibration leaves no trace."""
-    inputs = list(example_inputs)
+    inputs = [_concrete(t) for t in example_inputs]
     if _mutates(gm):
         inputs = [t.clone() if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter) else t
                   for t in inputs]
