@@ -11,7 +11,8 @@ refuse a corrupt one). Loading reads nothing but that JSON and raw tensor bytes:
 Since format version 2 the file also holds each weight's calibration (``calibrate/stats.py``:
 max |X_j| of its input, the alpha and the policy's decision), because the recipe of a smoothed
 weight depends on it: without it the next compile would calibrate on its own first call, find
-another s, and quantize again with other results. Version 1 files (no calibration) still load.
+another s, and quantize again with other results. Version 3 keeps one per config the weight was
+calibrated under (a list). Version 1 files (no calibration) and version 2 files still load.
 
 ``load`` puts the constants into ``zq_compile.store`` beside the module's parameters, where the
 next compile finds them instead of quantizing; the module itself is not modified. Everything is
@@ -31,8 +32,8 @@ from zq_compile.calibrate import stats
 from zq_compile.config import CONFIG_VERSION, ZeroQuantConfig
 
 FORMAT = "zeroquant-quantized-weights"
-FORMAT_VERSION = 2
-READS_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READS_VERSIONS = (1, 2, 3)
 METADATA_KEY = "zeroquant"
 
 
@@ -97,13 +98,14 @@ def save(model, path: str | os.PathLike) -> None:
                 {"recipe": recipe, "tensors": files, "config": configs.index(entry.config)})
     calibration = {}
     for name, t in named.items():
-        entry = stats.lookup(t)  # kept-float linears too: the next compile needs every entry
-        if entry is not None:
-            key = f"{name}:calibration:act_absmax"
+        # kept-float linears too (the next compile needs every entry), under every config the
+        # weight was calibrated for
+        for i, entry in enumerate(stats.entries(t)):
+            key = f"{name}:calibration:{i}:act_absmax"
             tensors[key] = entry.act_absmax.detach().float().cpu().contiguous()
-            calibration[name] = {"module": entry.module, "act_absmax": key, "alpha": entry.alpha,
-                                 "keep_float": entry.keep_float, "sqnr_db": _finite_or_none(entry.sqnr_db),
-                                 "signature": list(entry.signature)}
+            calibration.setdefault(name, []).append(
+                {"module": entry.module, "act_absmax": key, "alpha": entry.alpha, "keep_float": entry.keep_float,
+                 "sqnr_db": _finite_or_none(entry.sqnr_db), "signature": list(entry.signature)})
     if not weights:
         raise ValueError(
             "nothing to save: no quantized weights are kept for this model. Compile it with the "
@@ -143,8 +145,9 @@ def load(path: str | os.PathLike, model) -> ZeroQuantConfig:
         raise WeightsFileError(f"{path}: malformed zeroquant metadata ({type(e).__name__}: {e})") from None
     for name, recipe, tensors, config in plan:  # every check passed: keep them all
         store.put(named[name], recipe, tensors, configs[config].to_json())
-    for name, entry in calibrated.items():
-        stats.remember(named[name], entry)
+    for name, listed in calibrated.items():
+        for entry in listed:
+            stats.remember(named[name], entry)
     return configs[0]
 
 
@@ -152,25 +155,35 @@ def _finite_or_none(x: float):
     return x if isinstance(x, (int, float)) and x == x and abs(x) != float("inf") else None
 
 
+def _calibration_items(meta: dict):
+    """(weight name, entry) of every saved calibration: version 3 lists one per config the weight
+    was calibrated under, version 2 held one."""
+    for name, listed in meta.get("calibration", {}).items():
+        for c in listed if isinstance(listed, list) else [listed]:
+            yield name, c
+
+
 def _calibration(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torch.Tensor], path: str) -> dict:
-    """The saved calibration of each weight (checked like the constants), as stats entries that
-    share one report naming the file."""
+    """The saved calibrations of each weight (checked like the constants), as stats entries; the
+    entries of one config share one report naming the file."""
     from zq_compile.calibrate.report import CalibrationReport
 
-    out, report = {}, None
-    for name, c in meta.get("calibration", {}).items():
+    out, reports = {}, {}
+    for name, c in _calibration_items(meta):
         if name not in named or c["act_absmax"] not in raw:
             raise WeightsFileError(f"calibration for {name!r} refers to a missing weight or tensor")
         absmax = raw[c["act_absmax"]]
         if absmax.dim() != 1 or absmax.dtype != torch.float32:
             raise WeightsFileError(f"calibration for {name!r}: max |X| must be a 1-D fp32 tensor")
         signature = tuple(c["signature"])
-        if report is None:
-            report = CalibrationReport(source=f"zq_compile.load({os.path.basename(path)!r})", batches=0, tokens=0,
-                                       smooth=signature[0], keep_float=signature[1])
+        if signature not in reports:
+            reports[signature] = CalibrationReport(source=f"zq_compile.load({os.path.basename(path)!r})",
+                                                   batches=0, tokens=0, smooth=signature[0],
+                                                   keep_float=signature[1])
         sqnr = c["sqnr_db"]
-        out[name] = stats.LinearCalibration(str(c["module"]), absmax, c["alpha"], c["keep_float"],
-                                            float("nan") if sqnr is None else float(sqnr), signature, report)
+        out.setdefault(name, []).append(stats.LinearCalibration(
+            str(c["module"]), absmax, c["alpha"], c["keep_float"], float("nan") if sqnr is None else float(sqnr),
+            signature, reports[signature]))
     return out
 
 
@@ -238,7 +251,7 @@ def _match(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torch.Tens
             if not isinstance(s["recipe"], str) or not 0 <= s["config"] < len(meta["configs"]):
                 raise WeightsFileError(f"malformed entry for {name!r}")
             plan.append((name, s["recipe"], tensors, s["config"]))
-    for c in meta.get("calibration", {}).values():
+    for _, c in _calibration_items(meta):
         _checked(raw, crc, c["act_absmax"])
         used.add(c["act_absmax"])
     if set(raw) - used:

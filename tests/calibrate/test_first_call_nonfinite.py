@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import zq_compile
+from zq_compile.config import ZeroQuantConfig
 from zq_compile.calibrate import stats
 
 
@@ -19,9 +20,10 @@ def _first_call(model, x):
     torch._dynamo.reset()
     before = len(zq_compile.recent_reports())
     with torch.inference_mode():
-        out = zq_compile.compile(model, {"smooth": {"alpha": 0.5}})(x)
+        config = ZeroQuantConfig(smooth={"alpha": 0.5})
+        out = zq_compile.compile(model, config)(x)
     (report,) = zq_compile.recent_reports()[before:]
-    return out, report, [stats.lookup(model[i].weight) for i in (1, 3)]
+    return out, report, [stats.lookup(model[i].weight, stats.signature(config)) for i in (1, 3)]
 
 
 def test_nan_and_inf_rows_do_not_enter_the_first_call_statistics():

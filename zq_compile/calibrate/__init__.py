@@ -132,7 +132,7 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
         if key in sim.stats.values:
             stats.remember(site.weight, stats.LinearCalibration(
                 site.module, sim.stats.values[key], alphas[key], sim.keep_float.get(key), sqnr[key],
-                (config.smooth, config.keep_float, config.heads), report))
+                stats.signature(config), report))
     report.lkd = lkd_report
     return report
 

@@ -6,6 +6,10 @@ smoothing needs), plus the decisions the accuracy policy took from them. They ar
 ``zq_compile.calibrate(model, ...)`` see ``module.weight``, and the graph pass sees the same
 tensor as the real value of a placeholder. Module paths would not do: a compiled sub-module or a
 wrapper changes them. Entries die with their weight (weak keys).
+
+A weight holds one entry per config ``signature`` (the fields that decide what calibration
+finds): one model compiled under two configs in one process (a user comparing settings, the
+bench) keeps both calibrations, so a later recompile of either finds its own, not the other's.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-#: weight tensor -> LinearCalibration (process-wide; a weak dict, so nothing outlives the model)
+#: weight tensor -> {signature: LinearCalibration} (process-wide; weak keys: nothing outlives the model)
 _REGISTRY: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
@@ -57,12 +61,24 @@ def finite_rows(rows: torch.Tensor) -> torch.Tensor:
     return rows if bool(ok.all()) else rows[ok]
 
 
+def signature(config) -> tuple:
+    """The config fields a calibration depends on."""
+    return (config.smooth, config.keep_float, config.heads)
+
+
 def remember(weight: torch.Tensor, entry: LinearCalibration) -> None:
-    _REGISTRY[weight] = entry
+    by_signature = _REGISTRY.get(weight)
+    if by_signature is None:
+        _REGISTRY[weight] = by_signature = {}
+    by_signature[entry.signature] = entry
 
 
-def lookup(weight: torch.Tensor) -> LinearCalibration | None:
-    return _REGISTRY.get(weight)
+def lookup(weight: torch.Tensor, config_signature: tuple) -> LinearCalibration | None:
+    return _REGISTRY.get(weight, {}).get(config_signature)
+
+
+def entries(weight: torch.Tensor) -> list[LinearCalibration]:
+    return list(_REGISTRY.get(weight, {}).values())
 
 
 def forget(weight: torch.Tensor) -> None:

@@ -30,10 +30,6 @@ from zq_compile.passes import rewrite_linear as rl
 EMBEDDING = {F.embedding, torch.embedding, torch.ops.aten.embedding.default}
 
 
-def signature(config) -> tuple:
-    return (config.smooth, config.keep_float, config.heads)
-
-
 def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMatch]]]:
     """The linears rewrite_linear would quantize, as calibration sites, keyed by node name."""
     from zq_compile import store
@@ -55,7 +51,7 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
         if w_nk is None or len(roots) != 1:
             continue
         weight = ctx.input_value(roots[0])
-        if store.is_released(weight) and stats.lookup(weight) is None:
+        if store.is_released(weight) and stats.lookup(weight, stats.signature(ctx.config)) is None:
             # Its float values are gone (release_float_weights): only statistics kept from the
             # compile that released it can be used; without them it is not smoothed.
             ctx.report.note(f"calibrate_linears: {module or node.name} was released uncalibrated: not smoothed")
@@ -81,8 +77,8 @@ def run(ctx) -> int:
     sites, linears = eligible(ctx)
     if not sites:
         return 0
-    entries = {k: stats.lookup(s.weight) for k, s in sites.items()}
-    if all(e is not None and e.signature == signature(config) for e in entries.values()):
+    entries = {k: stats.lookup(s.weight, stats.signature(config)) for k, s in sites.items()}
+    if all(e is not None for e in entries.values()):
         report = next(iter(entries.values())).report
         absmax = {k: e.act_absmax for k, e in entries.items()}
         alphas = {k: e.alpha for k, e in entries.items()}
@@ -96,7 +92,7 @@ def run(ctx) -> int:
             if k in absmax:
                 stats.remember(site.weight, stats.LinearCalibration(
                     site.module, absmax[k], alphas[k], keep.get(k), sqnr.get(site.module, float("nan")),
-                    signature(config), report))
+                    stats.signature(config), report))
     by_name = {n.name: n for n in linears}
     ctx.memo["keep_float"] = {by_name[k]: reason for k, reason in keep.items() if k in by_name}
     ctx.memo["smooth_plan"] = {by_name[k]: (sites[k], absmax.get(k), alphas.get(k)) for k in sites}
