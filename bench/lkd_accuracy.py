@@ -114,8 +114,9 @@ def main():
     lkd = json.loads(args.lkd)
     for source in args.data:
         m = copy.deepcopy(model)
-        if source in ("random", "generated"):
-            data = None
+        own = lkd
+        if source in ("random", "generated"):  # made by run_lkd itself, from lkd.data
+            data, own = None, {**lkd, "data": source}
         elif isinstance(calib, torch.Tensor):  # token ids
             seq = lkd.get("seq", 128)
             n = lkd.get("samples", 32)
@@ -123,7 +124,6 @@ def main():
         else:
             data = calib
         t0 = time.perf_counter()
-        own = {**lkd, "data": source} if source in ("random", "generated") else lkd
         report = run_lkd(m, config, own, data=data, tokenizer=tok, spec_for=spec_for_config(config, m))
         seconds = time.perf_counter() - t0
         g = gap(fake_quantized(m, spec_for_config(config, m)))

@@ -77,13 +77,21 @@ def calibration_batches(model: torch.nn.Module, lkd, data=None, tokenizer=None) 
                      "tensors, text (str or list of str), or an iterable of batches (list, DataLoader)")
 
 
-def _random_ids(model, lkd) -> torch.Tensor:
+def _seq(model, lkd) -> int:
+    return min(lkd.seq, max_positions(model) or lkd.seq)
+
+
+def _uniform_ids(model, lkd, width: int) -> torch.Tensor:
+    """[lkd.samples, width] token ids drawn uniformly from the vocabulary, seeded by lkd.seed."""
     vocab = vocab_size(model)
     if vocab is None:
         raise ValueError(f"data: {type(model).__name__} has no token embedding to draw random ids from; pass data=")
-    seq = min(lkd.seq, max_positions(model) or lkd.seq)
     gen = torch.Generator().manual_seed(lkd.seed)
-    return torch.randint(0, vocab, (lkd.samples, seq), generator=gen)
+    return torch.randint(0, vocab, (lkd.samples, width), generator=gen)
+
+
+def _random_ids(model, lkd) -> torch.Tensor:
+    return _uniform_ids(model, lkd, _seq(model, lkd))
 
 
 def _generated_ids(model, lkd) -> torch.Tensor:
@@ -98,46 +106,36 @@ def _generated_ids(model, lkd) -> torch.Tensor:
     if not callable(can) or not can():
         raise ValueError(f"lkd.data: 'generated' needs a model that can generate text (a causal LM with "
                          f".generate()); {type(model).__name__} cannot; use 'random' or pass data=")
-    vocab = vocab_size(model)
-    seq = min(lkd.seq, max_positions(model) or lkd.seq)
-    gen = torch.Generator().manual_seed(lkd.seed)
-    first = torch.randint(0, vocab, (lkd.samples, 1), generator=gen)
+    from tqdm.auto import tqdm
+
+    seq = _seq(model, lkd)
+    first = _uniform_ids(model, lkd, 1)
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _progress(seq - 1, lkd) as bar:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), \
+                tqdm(total=seq - 1, desc="LKD data: generating", unit="tok", disable=not lkd.progress) as progress:
             torch.manual_seed(lkd.seed)
             # min_new_tokens keeps every sequence at full length: an end-of-text token is not
             # sampled, and no padding is needed
             out = model.generate(input_ids=first, attention_mask=torch.ones_like(first), do_sample=True,
                                  temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=seq - 1,
-                                 min_new_tokens=seq - 1, pad_token_id=0, logits_processor=[bar])
+                                 min_new_tokens=seq - 1, pad_token_id=0, logits_processor=[_advancing(progress)])
     finally:
         model.train(was_training)
     return out[:, :seq].contiguous()
 
 
-def _progress(total: int, lkd):
-    """A tqdm bar over the generated positions, advanced by a logits processor (once a step)."""
-    from contextlib import contextmanager
-
-    from tqdm.auto import tqdm
+def _advancing(bar):
+    """A logits processor that leaves the scores alone and advances ``bar`` (called once a step)."""
     from transformers import LogitsProcessor
 
     class Advance(LogitsProcessor):
-        def __init__(self, bar):
-            self.bar = bar
-
         def __call__(self, input_ids, scores):
-            self.bar.update(1)
+            bar.update(1)
             return scores
 
-    @contextmanager
-    def bar():
-        with tqdm(total=total, desc="LKD data: generating", unit="tok", disable=not lkd.progress) as b:
-            yield Advance(b)
-
-    return bar()
+    return Advance()
 
 
 def _text_ids(text, tokenizer, lkd) -> torch.Tensor:
