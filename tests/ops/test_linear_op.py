@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from zq_compile.codegen.cpu.kernels import KERNELS
-from zq_compile.codegen.cpu.select import select_cpu_kernel
+from zq_compile.codegen.cpu import select
+from zq_compile.codegen.cpu.select import int8_weight_qmax, select_cpu_kernel
 from zq_compile.metrics import sqnr_db
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
 
@@ -23,7 +24,9 @@ def _problem(m, k, n, groups, symmetric, dtype, bias):
     x = (torch.randn(m, k, generator=g) * 2).to(dtype)
     w = torch.randn(n, k, generator=g) / k**0.5
     b = torch.randn(n, generator=g).to(dtype) if bias else None
-    qw = quantize_weight(w, bits=8, groups=groups, symmetric=symmetric)
+    # the grid the backend quantizes to on this CPU (narrower where the int8 GEMMs saturate)
+    qmax = int8_weight_qmax() if int8_weight_qmax() < 127 else None
+    qw = quantize_weight(w, bits=8, groups=groups, symmetric=symmetric, qmax=qmax)
     x_q, x_s = quantize_per_token_ref(x)
     return x, w, b, qw, x_q, x_s
 
@@ -178,3 +181,38 @@ def test_eager_op_follows_a_handle_whatever_the_process_default(default, monkeyp
     assert sqnr_db(want, got) > 60
     with pytest.raises(RuntimeError, match=f"{default!r} was given a released int8 weight handle"):
         KERNELS[default].linear(x_q, x_s, handle, qw.scale, None, bias, torch.float32)
+
+
+@pytest.mark.parametrize("kernel", FAST)
+@pytest.mark.parametrize("sign", [1, -1])
+def test_kernel_is_exact_at_the_weight_limit_of_this_cpu(kernel, sign):
+    """The worst case for an int16 pair sum (vpmaddubsw, CPUs without VNNI): every activation at
+    +127 (uint8 255) and every weight at +-qmax. Exact here means equal to the int32 reference;
+    one more step of weight would saturate oneDNN on such a CPU (3e4 off on an AVX2 EPYC)."""
+    qmax = int8_weight_qmax()
+    x_q = torch.full((13, 96), 127, dtype=torch.int8)
+    x_s = torch.ones(13, 1)
+    w_q = torch.full((24, 96), sign * qmax, dtype=torch.int8)
+    w_s = torch.ones(24)
+    args = (x_q, x_s, w_q, w_s, None, None, torch.float32)
+    torch.testing.assert_close(KERNELS[kernel].linear(*args), KERNELS["reference"].linear(*args), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("wide", [64, 65, 127])
+def test_onednn_multiplies_wider_weights_exactly_on_a_cpu_without_vnni(wide, monkeypatch, recwarn):
+    """Weights made elsewhere (a hand-made one, another CPU class) may reach 127 where oneDNN
+    saturates past 64: the kernel says so once and multiplies them exactly in float64."""
+    if "onednn" not in FAST:
+        pytest.skip("no oneDNN int8 GEMM in this torch build")
+    monkeypatch.setattr(select, "has_vnni", lambda: False)
+    assert int8_weight_qmax() == select.NO_VNNI_WEIGHT_QMAX == 64
+    g = torch.Generator().manual_seed(wide)
+    x_q = torch.randint(100, 128, (5, 96), generator=g, dtype=torch.int8)
+    w_q = torch.randint(wide - 3, wide + 1, (8, 96), generator=g, dtype=torch.int8)
+    args = (x_q, torch.ones(5, 1), w_q, torch.full((8,), 1e-6), None, None, torch.float32)
+    got = KERNELS["onednn"].linear(*args)
+    torch.testing.assert_close(got, KERNELS["reference"].linear(*args), rtol=1e-6, atol=0)
+    said = [str(w.message) for w in recwarn if "no VNNI" in str(w.message)]
+    assert said == ([] if wide <= 64 else [said[0]])
+    if wide > 64:
+        assert f"reaching {wide}" in said[0] and "float64" in said[0]

@@ -79,7 +79,9 @@ def test_dropout_and_16_bit_inputs_stay():
     assert a.dtype == "fp32" and "torch.bfloat16" in a.reason
 
 
-def test_decode_step_stays_fp32_under_auto_and_is_rewritten_when_asked():
+def test_decode_step_stays_fp32_under_auto_and_is_rewritten_when_asked(monkeypatch):
+    monkeypatch.setattr(select, "has_bf16", lambda: True)  # the decode rule, not the CPU's, decides
+
     def attend(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
 

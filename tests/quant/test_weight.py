@@ -67,6 +67,20 @@ def test_groups_share_a_scale_across_their_rows():
     assert qw.row_scale().tolist() == qw.scale.repeat_interleave(4).tolist()
 
 
+@SETTINGS
+@given(weights(), st.booleans())
+def test_narrow_grid_stays_within_qmax_and_half_a_step(wg, symmetric):
+    """qmax=64: the grid of CPUs whose int8 GEMMs saturate (codegen/cpu/select.py)."""
+    w, groups = wg
+    qw = quantize_weight(w, bits=8, groups=groups, symmetric=symmetric, qmax=64)
+    q = qw.int_values()
+    assert int(q.min()) >= -64 and int(q.max()) <= 64
+    err = (qw.dequantize() - w).abs()
+    assert (err <= qw.row_scale()[:, None] / 2 * (1 + 1e-5) + 1e-7).all()
+    if symmetric and w.abs().max() > 0:  # the grid is the narrow one, not a clamped wide one
+        assert int(q.abs().max()) == 64
+
+
 def test_int4_is_stored_packed_two_per_byte():
     w = torch.randn(8, 9)
     qw = quantize_weight(w, bits=4)
@@ -81,6 +95,8 @@ def test_int4_is_stored_packed_two_per_byte():
         (torch.randn(6, 4), {"bits": 3}, "bits=3"),
         (torch.randn(6), {}, "2-D floating"),
         (torch.tensor([[1.0, float("nan")]]), {}, "NaN or Inf"),
+        (torch.randn(6, 4), {"qmax": 200}, r"qmax=200 is not valid; allowed: None, or an int in 1..127"),
+        (torch.randn(6, 4), {"bits": 4, "qmax": 5}, r"qmax=5 is not valid; allowed: None, or an int in 1..7"),
     ],
 )
 def test_bad_input_raises(w, kwargs, match):

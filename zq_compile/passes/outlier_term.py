@@ -40,7 +40,7 @@ class _Columns:
     def recipe(self) -> dict:
         return {"layout": "kn", "k": int(self.outliers.index.numel()), "channels": self.outliers.tag()}
 
-    def quantize(self, w_nk: torch.Tensor, scheme, groups) -> dict[str, torch.Tensor]:
+    def quantize(self, w_nk: torch.Tensor, scheme, groups, qmax=None) -> dict[str, torch.Tensor]:
         return _make(w_nk, self.outliers)
 
     @staticmethod

@@ -194,7 +194,20 @@ def _chain(node) -> str:
     return f"{target}({', '.join(args)})"
 
 
-def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, columns=None) -> str | None:
+def gemm_qmax(ctx, handler) -> int | None:
+    """The narrower weight grid this CPU's int8 GEMMs need to be exact, or None for the full one
+    (``codegen/cpu/select.int8_weight_qmax``: without VNNI, oneDNN's u8s8 GEMM saturates). Every
+    CPU kernel and target "reference" (the CPU target's exact twin) take the same grid, so graphs
+    running different kernels share one set of constants and agree with the reference."""
+    if not getattr(handler, "int8_gemm", False) or ctx.target not in ("cpu", "reference"):
+        return None
+    from zq_compile.codegen.cpu.select import int8_weight_qmax
+
+    qmax = int8_weight_qmax()
+    return qmax if qmax < 127 else None
+
+
+def _store_key(ctx, m: LinearMatch, handler, scheme, groups: int, scale=None, columns=None) -> str | None:
     """Key of this weight's constants in ``zq_compile.store``; None for weights computed from
     several placeholders or kept by the graph itself (get_attr), which are not stored."""
     roots = constant_roots(m.weight)
@@ -205,20 +218,23 @@ def _store_key(m: LinearMatch, handler, scheme, groups: int, scale=None, columns
         chain += f"*s{hashlib.sha1(scale.float().contiguous().numpy().tobytes()).hexdigest()[:16]}"
     if columns is not None:  # heads' outlier channels: what gets quantized is (W * s) laid out anew
         chain += f"[:,{columns.tag()}]"
+    qmax = gemm_qmax(ctx, handler)
+    if qmax is not None:  # a narrower grid: constants another CPU class made are not these
+        chain += f"|qmax{qmax}"
     return store.recipe(handler.name, scheme, groups, chain)
 
 
 def _quantized_constants(ctx, m: LinearMatch, w_nk, handler, scheme, groups: int, scale=None, columns=None):
     """(constants, root tensor, store key): kept ones for this weight and recipe if the store has
     them, else quantized now and kept."""
-    key = _store_key(m, handler, scheme, groups, scale, columns)
+    key = _store_key(ctx, m, handler, scheme, groups, scale, columns)
     root = ctx.input_value(constant_roots(m.weight)[0]) if key is not None else None
     tensors = store.get(root, key) if root is not None else None
     if tensors is None:
         if root is not None and store.is_released(root):
             raise store.ReleasedWeightError(store.missing_message(root))
         w = transformed_weight(w_nk, scale, columns)
-        tensors = handler.constant_tensors(handler.quantize(w, scheme, groups))
+        tensors = handler.constant_tensors(handler.quantize(w, scheme, groups, gemm_qmax(ctx, handler)))
         if root is not None:
             store.put(root, key, tensors, ctx.config.to_json())
     return tensors, root, key
@@ -239,11 +255,13 @@ def _weight_source(ctx, m: LinearMatch, handler, scheme, groups: int, slots: dic
         w = w if weight_is_nk else w.t()
         return transformed_weight(w, scale, columns)
 
+    qmax = gemm_qmax(ctx, handler)
+
     def quantize(w_nk):
-        return handler.constant_tensors(handler.quantize(w_nk, scheme, groups))
+        return handler.constant_tensors(handler.quantize(w_nk, scheme, groups, qmax))
 
     return WeightSource(tuple(ctx.input_index(r) for r in roots), make_float, quantize, slots,
-                        _store_key(m, handler, scheme, groups, scale, columns), ctx.config.to_json())
+                        _store_key(ctx, m, handler, scheme, groups, scale, columns), ctx.config.to_json())
 
 
 def _mutated_in_graph(node: fx.Node) -> bool:

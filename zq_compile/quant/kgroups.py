@@ -98,12 +98,14 @@ def dequantize_kgroups(qdata, scale, zero_point, group_size: int, k: int, dtype=
     return (q * block_view(scale.float(), n, k)[..., None]).reshape(n, k).to(dtype)
 
 
-def to_int8_per_row(qdata, scale, zero_point, group_size: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def to_int8_per_row(qdata, scale, zero_point, group_size: int, k: int,
+                    qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 [N, K], fp32 [N]) with int8 * scale[row] ~= the dequantized INT4 weight.
 
     Each row's grid is its largest |value| / 127: finer than every one of its INT4 blocks'
-    grids (max |value| / 7 or wider), so the added rounding is at most 1/18 of an INT4 step."""
+    grids (max |value| / 7 or wider), so the added rounding is at most 1/18 of an INT4 step
+    (1/9 with ``qmax`` = 64, the grid of CPUs whose int8 GEMMs saturate)."""
     w = dequantize_kgroups(qdata, scale, zero_point, group_size, k)
-    row = w.abs().amax(dim=1) / 127
+    row = w.abs().amax(dim=1) / qmax
     row = torch.where(row == 0, torch.ones_like(row), row)
-    return torch.round(w / row[:, None]).clamp(-127, 127).to(torch.int8), row.contiguous()
+    return torch.round(w / row[:, None]).clamp(-qmax, qmax).to(torch.int8), row.contiguous()

@@ -70,28 +70,35 @@ def check_groups(n_rows: int, groups: int | None) -> int:
 
 
 def quantize_weight(
-    w: torch.Tensor, bits: int = 8, groups: int | None = None, symmetric: bool = True
+    w: torch.Tensor, bits: int = 8, groups: int | None = None, symmetric: bool = True,
+    qmax: int | None = None,
 ) -> QuantizedWeight:
-    """Quantize a [N, K] floating weight; ``groups=None`` means one group per output row."""
+    """Quantize a [N, K] floating weight; ``groups=None`` means one group per output row.
+
+    ``qmax`` narrows an 8-bit grid to [-qmax, qmax] (asymmetric: 2 * qmax steps), for int8 GEMMs
+    that saturate on full-range weights (``codegen/cpu/select.int8_weight_qmax``)."""
     if w.dim() != 2 or not w.is_floating_point():
         raise ValueError(f"quantize_weight expects a 2-D floating weight, got {tuple(w.shape)} {w.dtype}")
     if bits not in (8, 4):
         raise ValueError(f"bits={bits} is not valid; allowed: 8, 4")
     if not torch.isfinite(w).all():
         raise ValueError("weight holds NaN or Inf; it cannot be quantized")
+    full = 2 ** (bits - 1) - 1
+    if qmax is not None and (bits != 8 or not isinstance(qmax, int) or not 1 <= qmax <= full):
+        raise ValueError(f"qmax={qmax!r} is not valid; allowed: None, or an int in 1..{full} for 8-bit weights")
     n, k = w.shape
     g = check_groups(n, groups)
     wf = w.detach().float()
     wg = wf.reshape(g, -1)
     if symmetric:
-        qmax = 2 ** (bits - 1) - 1
+        qmax = qmax or full
         scale = wg.abs().amax(dim=1) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         rows = scale.repeat_interleave(n // g)[:, None]
         q = torch.round(wf / rows).clamp(-qmax, qmax).to(torch.int8)
         zp = None
     else:
-        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        qmin, qmax = (-qmax, qmax) if qmax else (-(2 ** (bits - 1)), full)
         lo = wg.amin(dim=1).clamp(max=0)
         hi = wg.amax(dim=1).clamp(min=0)
         scale = (hi - lo) / (qmax - qmin)

@@ -20,7 +20,12 @@ def register(handler: SchemeHandler) -> SchemeHandler:
 class SchemeHandler:
     name: str = ""
 
-    def quantize(self, w_nk: torch.Tensor, scheme: QuantScheme, groups: int) -> QuantizedWeight:
+    #: Whether the weight goes to an int8 x int8 GEMM as it is quantized (then ``quantize`` takes
+    #: the narrower grid of CPUs whose int8 GEMMs saturate, ``qmax``).
+    int8_gemm: bool = False
+
+    def quantize(self, w_nk: torch.Tensor, scheme: QuantScheme, groups: int,
+                 qmax: int | None = None) -> QuantizedWeight:
         raise NotImplementedError
 
     def emit(self, ctx, x: fx.Node, weight: list[fx.Node], bias, out_dtype: torch.dtype) -> fx.Node:

@@ -20,8 +20,9 @@ from zq_compile.schemes.weight_only import note_kernel, quantize_int4, regime_of
 
 class W4A8(W8A8):
     name = "w4a8"
+    int8_gemm = False  # INT4 here; the W4A8 kernel makes its own int8 copy (codegen/cpu/w4a8.py)
 
-    def quantize(self, w_nk, scheme, groups):
+    def quantize(self, w_nk, scheme, groups, qmax=None):
         return quantize_int4(w_nk, scheme, groups)
 
     def constant_tensors(self, qw):

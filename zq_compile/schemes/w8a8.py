@@ -19,9 +19,10 @@ from zq_compile.schemes.base import SchemeHandler, inference_only, register
 
 class W8A8(SchemeHandler):
     name = "w8a8"
+    int8_gemm = True
 
-    def quantize(self, w_nk, scheme, groups):
-        return quantize_weight(w_nk, bits=8, groups=groups, symmetric=scheme.symmetric)
+    def quantize(self, w_nk, scheme, groups, qmax=None):
+        return quantize_weight(w_nk, bits=8, groups=groups, symmetric=scheme.symmetric, qmax=qmax)
 
     def emit(self, ctx, x, weight, bias, out_dtype):
         graph = ctx.gm.graph

@@ -46,7 +46,7 @@ def note_kernel(ctx, what: str, regime: str, kernel: str, reason: str) -> None:
 class WeightOnly(SchemeHandler):
     bits = 8
 
-    def quantize(self, w_nk, scheme, groups):
+    def quantize(self, w_nk, scheme, groups, qmax=None):
         if self.bits == 4:
             return quantize_int4(w_nk, scheme, groups)
         return quantize_weight(w_nk, bits=8, groups=groups, symmetric=scheme.symmetric)

@@ -13,6 +13,7 @@ GEMM itself stays opaque and the epilogue fuses with neighbouring ops.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +39,10 @@ class _Packed:
     w_version: int
     w_scale: torch.Tensor
     w_scale_version: int
-    packed: torch.Tensor
+    packed: torch.Tensor | None  # None: a weight oneDNN cannot take exactly here (``wide``)
     row_scale: torch.Tensor
     row_zero: torch.Tensor
+    wide: torch.Tensor | None = None  # such a weight's int8 values, multiplied in float64
 
 
 _ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -78,11 +80,24 @@ def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
     hit = _ONEDNN_PACKED.get(w_q)
     if hit is None:
         raise RuntimeError("an int8 weight handle without its oneDNN packed copy")
-    return hit.packed.to_dense().t().contiguous()
+    return hit.wide if hit.wide is not None else hit.packed.to_dense().t().contiguous()
 
 
 def _pack(w_q, w_scale, version) -> _Packed:
+    from zq_compile.codegen.cpu.select import int8_weight_qmax
+
     n = w_q.shape[0]
+    qmax = int8_weight_qmax()
+    if qmax < 127 and w_q.numel() and int(w_q.abs().max()) > qmax:
+        # oneDNN would saturate silently on this CPU (select.NO_VNNI_WEIGHT_QMAX). The backend
+        # quantizes to the narrow grid; a weight made elsewhere is multiplied exactly, slower.
+        warnings.warn(
+            f"zq::onednn_u8s8_mm: this CPU has no VNNI, where oneDNN's int8 GEMM is exact only for "
+            f"|w_q| <= {qmax}; a weight reaching {int(w_q.abs().max())} is multiplied in float64 "
+            f"instead (exact, slower). Weights the backend quantizes here stay within {qmax}.",
+            stacklevel=2)
+        return _Packed(version, w_scale, w_scale._version, None, group_rows(w_scale.float(), n).contiguous(),
+                       torch.zeros(n, dtype=torch.int64), wide=w_q.contiguous())
     return _Packed(
         w_version=version,
         w_scale=w_scale,
@@ -129,6 +144,9 @@ def onednn_u8s8_mm(x_u8: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
     p = onednn_packed(w_q, w_scale)
     if x_u8.shape[0] == 0:
         return x_u8.new_zeros((0, w_q.shape[0]), dtype=out_dtype)
+    if p.wide is not None:  # every product and partial sum is an integer below 2^53: exact
+        acc = (x_u8.double() - 128) @ p.wide.double().t()
+        return (acc.float() * p.row_scale).to(out_dtype)
     return torch.ops.onednn.qlinear_pointwise(
         x_u8.contiguous(), 1.0, 128, p.packed, p.row_scale, p.row_zero,
         None, 1.0, 0, out_dtype, "none", [], "",

@@ -37,6 +37,21 @@ def has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
+#: Without VNNI, x86 int8 GEMMs multiply with vpmaddubsw, which adds two uint8 x int8 products
+#: into an int16 and saturates: 255 * 127 * 2 > 32767 (oneDNN u8s8 on an AVX2 EPYC: errors of 3e4
+#: on the self-test). Weights within +-64 keep every pair inside int16 (255 * 64 * 2 = 32640), so
+#: on such CPUs the int8 GEMMs' weights are quantized on that narrower grid. PyTorch's fbgemm
+#: path narrows the activations instead (``reduce_range``); here the weights are narrowed, because
+#: they are quantized once from float at compile time and the fused per-token quantize kernels
+#: stay as they are on every CPU.
+NO_VNNI_WEIGHT_QMAX = 64
+
+
+def int8_weight_qmax() -> int:
+    """The largest |w_q| the int8 GEMMs of this CPU take exactly (127: the full int8 grid)."""
+    return 127 if has_vnni() else NO_VNNI_WEIGHT_QMAX
+
+
 def has_bf16() -> bool:
     """Native bf16 dot products (what makes bf16 matmuls faster than fp32 ones)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
@@ -63,7 +78,8 @@ def _self_test(kernel: CpuKernel) -> str | None:
     g = torch.Generator().manual_seed(0)
     x_q = torch.randint(-127, 128, (13, 67), generator=g, dtype=torch.int8)
     x_s = torch.rand(13, 1, generator=g) + 0.01
-    w_q = torch.randint(-127, 128, (24, 67), generator=g, dtype=torch.int8)
+    lim = int8_weight_qmax()
+    w_q = torch.randint(-lim, lim + 1, (24, 67), generator=g, dtype=torch.int8)
     w_s = torch.rand(3, generator=g) + 0.01
     try:
         got = kernel.linear(x_q, x_s, w_q, w_s, None, None, torch.float32)
@@ -102,7 +118,7 @@ def _race(names: list[str], regime: str, rounds: int = 20) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
     x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
     x_s = torch.rand(m, 1, generator=g)
-    w_q = torch.randint(-127, 128, (k, k), generator=g, dtype=torch.int8)
+    w_q = torch.randint(-int8_weight_qmax(), int8_weight_qmax() + 1, (k, k), generator=g, dtype=torch.int8)
     w_s = torch.rand(k, generator=g)
     weights = {name: KERNELS[name].finalize_weight(w_q, w_s) for name in names}
     times = {name: float("inf") for name in names}
@@ -212,7 +228,7 @@ def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[st
         m = min(m, RACE_MAX_M)
         x_q = torch.randint(-127, 128, (m, k), generator=g, dtype=torch.int8)
         x_u8 = (x_q.to(torch.int32) + 128).to(torch.uint8)
-        w_q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+        w_q = torch.randint(-int8_weight_qmax(), int8_weight_qmax() + 1, (n, k), generator=g, dtype=torch.int8)
         w_s = torch.rand(n, generator=g)
         x_f = torch.randn(m, k, generator=g).to(float_dtype)
         w_f = torch.randn(n, k, generator=g).to(float_dtype)

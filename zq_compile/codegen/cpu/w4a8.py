@@ -23,6 +23,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.codegen.cpu.weight_only import WO_KERNELS, _finish, _is_handle, dequant_weight
+from zq_compile.codegen.cpu.select import int8_weight_qmax
 from zq_compile.quant.kgroups import to_int8_per_row
 
 
@@ -43,7 +44,9 @@ def _int8_kernel(inner: str):
 
 
 def _make_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
-    w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k)
+    # oneDNN saturates on full-range int8 weights where the CPU lacks VNNI (select.py)
+    qmax = int8_weight_qmax() if inner == "onednn" else 127
+    w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k, qmax)
     return _AsInt8(w._version, _int8_kernel(inner).finalize_weight(w8, s8), s8)
 
 
