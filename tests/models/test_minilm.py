@@ -45,8 +45,9 @@ def test_demo_command_prints_the_table(tmp_path):
     result = json.loads(out_json.read_text())
     rows = {row["contender"]: row for row in result["rows"]}
     assert rows["zeroquant w8a8"]["cosine"] > 0.99
-    # where the CPU has native bf16, the strongest float alternative is in the first table
+    # the strongest float alternative of this CPU is in the first table
     from zq_compile.codegen.cpu.select import has_bf16
 
     assert ("torch.compile bf16+freezing" in rows) == has_bf16()
+    assert ("torch.compile fp32+freezing" in rows) == (not has_bf16())
     assert "CPU class" in done.stdout and result["fastest_float"] in rows

@@ -10,6 +10,7 @@ import zq_compile
 from tests.triton_interp.helpers import EPILOGUE_TOL
 from zq_compile import recent_reports
 from zq_compile.codegen.triton import ops
+from zq_compile.codegen.cpu.select import int8_weight_qmax
 from zq_compile.metrics import sqnr_db
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
 from tests.modules import Block
@@ -93,7 +94,10 @@ def test_backend_target_triton_runs_the_triton_kernels_and_matches_target_cpu(dt
     # Same int8 values and exact GEMMs; in fp16 / bf16 the paths round intermediates at different
     # places (Inductor keeps fused CPU intermediates in fp32), which moves a few activations by
     # one quantization step: compared by SQNR, far above the quantization noise itself.
-    assert sqnr_db(cpu.float(), out.float()) > (100 if dtype == torch.float32 else 40)
+    # On CPUs without VNNI the cpu target's weights are on a narrower grid (+-64,
+    # codegen/cpu/select.int8_weight_qmax) than the triton target's: only close, not equal.
+    same_grid = int8_weight_qmax() == 127
+    assert sqnr_db(cpu.float(), out.float()) > ((100 if dtype == torch.float32 else 40) if same_grid else 25)
     assert sqnr_db(ref, out.float()) > 22
 
 
