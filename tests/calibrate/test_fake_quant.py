@@ -31,6 +31,32 @@ def test_weight_equals_reference_quantize_dequantize(bits, symmetric, n, k, grou
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_narrow_grid_equals_the_reference(symmetric):
+    """The +-64 grid of int8-GEMM weights on CPUs without VNNI (codegen/cpu/select.py)."""
+    w = _weight(13, 67)
+    ref = quantize_weight(w, bits=8, symmetric=symmetric, qmax=64).dequantize()
+    got = fake_quant_weight(w, FakeQuantSpec(8, 8, None, None, symmetric, weight_qmax=64))
+    assert torch.equal(got, ref)
+    with pytest.raises(ValueError, match="weight_qmax=5 is not valid"):
+        FakeQuantSpec(4, 8, None, 32, True, weight_qmax=5)
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_lkd_trains_against_the_grid_the_cpu_target_deploys(vnni, monkeypatch):
+    import zq_compile
+    from zq_compile.calibrate.fake_quant import spec_for_config
+    from zq_compile.codegen.cpu import select
+
+    monkeypatch.setattr(select, "has_vnni", lambda: vnni)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    narrow = None if vnni else 64
+    assert spec_for_config(zq_compile.ZeroQuantConfig(), model)("0").weight_qmax == narrow
+    assert spec_for_config(zq_compile.ZeroQuantConfig(target="cpu"), model)("0").weight_qmax == narrow
+    assert spec_for_config(zq_compile.ZeroQuantConfig(target="triton"), model)("0").weight_qmax is None
+    assert spec_for_config(zq_compile.ZeroQuantConfig(preset="w8a16"), model)("0").weight_qmax is None
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 @pytest.mark.parametrize("k, gk", [(67, 32), (64, 64), (128, 16)])
 def test_groups_along_k_equal_the_reference_per_column_chunk(bits, k, gk):

@@ -37,13 +37,14 @@ from zq_compile.quant.activation import qmax_for
 class FakeQuantSpec:
     """weight_bits 8/4; act_bits 8 or None (weight-only); row_groups: groups along the output
     rows (None: one per row); k_group_size: columns per group along K (None: the whole row);
-    symmetric as in ``quantize_weight``."""
+    symmetric and weight_qmax (a narrower 8-bit grid, CPUs without VNNI) as in ``quantize_weight``."""
 
     weight_bits: int = 8
     act_bits: int | None = 8
     row_groups: int | None = None
     k_group_size: int | None = None
     symmetric: bool = True
+    weight_qmax: int | None = None
 
     def __post_init__(self) -> None:
         if self.weight_bits not in (8, 4):
@@ -52,6 +53,8 @@ class FakeQuantSpec:
             raise ValueError(f"act_bits={self.act_bits!r} is not valid; allowed: 8, None")
         if self.k_group_size is not None and self.k_group_size < 1:
             raise ValueError(f"k_group_size={self.k_group_size!r} is not valid; allowed: a positive int or None")
+        if self.weight_qmax is not None and (self.weight_bits != 8 or not 1 <= self.weight_qmax <= 127):
+            raise ValueError(f"weight_qmax={self.weight_qmax!r} is not valid; allowed: None, or 1..127 for 8-bit weights")
 
     @property
     def name(self) -> str:
@@ -90,13 +93,14 @@ def fake_quant_weight(w_nk: torch.Tensor, spec: FakeQuantSpec) -> torch.Tensor:
     padded = F.pad(wf, (0, kg * gk - k)) if kg * gk != k else wf
     tiles = padded.detach().reshape(groups, n // groups, kg, gk)
     if spec.symmetric:
-        qmax = qmax_for(spec.weight_bits)
+        qmax = spec.weight_qmax or qmax_for(spec.weight_bits)
         scale = tiles.abs().amax(dim=(1, 3), keepdim=True) / qmax
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         rows = _expand(scale, n, k, groups, kg, gk)
         wq = round_ste(wf / rows).clamp(-qmax, qmax) * rows
     else:
-        qmin, qmax = -(2 ** (spec.weight_bits - 1)), 2 ** (spec.weight_bits - 1) - 1
+        q = spec.weight_qmax
+        qmin, qmax = (-q, q) if q else (-(2 ** (spec.weight_bits - 1)), 2 ** (spec.weight_bits - 1) - 1)
         lo = tiles.amin(dim=(1, 3), keepdim=True).clamp(max=0)
         hi = tiles.amax(dim=(1, 3), keepdim=True).clamp(min=0)
         scale = (hi - lo) / (qmax - qmin)
@@ -203,12 +207,24 @@ def _types_around(modules: dict[str, torch.nn.Module], path: str) -> list[tuple[
     return [type_names(type(m)) for m in around if m is not None]
 
 
+def _cpu_weight_qmax(config, model) -> int | None:
+    """The narrower grid the CPU target gives int8-GEMM weights here (``passes/rewrite_linear.
+    gemm_qmax``), or None: LKD must train against the weights that will be deployed."""
+    from zq_compile.codegen.cpu.select import int8_weight_qmax
+
+    on_gpu = model is not None and any(p.device.type != "cpu" for p in model.parameters())
+    if config.target == "triton" or (config.target == "auto" and on_gpu) or int8_weight_qmax() == 127:
+        return None
+    return int8_weight_qmax()
+
+
 def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[str], FakeQuantSpec | None]:
     """The fake quantization matching what the backend will deploy for ``config`` on ``model``
     (see the module docstring); without ``model``, module types cannot be matched."""
     from zq_compile.schemes.policy import scheme_for
 
     modules = dict(model.named_modules()) if model is not None else {}
+    narrow = _cpu_weight_qmax(config, model)
 
     def spec_for(path: str) -> FakeQuantSpec | None:
         if any(fnmatch.fnmatchcase(path, g) for g in config.skip):
@@ -222,6 +238,7 @@ def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[s
         role = "attention" if is_attention(path) else "ffn"
         scheme, _ = scheme_for(config, None, path, role, n, k, types=_types_around(modules, path))
         return FakeQuantSpec(scheme.weight_bits, scheme.act_bits, scheme.weight_groups,
-                             scheme.group_size if scheme.weight_bits == 4 else None, scheme.symmetric)
+                             scheme.group_size if scheme.weight_bits == 4 else None, scheme.symmetric,
+                             narrow if scheme.weight_bits == 8 and scheme.act_bits else None)
 
     return spec_for
