@@ -9,9 +9,17 @@ from torch._inductor.utils import run_and_get_code
 
 from tests.models.tiny import linear_module_count, model_output, tiny_model
 from zq_compile import recent_reports
+from zq_compile.codegen.cpu.select import int8_weight_qmax
 from zq_compile.metrics import sqnr_db
 
 pytestmark = pytest.mark.slow
+
+
+def _vs_cpu_floor(same_grid: float) -> float:
+    """On CPUs without VNNI the cpu target quantizes int8 weights on a +-64 grid
+    (codegen/cpu/select.py), the triton target on +-127: the targets then agree only to about the
+    weights' rounding (34 to 62 dB on an AVX2 EPYC), not to the last bits."""
+    return same_grid if int8_weight_qmax() == 127 else 30
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
@@ -39,7 +47,7 @@ def test_tiny_model_through_triton_matches_cpu_target(kind):
     # Both targets run the same int8 numerics (exact int32 GEMMs, same epilogue order): the
     # outputs agree far beyond the quantization error, which is what the SQNR vs fp32 measures.
     # the cpu target stores bf16 between its int8 GEMMs on bf16 CPUs (bf16_activations): ~47 dB apart
-    assert sqnr_db(cpu, out) > 40
+    assert sqnr_db(cpu, out) > _vs_cpu_floor(40)
     assert sqnr_db(ref, out) > {"bert": 40, "gpt2": 35, "llama": 28}[kind]
 
 
@@ -87,5 +95,5 @@ def test_every_linear_of_a_tiny_model_takes_a_fused_path(kind):
     assert not torch.isnan(out).any()
     print(f"{kind}: SQNR vs cpu target {sqnr_db(cpu, out):.1f} dB, vs fp32 {sqnr_db(ref, out):.1f} dB")
     # fp32 storage and attention on both targets, same int8 numerics: measured ~140 dB apart
-    assert sqnr_db(cpu, out) > 100
+    assert sqnr_db(cpu, out) > _vs_cpu_floor(100)
     assert sqnr_db(ref, out) > {"bert": 40, "gpt2": 35, "llama": 28}[kind]
