@@ -26,7 +26,7 @@ from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import PostGradPasses, decompositions_for
 from zq_compile.ops.linear_wo import finalize_weights as finalize_scheme_weights
 from zq_compile.passes.context import PassContext
-from zq_compile.passes.graph_utils import clone_graph_module
+from zq_compile.passes.graph_utils import clone_graph_module, gemm_bf16, gemm_shapes
 from zq_compile.passes.runner import run_passes
 from zq_compile.report import CompileReport, record
 
@@ -74,8 +74,18 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
     elif not report.quantized:
         report.note("no linear layer was eligible: the graph runs in float (reasons above)")
     constants = [t for _, t in ctx.constants]
-    binding = WeightBinding(ctx.weight_sources, constants, list(example_inputs), kernel.finalize_weight, report)
+    # Only int8 GEMMs take the kernel's form of a "wq" weight; with none left in the graph
+    # (decode_weight_only), its weight-only kernels read the plain int8 values.
+    has_gemm = bool(gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default))
+    finalize = kernel.finalize_weight if has_gemm else _plain_finalize
+    binding = WeightBinding(ctx.weight_sources, constants, list(example_inputs), finalize, report)
     return Prepared(gm, constants, report, kernel, binding, releasable)
+
+
+def _plain_finalize(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    from zq_compile.codegen.cpu.kernels import plain_weight
+
+    return plain_weight(w_q)
 
 
 def zeroquant_backend(
@@ -260,7 +270,7 @@ def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, 
 
         choice = select_triton_kernel()
     elif target == "cpu" and config.cpu_kernel == "auto" and gm is not None and gemm_shapes(gm):
-        choice, line, float_note = choose_for_shapes(gemm_shapes(gm), _gemm_bf16(gm))
+        choice, line, float_note = choose_for_shapes(gemm_shapes(gm), gemm_bf16(gm))
         if line:
             report.races.append(line)
         if float_note:
@@ -272,25 +282,6 @@ def _choose_kernel(target: str, config: ZeroQuantConfig, report: CompileReport, 
     for name, why in choice.rejected:
         report.note(f"kernel {name} not used: {why}")
     return choice.kernel
-
-
-def gemm_shapes(gm: fx.GraphModule) -> tuple[tuple[int, int, int, int], ...]:
-    """(M, K, N, count) of the graph's quantized linears at their traced sizes (hints for
-    dynamic ones), most frequent first."""
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
-
-    counts: dict[tuple[int, int, int], int] = {}
-    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
-        lead = node.args[0].meta["example_value"].shape[:-1]
-        m = math.prod(int(optimization_hint(d)) if not isinstance(d, int) else d for d in lead)
-        n, k = node.args[2].meta["example_value"].shape
-        counts[(m, k, n)] = counts.get((m, k, n), 0) + 1
-    return tuple((m, k, n, c) for (m, k, n), c in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _gemm_bf16(gm: fx.GraphModule) -> bool:
-    return any(n.args[6] == torch.bfloat16
-               for n in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default))
 
 
 def _append_constants(compiled, prepared: Prepared):

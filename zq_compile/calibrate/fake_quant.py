@@ -207,15 +207,14 @@ def _types_around(modules: dict[str, torch.nn.Module], path: str) -> list[tuple[
     return [type_names(type(m)) for m in around if m is not None]
 
 
-def _cpu_weight_qmax(config, model) -> int | None:
+def deployed_qmax_for(config, model) -> int | None:
     """The narrower grid the CPU target gives int8-GEMM weights here (``passes/rewrite_linear.
     gemm_qmax``), or None: LKD must train against the weights that will be deployed."""
-    from zq_compile.codegen.cpu.select import int8_weight_qmax
+    from zq_compile.codegen.cpu.select import deployed_weight_qmax
 
     on_gpu = model is not None and any(p.device.type != "cpu" for p in model.parameters())
-    if config.target == "triton" or (config.target == "auto" and on_gpu) or int8_weight_qmax() == 127:
-        return None
-    return int8_weight_qmax()
+    target = "triton" if config.target == "auto" and on_gpu else config.target
+    return deployed_weight_qmax("cpu" if target == "auto" else target)
 
 
 def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[str], FakeQuantSpec | None]:
@@ -224,7 +223,7 @@ def spec_for_config(config, model: torch.nn.Module | None = None) -> Callable[[s
     from zq_compile.schemes.policy import scheme_for
 
     modules = dict(model.named_modules()) if model is not None else {}
-    narrow = _cpu_weight_qmax(config, model)
+    narrow = deployed_qmax_for(config, model)
 
     def spec_for(path: str) -> FakeQuantSpec | None:
         if any(fnmatch.fnmatchcase(path, g) for g in config.skip):

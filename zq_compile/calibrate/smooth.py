@@ -49,10 +49,11 @@ def transformed_weight(w_nk: torch.Tensor, s: torch.Tensor | None, columns=None)
 
 
 def quantized_weight(w_nk: torch.Tensor, s: torch.Tensor | None, groups: int, symmetric: bool,
-                     columns=None) -> torch.Tensor:
-    """``transformed_weight`` quantized to int8 as the w8a8 scheme does and dequantized, fp32 [N, K']."""
+                     columns=None, qmax: int | None = None) -> torch.Tensor:
+    """``transformed_weight`` quantized to int8 as the w8a8 scheme does and dequantized, fp32 [N, K'];
+    ``qmax``: the narrower grid the target deploys on this CPU (``select.deployed_weight_qmax``)."""
     w = transformed_weight(w_nk.detach().float(), s, columns)
-    return quantize_weight(w, bits=8, groups=groups, symmetric=symmetric).dequantize()
+    return quantize_weight(w, bits=8, groups=groups, symmetric=symmetric, qmax=qmax).dequantize()
 
 
 def fake_linear(x: torch.Tensor, w_deq: torch.Tensor, bias, s: torch.Tensor | None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -71,3 +72,23 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     if hasattr(gm, "_param_name_to_source"):
         clone._param_name_to_source = gm._param_name_to_source
     return clone
+
+
+def gemm_shapes(gm: fx.GraphModule) -> tuple[tuple[int, int, int, int], ...]:
+    """(M, K, N, count) of the graph's int8 GEMMs (zq.linear_w8a8) at their traced sizes (hints
+    for dynamic ones), most frequent first."""
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    counts: dict[tuple[int, int, int], int] = {}
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
+        lead = node.args[0].meta["example_value"].shape[:-1]
+        m = math.prod(int(optimization_hint(d)) if not isinstance(d, int) else d for d in lead)
+        n, k = node.args[2].meta["example_value"].shape
+        counts[(m, k, n)] = counts.get((m, k, n), 0) + 1
+    return tuple((m, k, n, c) for (m, k, n), c in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def gemm_bf16(gm: fx.GraphModule) -> bool:
+    """Whether any int8 GEMM of the graph writes bf16."""
+    return any(n.args[6] == torch.bfloat16
+               for n in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default))

@@ -196,15 +196,12 @@ def _chain(node) -> str:
 
 def gemm_qmax(ctx, handler) -> int | None:
     """The narrower weight grid this CPU's int8 GEMMs need to be exact, or None for the full one
-    (``codegen/cpu/select.int8_weight_qmax``: without VNNI, oneDNN's u8s8 GEMM saturates). Every
-    CPU kernel and target "reference" (the CPU target's exact twin) take the same grid, so graphs
-    running different kernels share one set of constants and agree with the reference."""
-    if not getattr(handler, "int8_gemm", False) or ctx.target not in ("cpu", "reference"):
+    (``codegen/cpu/select.deployed_weight_qmax``: without VNNI, oneDNN's u8s8 GEMM saturates)."""
+    if not getattr(handler, "int8_gemm", False):
         return None
-    from zq_compile.codegen.cpu.select import int8_weight_qmax
+    from zq_compile.codegen.cpu.select import deployed_weight_qmax
 
-    qmax = int8_weight_qmax()
-    return qmax if qmax < 127 else None
+    return deployed_weight_qmax(ctx.target)
 
 
 def _store_key(ctx, m: LinearMatch, handler, scheme, groups: int, scale=None, columns=None) -> str | None:

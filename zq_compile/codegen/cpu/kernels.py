@@ -47,6 +47,8 @@ class _Packed:
 
 _ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _HANDLES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # the handles release_plain made
+#: plain int8 weight read back from a handle -> that handle (so packing it again reuses the copy)
+_READ_BACK: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def is_weight_handle(t: torch.Tensor) -> bool:
@@ -65,6 +67,12 @@ def release_plain(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     hit = _ONEDNN_PACKED.get(w_q) if w_q in _HANDLES else None
     if hit is not None and hit.w_scale is w_scale:
         return w_q
+    # A plain weight another graph read back from a handle (a decode graph running a weight-only
+    # kernel wrote it to zq_compile.store): the handle's packed copy already holds these values.
+    handle = _READ_BACK.get(w_q)
+    if handle is not None and w_q._version == 0 and _ONEDNN_PACKED.get(handle) is not None \
+            and _ONEDNN_PACKED[handle].w_scale is w_scale:
+        return handle
     w_q = plain_weight(w_q)
     handle = torch.zeros(1, dtype=torch.int8).expand(w_q.shape)
     _ONEDNN_PACKED[handle] = _pack(w_q, w_scale, version=handle._version)
@@ -80,7 +88,11 @@ def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
     hit = _ONEDNN_PACKED.get(w_q)
     if hit is None:
         raise RuntimeError("an int8 weight handle without its oneDNN packed copy")
-    return hit.wide if hit.wide is not None else hit.packed.to_dense().t().contiguous()
+    if hit.wide is not None:
+        return hit.wide
+    plain = hit.packed.to_dense().t().contiguous()
+    _READ_BACK[plain] = w_q
+    return plain
 
 
 def _pack(w_q, w_scale, version) -> _Packed:

@@ -52,6 +52,16 @@ def int8_weight_qmax() -> int:
     return 127 if has_vnni() else NO_VNNI_WEIGHT_QMAX
 
 
+def deployed_weight_qmax(target: str) -> int | None:
+    """The narrower grid int8-GEMM weights get on ``target`` on this CPU, or None for the full
+    one. Targets "cpu" and "reference" (its exact twin) share it, so graphs running different
+    kernels share one set of constants and agree with the reference; "triton" runs on a GPU."""
+    if target not in ("cpu", "reference"):
+        return None
+    qmax = int8_weight_qmax()
+    return qmax if qmax < 127 else None
+
+
 def has_bf16() -> bool:
     """Native bf16 dot products (what makes bf16 matmuls faster than fp32 ones)."""
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
@@ -208,14 +218,16 @@ def time_variants(fns: dict, rounds: int) -> dict[str, float]:
 
 @functools.cache
 def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[str, ...], gemm_bf16: bool,
-                rounds: int = 5) -> dict[str, float]:
+                rounds: int = 5, weight_only: str | None = None) -> dict[str, float]:
     """ms per forward of the graph's GEMMs, per variant: ``shapes`` are (M, K, N, count).
 
     Variants: each int8 kernel in ``kernels`` as the pipeline would call it (oneDNN writing bf16
     when ``gemm_bf16``, else fp32; ``_int_mm`` writing int32), oneDNN writing fp32 as well when
     the pipeline is bf16 (what the fp32 pipeline would pay), and the best float alternative the
     CPU has: ``F.linear`` in bf16 where it has native bf16, else in fp32. GEMMs alone: the
-    epilogues are fused into Inductor's kernels, whose bytes the report counts.
+    epilogues are fused into Inductor's kernels, whose bytes the report counts. ``weight_only``
+    names a kernel of ``weight_only.py`` to time as well on the same int8 weights with float
+    activations (``passes/decode_weight_only.py`` asks for it in decode-sized graphs).
     """
     import torch.nn.functional as F
 
@@ -243,6 +255,19 @@ def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[st
             w_t = w_q.t()
             fns["int_mm->int32"] = lambda: torch._int_mm(x_q, w_t)
         fns[f"{'bf16' if float_dtype == torch.bfloat16 else 'fp32'} F.linear"] = lambda: F.linear(x_f, w_f)
+        if weight_only is not None:
+            from zq_compile.codegen.cpu.weight_only import WO_KERNELS
+
+            wo = WO_KERNELS[weight_only]
+            if wo.unavailable_reason(8, n, k, 0):  # what the pass then emits for this shape
+                wo = WO_KERNELS["dequant"]
+            if wo.name == "aten":  # the opaque GEMM alone, as for oneDNN: its casts fuse into neighbours
+                x_b, s_b = x_f.to(torch.bfloat16), w_s.to(torch.bfloat16)
+                fns[f"weight-only {weight_only}"] = lambda: torch.ops.zq.int8pack_mm(x_b, w_q, s_b)
+            else:  # Inductor fuses the dequantize: timed unfused, an upper bound
+                x_wo = x_f.to(torch.bfloat16 if gemm_bf16 else torch.float32)  # the graph's activations
+                fns[f"weight-only {weight_only}"] = lambda: wo.linear(x_wo, w_q, w_s, None, None, 8, 0, k,
+                                                                      x_wo.dtype)
         for name, ms in time_variants(fns, rounds).items():
             totals[name] = totals.get(name, 0.0) + ms * count
     return totals

@@ -57,8 +57,12 @@ class WoKernel:
         return None
 
     def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k) -> torch.Tensor:
-        """What the compiled graph holds for the weight (by default the weight itself)."""
-        return w
+        """What the compiled graph holds for the weight: the plain int8 values by default. An
+        int8 weight shared with a graph that runs oneDNN may arrive as its one-byte handle
+        (``kernels.release_plain``; ``passes/decode_weight_only.py`` reads w8a8 weights)."""
+        from zq_compile.codegen.cpu.kernels import plain_weight
+
+        return plain_weight(w) if bits == 8 else w
 
     def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
         raise NotImplementedError
@@ -179,7 +183,7 @@ class AtenWo(WoKernel):
 
     def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k):
         if bits != 4:
-            return w
+            return super().finalize_weight(w, w_scale, w_zero, bits, group_size, k)
         handle = torch.zeros(1, dtype=torch.uint8).expand(w.shape)
         entry = _int4_pack(w, w_scale, w_zero, group_size, k)
         entry.version = handle._version
