@@ -128,6 +128,9 @@ def _w4a8_finalize(kernel, gs, k, w, ws, wz):
 
 #: kernel handle -> the plain packed weight it was made from (see ``_swap``).
 _PLAIN: WeakIdKeyDictionary = WeakIdKeyDictionary()
+#: kernel handle -> which finalize made it (kernel and its arguments), so the same kernel given
+#: its own handle back (from zq_compile.store) reuses it rather than packing a second copy.
+_MADE_BY: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _swap(ctx, index, w, ws, wz, finalize) -> int:
@@ -150,10 +153,17 @@ def _finalized(finalize, w, ws, wz):
     """``w`` in this graph's kernel's form. Constants from zq_compile.store may already be another
     graph's kernel handle (the decode graph's kernel can differ from prefill's): finalize from the
     plain packed weight, and remember which plain weight each new handle stands for."""
+    made_by = (finalize.func, finalize.args) if isinstance(finalize, functools.partial) else finalize
+    if w in _PLAIN and _MADE_BY.get(w) == made_by:
+        # This kernel's own handle: after release_float_weights the binding rebuilds every
+        # constant from the store at the first call, which packed each W4A8 weight's int8 copy
+        # a second time (SmolLM2 w4/8a8: 90 extra oneDNN copies, 76 MiB).
+        return w
     plain = _PLAIN.get(w, w)
     new = finalize(plain, ws, wz)
     if new is not plain:
         _PLAIN[new] = plain
+        _MADE_BY[new] = made_by
     return new
 
 
