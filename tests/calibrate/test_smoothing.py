@@ -228,32 +228,3 @@ def test_smoothing_adds_no_kernel_division_fused_into_the_quantize():
     assert kernels[0.5] == kernels[False] > 0, kernels
     gemms = {k: code.count("_mm") for k, code in codes.items()}
     assert gemms[0.5] == gemms[False]
-
-
-@pytest.mark.parametrize("vnni", [True, False])
-def test_the_simulator_weighs_the_weights_the_cpu_target_deploys(vnni, monkeypatch):
-    """The accuracy policy and smoothing score int8 weights on the grid the kernels get here
-    (+-64 on CPUs without VNNI, ``select.deployed_weight_qmax``), on both calibration paths."""
-    from zq_compile.calibrate import _sites
-    from zq_compile.calibrate.policy import Simulator
-    from zq_compile.codegen.cpu import select
-    from zq_compile.quant.weight import quantize_weight
-
-    monkeypatch.setattr(select, "has_vnni", lambda: vnni)
-    narrow = None if vnni else select.NO_VNNI_WEIGHT_QMAX
-    m, ids = tiny_model("llama"), _ids()
-    gm, inputs = capture(m, input_ids=ids, use_cache=False)
-    for target, preset, want in [("cpu", "w8a8", narrow), ("reference", "w8a8", narrow), ("cpu", "w8a16", None)]:
-        config = ZeroQuantConfig(smooth=False, preset=preset)
-        ctx = PassContext(clone_graph_module(gm), inputs, config, CompileReport(config=config.to_dict()), target)
-        sites, _ = calibrate_linears.eligible(ctx)
-        assert sites and all(s.qmax == want for s in sites.values()), (target, preset)
-    key, site = next(iter(sites.items()))
-    site.qmax = narrow
-    sim = Simulator({key: site})
-    sim.set_plan({}, {key})
-    want = quantize_weight(site.w_nk.detach().float(), bits=8, groups=site.groups, symmetric=site.symmetric,
-                           qmax=narrow).dequantize()
-    assert torch.equal(sim._wq(key), want)
-    assert all(s.qmax == narrow for s, _ in _sites(m, ZeroQuantConfig()).values())
-    assert all(s.qmax is None for s, _ in _sites(m, ZeroQuantConfig(preset="w8a16")).values())

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from zq_compile.calibrate import stats
-from zq_compile.calibrate.fake_quant import deployed_qmax_for
 from zq_compile.calibrate.policy import Simulator, Site, decide, head_columns
 from zq_compile.calibrate.report import CalibrationReport
 from zq_compile.config import ZeroQuantConfig
@@ -49,8 +48,6 @@ def _call(model, batch):
 def _sites(model: torch.nn.Module, config: ZeroQuantConfig) -> dict[str, tuple[Site, torch.nn.Module]]:
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     groups = config.scheme.weight_groups
-    int8_gemm = config.scheme.weight_bits == 8 and config.scheme.act_bits == 8
-    qmax = deployed_qmax_for(config, model) if int8_gemm else None  # the grid they will be deployed on
     out = {}
     for name, mod in model.named_modules():
         if type(mod) is not torch.nn.Linear or not mod.weight.is_floating_point():
@@ -61,8 +58,7 @@ def _sites(model: torch.nn.Module, config: ZeroQuantConfig) -> dict[str, tuple[S
         g = n if groups is None else (groups if n % groups == 0 else math.gcd(n, groups))
         head = name.rsplit(".", 1)[-1] == "lm_head" or id(mod.weight) in embedding_weights
         columns = head_columns(config, config.scheme, head)
-        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head, columns,
-                          qmax), mod)
+        out[name] = (Site(name, name, mod.weight, mod.weight, None, g, config.scheme.symmetric, head, columns), mod)
     return out
 
 

@@ -62,7 +62,6 @@ class Site:
     symmetric: bool
     head: bool  # lm_head or tied to an embedding
     columns: str | None = None  # a head's outlier channels: "split" or "outliers" (head_columns)
-    qmax: int | None = None  # the int8 weight grid deployed here (select.deployed_weight_qmax)
 
 
 def head_columns(config, scheme, head: bool) -> str | None:
@@ -104,7 +103,7 @@ class Simulator:
     def _wq(self, key: str) -> torch.Tensor:
         if key not in self._w:
             site, s, columns = self.sites[key], self.scales.get(key), self.columns.get(key)
-            self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric, columns, site.qmax)
+            self._w[key] = quantized_weight(site.w_nk, s, site.groups, site.symmetric, columns)
         return self._w[key]
 
     def _fake(self, key: str, x: torch.Tensor, bias) -> torch.Tensor:

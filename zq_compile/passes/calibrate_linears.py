@@ -24,15 +24,10 @@ import torch.nn.functional as F
 from zq_compile.calibrate import stats
 from zq_compile.calibrate.graph_run import graph_runner
 from zq_compile.calibrate.policy import Site, decide, head_columns
-from zq_compile.codegen.cpu.select import deployed_weight_qmax
 from zq_compile.passes.graph_utils import module_path
 from zq_compile.passes import rewrite_linear as rl
 
 EMBEDDING = {F.embedding, torch.embedding, torch.ops.aten.embedding.default}
-
-
-def _int8_gemm(scheme) -> bool:
-    return scheme.weight_bits == 8 and scheme.act_bits == 8
 
 
 def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMatch]]]:
@@ -67,8 +62,7 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
                                 scheme.symmetric, head,
                                 # the triton target has no fused kernel for a masked or split head
                                 # input yet: its heads stay float (policy) or plain (keep_float=0)
-                                columns=head_columns(ctx.config, scheme, head) if ctx.target != "triton" else None,
-                                qmax=deployed_weight_qmax(ctx.target) if _int8_gemm(scheme) else None)
+                                columns=head_columns(ctx.config, scheme, head) if ctx.target != "triton" else None)
         linears[node] = (node.name, m)
     return sites, linears
 
