@@ -64,9 +64,8 @@ def _race(ctx, shapes, bf16: bool) -> str | None:
     ready, _ = select._candidates()
     wo = select_wo_kernel("small", 8).kernel
     times = select.race_shapes(tuple(shapes), tuple(ready), bf16, weight_only=wo)
-    own = {"onednn": "onednn->bf16" if bf16 else "onednn->fp32", "int_mm": "int_mm->int32"}
-    int8 = min((times[own[n]] for n in ready), default=float("inf"))
-    where = ", ".join(f"{m}x{k}x{n}" + (f" (x{c})" if c > 1 else "") for m, k, n, c in shapes)
+    int8 = min((times[select.own_variant(n, bf16)] for n in ready), default=float("inf"))
+    where = select.describe_shapes(shapes)
     wins = times[f"weight-only {wo}"] < select.RACE_MARGIN * int8
     line = (f"{NAME}: decode-sized GEMMs {where}: "
             + ", ".join(f"{v} {t:.2f} ms" for v, t in sorted(times.items(), key=lambda kv: kv[1]))

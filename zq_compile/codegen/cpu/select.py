@@ -273,6 +273,18 @@ def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[st
     return totals
 
 
+def own_variant(kernel: str, gemm_bf16: bool) -> str:
+    """The ``race_shapes`` variant that times ``kernel`` as the pipeline calls it."""
+    if kernel == "int_mm":
+        return "int_mm->int32"
+    return "onednn->bf16" if gemm_bf16 else "onednn->fp32"
+
+
+def describe_shapes(shapes) -> str:
+    """(M, K, N, count) shapes as the race lines of the report print them."""
+    return ", ".join(f"{m}x{k}x{n}" + (f" (x{c})" if c > 1 else "") for m, k, n, c in shapes)
+
+
 def choose_for_shapes(shapes, gemm_bf16: bool) -> tuple[KernelChoice, str, str | None]:
     """The int8 kernel for a graph with these GEMM shapes, raced on them (KERNEL-NOTES.md: a
     proxy problem saw oneDNN and _int_mm within 1% where the graph's own shapes put oneDNN 3x
@@ -284,12 +296,12 @@ def choose_for_shapes(shapes, gemm_bf16: bool) -> tuple[KernelChoice, str, str |
         choice = select_cpu_kernel("auto", "large")
         return choice, "", None
     times = race_shapes(tuple(shapes), tuple(ready), gemm_bf16)
-    own = {"onednn": "onednn->bf16" if gemm_bf16 else "onednn->fp32", "int_mm": "int_mm->int32"}
+    own = {name: own_variant(name, gemm_bf16) for name in ready}
     best = ready[0]
     for name in ready[1:]:
         if times[own[name]] < RACE_MARGIN * times[own[best]]:
             best = name
-    where = ", ".join(f"{m}x{k}x{n}" + (f" (x{c})" if c > 1 else "") for m, k, n, c in shapes)
+    where = describe_shapes(shapes)
     capped = " (M capped at %d)" % RACE_MAX_M if any(m > RACE_MAX_M for m, *_ in shapes) else ""
     line = (f"GEMMs per forward at this graph's shapes {where}{capped}: "
             + ", ".join(f"{v} {t:.2f} ms" for v, t in sorted(times.items(), key=lambda kv: kv[1]))
