@@ -193,3 +193,24 @@ def test_file_of_another_model_is_refused(other, saved_block, no_quantize_no_pic
         zq_compile.load(saved_block, model)
     assert info.match(message)
     _assert_untouched(model, state)
+
+
+def _as_version_3(meta, tensors):
+    """What format 3 wrote: each calibration's config signature as [smooth, keep_float, heads]."""
+    meta["format_version"] = 3
+    for entries in meta["calibration"].values():
+        for c in entries:
+            c["signature"] = [c["signature"][k] for k in ("smooth", "keep_float", "heads")]
+
+
+def test_a_version_3_file_still_loads_with_its_calibration(tmp_path, request):
+    model = tiny_model("llama")
+    compiled, before = _compiled_output(model)
+    zq_compile.save(compiled, tmp_path / "w4.safetensors")
+    _rewrite_metadata(tmp_path / "w4.safetensors", tmp_path / "w3.safetensors", _as_version_3)
+    fresh = tiny_model("llama")
+    request.getfixturevalue("no_quantize_no_pickle")
+    config = zq_compile.load(tmp_path / "w3.safetensors", fresh)
+    _, after = _compiled_output(fresh, config)
+    assert torch.equal(before, after)
+    assert "zq_compile.load('w3.safetensors')" in str(zq_compile.recent_reports()[-1].calibration.source)

@@ -12,7 +12,9 @@ Since format version 2 the file also holds each weight's calibration (``calibrat
 max |X_j| of its input, the alpha and the policy's decision), because the recipe of a smoothed
 weight depends on it: without it the next compile would calibrate on its own first call, find
 another s, and quantize again with other results. Version 3 keeps one per config the weight was
-calibrated under (a list). Version 1 files (no calibration) and version 2 files still load.
+calibrated under (a list). Version 4 writes each config signature as the fields calibration
+depends on (``stats.SIGNATURE_FIELDS``; version 3 wrote three of them, so two configs differing
+only in the preset shared one calibration). Files of versions 1 to 3 still load.
 
 ``load`` puts the constants into ``zq_compile.store`` beside the module's parameters, where the
 next compile finds them instead of quantizing; the module itself is not modified. Everything is
@@ -32,8 +34,8 @@ from zq_compile.calibrate import stats
 from zq_compile.config import CONFIG_VERSION, ZeroQuantConfig
 
 FORMAT = "zeroquant-quantized-weights"
-FORMAT_VERSION = 3
-READS_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READS_VERSIONS = (1, 2, 3, 4)
 METADATA_KEY = "zeroquant"
 
 
@@ -105,7 +107,7 @@ def save(model, path: str | os.PathLike) -> None:
             tensors[key] = entry.act_absmax.detach().float().cpu().contiguous()
             calibration.setdefault(name, []).append(
                 {"module": entry.module, "act_absmax": key, "alpha": entry.alpha, "keep_float": entry.keep_float,
-                 "sqnr_db": _finite_or_none(entry.sqnr_db), "signature": list(entry.signature)})
+                 "sqnr_db": _finite_or_none(entry.sqnr_db), "signature": stats.signature_fields(entry.signature)})
     if not weights:
         raise ValueError(
             "nothing to save: no quantized weights are kept for this model. Compile it with the "
@@ -175,16 +177,33 @@ def _calibration(meta: dict, named: dict[str, torch.Tensor], raw: dict[str, torc
         absmax = raw[c["act_absmax"]]
         if absmax.dim() != 1 or absmax.dtype != torch.float32:
             raise WeightsFileError(f"calibration for {name!r}: max |X| must be a 1-D fp32 tensor")
-        signature = tuple(c["signature"])
-        if signature not in reports:
-            reports[signature] = CalibrationReport(source=f"zq_compile.load({os.path.basename(path)!r})",
-                                                   batches=0, tokens=0, smooth=signature[0],
-                                                   keep_float=signature[1])
         sqnr = c["sqnr_db"]
-        out.setdefault(name, []).append(stats.LinearCalibration(
-            str(c["module"]), absmax, c["alpha"], c["keep_float"], float("nan") if sqnr is None else float(sqnr),
-            signature, reports[signature]))
+        for signature in _signatures(c["signature"], meta, name):
+            if signature not in reports:
+                fields = stats.signature_fields(signature)
+                reports[signature] = CalibrationReport(source=f"zq_compile.load({os.path.basename(path)!r})",
+                                                       batches=0, tokens=0, smooth=fields["smooth"],
+                                                       keep_float=fields["keep_float"])
+            out.setdefault(name, []).append(stats.LinearCalibration(
+                str(c["module"]), absmax, c["alpha"], c["keep_float"], float("nan") if sqnr is None else float(sqnr),
+                signature, reports[signature]))
     return out
+
+
+def _signatures(saved, meta: dict, name: str) -> list[tuple]:
+    """The config signatures a saved calibration entry belongs to. Format 4 writes the fields;
+    versions 1-3 wrote only (smooth, keep_float, heads): such an entry belongs to each saved
+    config with those three values (what those versions matched it against)."""
+    try:
+        if isinstance(saved, dict):
+            return [stats.signature_from_fields(saved)]
+        if isinstance(saved, list) and len(saved) == 3:
+            configs = [ZeroQuantConfig.from_dict(c) for c in meta["configs"]]
+            return list(dict.fromkeys(stats.signature(c) for c in configs
+                                      if [c.smooth, c.keep_float, c.heads] == saved))
+    except (TypeError, ValueError) as e:
+        raise WeightsFileError(f"calibration for {name!r}: bad config signature {saved!r}: {e}") from None
+    raise WeightsFileError(f"calibration for {name!r}: bad config signature {saved!r}")
 
 
 def _read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

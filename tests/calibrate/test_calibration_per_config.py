@@ -46,3 +46,45 @@ def test_each_config_keeps_its_calibration_across_recompiles(tmp_path):
     for e in loaded:
         want = stats.lookup(weight, e.signature)
         assert torch.equal(e.act_absmax, want.act_absmax) and e.alpha == want.alpha
+
+
+def _first_call(model, config):
+    torch._dynamo.reset()
+    compiled = zq_compile.compile(model, config)
+    with torch.inference_mode():
+        out = compiled(_ids(2, 12, 7)).logits
+    return out, compiled.zq_reports[0]
+
+
+def _decisions(report):
+    c = report.calibration
+    return c.alpha, [(la.module, la.sqnr_db, la.kept_float) for la in c.layers]
+
+
+def test_a_second_preset_calibrates_for_itself_not_with_the_first_ones_decisions():
+    """The bench compiled SmolLM2 w8a8, then w4a16 on the same fp32 model: w4a16 took w8a8's
+    calibration (its smoothing strengths, its quantized head) and scored perplexity 50.6
+    instead of its own 35.8. Each preset now calibrates on its own first call, exactly as on a
+    fresh copy of the model."""
+    model, fresh = tiny_model("llama"), tiny_model("llama")
+    _first_call(model, ZeroQuantConfig(preset="w8a8"))
+    after_w8a8, report = _first_call(model, ZeroQuantConfig(preset="w4a16"))
+    alone, alone_report = _first_call(fresh, ZeroQuantConfig(preset="w4a16"))
+    assert report.calibration.source == "first call inputs"
+    assert _decisions(report) == _decisions(alone_report)
+    assert torch.equal(after_w8a8, alone)
+    weight = model.model.layers[0].mlp.down_proj.weight
+    assert len(stats.entries(weight)) == 2
+
+
+def test_signature_names_every_field_that_changes_the_schemes():
+    base = ZeroQuantConfig()
+    for change in ({"preset": "w4/8a8"}, {"group_size": 64}, {"overrides": {"*.mlp.*": "w4a8"}},
+                   {"skip": ("*.lm_head",)}, {"target": "reference"}, {"smooth": False}, {"heads": "float"}):
+        other = ZeroQuantConfig.from_dict({**base.to_dict(), **change})
+        assert stats.signature(other) != stats.signature(base), change
+    for same in ({"release_float_weights": True}, {"dump_graphs": "/tmp/x"}, {"cpu_kernel": "onednn"}):
+        other = ZeroQuantConfig.from_dict({**base.to_dict(), **same})
+        assert stats.signature(other) == stats.signature(base), same
+    sig = stats.signature(ZeroQuantConfig(overrides={"*.mlp.*": "w4a8"}, smooth={"alpha": 0.5}))
+    assert stats.signature_from_fields(stats.signature_fields(sig)) == sig
