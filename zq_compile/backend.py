@@ -190,14 +190,17 @@ def _keep_in_store(ctx: PassContext) -> list:
 def _read_in_float(node: fx.Node) -> bool:
     """Whether the graph still computes with ``node`` (the weight-folding ops the rewrite left
     behind without users do not count: Inductor drops them)."""
+    return any(reads_in_float(user) for user in node.users)
+
+
+def reads_in_float(user: fx.Node) -> bool:
+    """Whether ``user`` of a float weight computes with its values (directly, or through the
+    folding ops a rewrite left behind)."""
     from zq_compile.passes.rewrite_linear import FOLDABLE_FUNCTIONS, FOLDABLE_METHODS
 
-    for user in node.users:
-        foldable = (user.op == "call_function" and user.target in FOLDABLE_FUNCTIONS) or (
-            user.op == "call_method" and user.target in FOLDABLE_METHODS)
-        if not foldable or _read_in_float(user):
-            return True
-    return False
+    foldable = (user.op == "call_function" and user.target in FOLDABLE_FUNCTIONS) or (
+        user.op == "call_method" and user.target in FOLDABLE_METHODS)
+    return not foldable or _read_in_float(user)
 
 
 def _release_float_weights(prepared: Prepared) -> None:
@@ -213,7 +216,7 @@ def _release_float_weights(prepared: Prepared) -> None:
             kept.setdefault(problem, []).append(module)
             continue
         nbytes = weight.numel() * weight.element_size()
-        store.release(weight, f"{module}.weight" if module else node.name, store.owner_module(node, weight))
+        store.release(weight, f"{module}.weight" if module else node.name, store.owner_modules(node, weight))
         freed += nbytes
     report = prepared.report
     if freed:

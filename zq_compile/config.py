@@ -262,8 +262,9 @@ class ZeroQuantConfig:
     disable_passes: FX pass names to switch off, for bisection.
     dump_graphs: a directory to write the graph before and after every pass, or None.
     release_float_weights: after compiling, free the float weights of every quantized linear
-        from the user's module (its quantized constants are kept for recompiles); the module
-        then runs only compiled. Default False.
+        from the user's module (its quantized constants are kept for recompiles), and of every
+        embedding table, which is then gathered as int8 rows (``passes/quantize_embedding.py``);
+        the module then runs only compiled. Default False.
     lkd: layer-by-layer distillation to run once before the first graph compiles (an LkdConfig,
         its dict form, True for the defaults) or None; see ``LkdConfig``.
     """

@@ -144,7 +144,7 @@ def _owns_storage(t: torch.Tensor) -> bool:
         return False
 
 
-def release(t: torch.Tensor, path: str, owner: torch.nn.Module | None = None) -> None:
+def release(t: torch.Tensor, path: str, owners=()) -> None:
     """Free ``t``'s memory (see the module docstring). The caller checked ``release_problem``.
 
     A tensor that shares its storage (a view of a larger buffer, an alias, memory-mapped or
@@ -155,10 +155,11 @@ def release(t: torch.Tensor, path: str, owner: torch.nn.Module | None = None) ->
             t.data = torch.empty_like(t)  # same shape and strides; untouched pages cost no RSS
         t.untyped_storage().resize_(0)
     _RELEASED[t] = path
-    if owner is not None and owner not in _HOOKED:
-        owner.register_forward_pre_hook(_refuse_eager_forward)
-        owner.register_load_state_dict_pre_hook(_refuse_load_state_dict)
-        _HOOKED.add(owner)
+    for owner in owners:
+        if owner not in _HOOKED:
+            owner.register_forward_pre_hook(_refuse_eager_forward)
+            owner.register_load_state_dict_pre_hook(_refuse_load_state_dict)
+            _HOOKED.add(owner)
 
 
 def _released_names(module: torch.nn.Module) -> list[str]:
@@ -188,25 +189,38 @@ def _refuse_load_state_dict(module, state_dict, prefix, *args):
             "weights into a fresh model and compile that")
 
 
-def owner_module(node, value) -> torch.nn.Module | None:
-    """The module whose ``_parameters`` holds ``value``, found from the Dynamo source of the
-    placeholder ``node`` (``<module>._parameters['weight']``) evaluated in the frame being
-    compiled; None where that is not possible (then eager use fails with PyTorch's own error)."""
+def owner_modules(node, value) -> list[torch.nn.Module]:
+    """The modules whose ``_parameters`` hold ``value``: the one named by the Dynamo source of
+    the placeholder ``node`` (``<module>._parameters['weight']``) evaluated in the frame being
+    compiled, and every other module under the frame's root module holding the same tensor (a
+    head tied to an embedding: one placeholder, two owners). Empty where the source cannot be
+    evaluated (then eager use fails with PyTorch's own error)."""
     source = getattr(node, "_dynamo_source", None) or getattr(node.meta.get("grapharg"), "source", None)
     holder = getattr(source, "base", None)
     name = getattr(source, "index", None)
     if holder is None or getattr(holder, "member", None) != "_parameters" or not isinstance(name, str):
-        return None
+        return []
     try:
         from torch._dynamo.symbolic_convert import InstructionTranslator
 
         tx = InstructionTranslator.current_tx()
         module = _evaluate(holder.base, tx)
+        root = _evaluate(_root_source(holder.base), tx)
     except Exception:  # noqa: BLE001  (any failure: no hook, never a failed compile)
-        return None
-    if isinstance(module, torch.nn.Module) and module._parameters.get(name) is value:
-        return module
-    return None
+        return []
+    if not isinstance(module, torch.nn.Module) or module._parameters.get(name) is not value:
+        return []
+    owners = [module]
+    if isinstance(root, torch.nn.Module):
+        owners += [m for m in root.modules()
+                   if m is not module and any(p is value for p in m._parameters.values())]
+    return owners
+
+
+def _root_source(source):
+    while getattr(source, "base", None) is not None:
+        source = source.base
+    return source
 
 
 def _evaluate(source, tx):
