@@ -77,13 +77,18 @@ def test_calibration_travels_with_the_file(tmp_path, request):
     zq_compile.calibrate(model, CONFIG, data)
     compiled, before = _compiled_output(model)
     zq_compile.save(compiled, tmp_path / "w.safetensors")
+    _assert_a_fresh_llama_loads_it_bit_identical(tmp_path / "w.safetensors", before, request)
 
+
+def _assert_a_fresh_llama_loads_it_bit_identical(path, before, request):
+    """Loaded into a twin, nothing quantized again, same outputs, and the report names the file
+    as the calibration's source."""
     fresh = tiny_model("llama")
     request.getfixturevalue("no_quantize_no_pickle")
-    config = zq_compile.load(tmp_path / "w.safetensors", fresh)
+    config = zq_compile.load(path, fresh)
     _, after = _compiled_output(fresh, config)
     assert torch.equal(before, after)
-    assert "zq_compile.load('w.safetensors')" in str(zq_compile.recent_reports()[-1].calibration.source)
+    assert f"zq_compile.load({path.name!r})" in str(zq_compile.recent_reports()[-1].calibration.source)
 
 
 def _block(seed=0, **kwargs):
@@ -208,9 +213,4 @@ def test_a_version_3_file_still_loads_with_its_calibration(tmp_path, request):
     compiled, before = _compiled_output(model)
     zq_compile.save(compiled, tmp_path / "w4.safetensors")
     _rewrite_metadata(tmp_path / "w4.safetensors", tmp_path / "w3.safetensors", _as_version_3)
-    fresh = tiny_model("llama")
-    request.getfixturevalue("no_quantize_no_pickle")
-    config = zq_compile.load(tmp_path / "w3.safetensors", fresh)
-    _, after = _compiled_output(fresh, config)
-    assert torch.equal(before, after)
-    assert "zq_compile.load('w3.safetensors')" in str(zq_compile.recent_reports()[-1].calibration.source)
+    _assert_a_fresh_llama_loads_it_bit_identical(tmp_path / "w3.safetensors", before, request)
