@@ -88,3 +88,16 @@ def test_signature_names_every_field_that_changes_the_schemes():
         assert stats.signature(other) == stats.signature(base), same
     sig = stats.signature(ZeroQuantConfig(overrides={"*.mlp.*": "w4a8"}, smooth={"alpha": 0.5}))
     assert stats.signature_from_fields(stats.signature_fields(sig)) == sig
+
+
+def test_a_second_preset_smooths_with_its_own_statistics():
+    """Same alpha, other statistics: A calibrated on other data than B's first call. B's smoothing
+    vector s must come from B's statistics (it came from A's while s was kept per alpha only)."""
+    a = ZeroQuantConfig(preset="w8a8", smooth={"alpha": 0.5}, keep_float=0)
+    b = ZeroQuantConfig(preset="w4a16", smooth={"alpha": 0.5}, keep_float=0)
+    model, fresh = tiny_model("llama"), tiny_model("llama")
+    zq_compile.calibrate(model, a, [{"input_ids": _ids(4, 16, 11) * 0 + 3}])  # one token repeated
+    _first_call(model, a)
+    after_a, _ = _first_call(model, b)
+    alone, _ = _first_call(fresh, b)
+    assert torch.equal(after_a, alone)

@@ -49,6 +49,7 @@ from zq_compile.calibrate.smooth import smooth_scale
 from zq_compile.calibrate.outliers import Outliers
 from zq_compile.calibrate.policy import columns_for
 from zq_compile.calibrate.split import Split
+from zq_compile.calibrate.stats import signature
 from zq_compile.passes.graph_utils import annotate, fake_value
 from zq_compile.passes.rewrite_linear import constant_roots, constant_value
 
@@ -128,21 +129,27 @@ def _divide(ctx, x: fx.Node, s: torch.Tensor, readers: list[fx.Node]) -> fx.Node
     return xs
 
 
-#: weight tensor -> (alpha, smooth/keep_float settings, s) of the graph that smoothed it first.
-#: Later graphs of the same weights (decode steps, new shapes) reuse s: their quantized weights
-#: (W * s, kept in zq_compile.store) stay valid, and a released weight is never read again.
+#: weight tensor -> {(alpha, calibration signature, k): s} of every config that smoothed it.
+#: Later graphs of the same weights and config (decode steps, new shapes) reuse s: their
+#: quantized weights (W * s, kept in zq_compile.store) stay valid, and a released weight is never
+#: read again. The signature (``stats.signature``, per preset too) keeps one config's s from
+#: another whose statistics came from other data; keeping each config's (a [K] vector) means a
+#: second config never makes the first one's later graphs read a weight it already released.
 _SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _scale_for(ctx, weights: list[torch.Tensor], k: int, alpha, compute) -> torch.Tensor:
     # k: one weight tied in two orientations (W and W^T) is met with two input widths
-    tag = (alpha, ctx.config.smooth, ctx.config.keep_float, k)
-    kept = [_SCALES.get(w) for w in weights]
-    if all(c is not None and c[:4] == tag and c[4] is kept[0][4] for c in kept):
-        return kept[0][4]
+    tag = (alpha, signature(ctx.config), k)
+    kept = [_SCALES.get(w, {}).get(tag) for w in weights]
+    if all(c is not None and c is kept[0] for c in kept):
+        return kept[0]
     s = compute()
     for w in weights:
-        _SCALES[w] = (*tag, s)
+        by_tag = _SCALES.get(w)
+        if by_tag is None:
+            _SCALES[w] = by_tag = {}
+        by_tag[tag] = s
     return s
 
 
