@@ -26,6 +26,7 @@ from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import PostGradPasses, decompositions_for
 from zq_compile.ops.linear_wo import finalize_weights as finalize_scheme_weights
 from zq_compile.passes.context import PassContext
+from zq_compile.passes import rewrite_linear as rl
 from zq_compile.passes.graph_utils import clone_graph_module, gemm_bf16, gemm_shapes
 from zq_compile.passes.runner import run_passes
 from zq_compile.report import CompileReport, record
@@ -171,7 +172,7 @@ def _keep_in_store(ctx: PassContext) -> list:
             store.set_tensor(root, key, name, ctx.constants[index][1])
     for node in ctx.gm.graph.find_nodes(op="placeholder"):
         value = ctx.input_value(node)
-        if isinstance(value, torch.Tensor) and _read_in_float(node):
+        if isinstance(value, torch.Tensor) and rl.read_in_float(node):
             if store.is_released(value):
                 raise store.ReleasedWeightError(
                     f"this graph reads {node.name} in floating point, but that weight was freed by "
@@ -185,22 +186,6 @@ def _keep_in_store(ctx: PassContext) -> list:
             seen.add(id(root))
             releasable.append((root_node, root, module))
     return releasable
-
-
-def _read_in_float(node: fx.Node) -> bool:
-    """Whether the graph still computes with ``node`` (the weight-folding ops the rewrite left
-    behind without users do not count: Inductor drops them)."""
-    return any(reads_in_float(user) for user in node.users)
-
-
-def reads_in_float(user: fx.Node) -> bool:
-    """Whether ``user`` of a float weight computes with its values (directly, or through the
-    folding ops a rewrite left behind)."""
-    from zq_compile.passes.rewrite_linear import FOLDABLE_FUNCTIONS, FOLDABLE_METHODS
-
-    foldable = (user.op == "call_function" and user.target in FOLDABLE_FUNCTIONS) or (
-        user.op == "call_method" and user.target in FOLDABLE_METHODS)
-    return not foldable or _read_in_float(user)
 
 
 def _release_float_weights(prepared: Prepared) -> None:

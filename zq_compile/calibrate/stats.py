@@ -73,8 +73,7 @@ SIGNATURE_FIELDS = ("preset", "weight_groups", "symmetric", "group_size", "overr
 
 def signature(config) -> tuple:
     """The config fields a calibration depends on, as hashable (field, JSON value) pairs."""
-    d = config.to_dict()
-    return tuple((f, json.dumps(d[f], sort_keys=True)) for f in SIGNATURE_FIELDS)
+    return signature_from_fields(config.to_dict())
 
 
 def signature_fields(sig: tuple) -> dict:

@@ -32,6 +32,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from zq_compile.passes import rewrite_linear as rl
+from zq_compile.passes.calibrate_linears import EMBEDDING
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.quant.weight import quantize_weight
 
@@ -81,16 +82,14 @@ class _Match:
 def _match(node: fx.Node) -> tuple[_Match | None, str | None]:
     """(match, None), or (None, why it is not rewritten) for an embedding call; (None, None)
     for anything else."""
-    if node.op != "call_function":
+    if node.op != "call_function" or node.target not in EMBEDDING:
         return None, None
     if node.target is F.embedding:
         ids, weight = rl._arg(node, 0, "input"), rl._arg(node, 1, "weight")
         if rl._arg(node, 3, "max_norm") is not None:
             return None, "max_norm renormalises the table in place"
-    elif node.target in (torch.embedding, aten.embedding.default):
+    else:  # torch.embedding / aten.embedding: table first
         weight, ids = rl._arg(node, 0, "weight"), rl._arg(node, 1, "indices")
-    else:
-        return None, None
     if not isinstance(weight, fx.Node) or weight.op != "placeholder":
         return None, "the table is not a graph input (a parameter)"
     return _Match(node, weight, ids), None
@@ -98,9 +97,7 @@ def _match(node: fx.Node) -> tuple[_Match | None, str | None]:
 
 def _float_readers(weight: fx.Node, rewritten: set[fx.Node]) -> list[fx.Node]:
     """Users that still read the table in float once the embeddings in ``rewritten`` are not."""
-    from zq_compile.backend import reads_in_float
-
-    return [u for u in weight.users if u not in rewritten and reads_in_float(u)]
+    return [u for u in weight.users if u not in rewritten and rl.reads_in_float(u)]
 
 
 def run(ctx) -> int:

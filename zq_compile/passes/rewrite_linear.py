@@ -59,6 +59,20 @@ FOLDABLE_METHODS = {"t", "transpose", "permute", "contiguous", "to", "float", "h
                     "detach", "clone", "type"}
 
 
+def read_in_float(node: fx.Node) -> bool:
+    """Whether the graph still computes with ``node`` (the weight-folding ops the rewrite left
+    behind without users do not count: Inductor drops them)."""
+    return any(reads_in_float(user) for user in node.users)
+
+
+def reads_in_float(user: fx.Node) -> bool:
+    """Whether ``user`` of a float weight computes with its values (directly, or through the
+    folding ops a rewrite left behind)."""
+    foldable = (user.op == "call_function" and user.target in FOLDABLE_FUNCTIONS) or (
+        user.op == "call_method" and user.target in FOLDABLE_METHODS)
+    return not foldable or read_in_float(user)
+
+
 @dataclass
 class LinearMatch:
     node: fx.Node
