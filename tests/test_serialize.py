@@ -68,6 +68,27 @@ def test_round_trip_is_bit_identical_without_requantizing(kind, saved_from, tmp_
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("preset,tokens", [("w4a16", 1), ("w4/8a8", 1), ("w4/8a8", 40)])
+def test_int4_round_trip_saves_the_weights_not_the_kernels_handles(preset, tokens, tmp_path, request):
+    """INT4 graphs hold one-byte handles to a kernel's own copy (ATen's INT4 layout for few
+    tokens, the W4A8 int8 copy for many); the file must hold the packed INT4 weights they
+    stand for (it held the handles' zeros: every loaded INT4 model computed garbage)."""
+    config = ZeroQuantConfig(preset=preset, cpu_kernel="onednn")
+    ids = torch.randint(0, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
+
+    def output(model, config):
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            return model_output(zq_compile.compile(model, config)(ids))
+
+    model = tiny_model("llama")
+    before = output(model, config)
+    zq_compile.save(model, tmp_path / "w.safetensors")
+    fresh = tiny_model("llama")
+    request.getfixturevalue("no_quantize_no_pickle")
+    assert torch.equal(before, output(fresh, zq_compile.load(tmp_path / "w.safetensors", fresh)))
+
+
 def test_calibration_travels_with_the_file(tmp_path, request):
     """A model calibrated on other data than its first compiled call: the file carries the
     calibration (the smoothed recipe depends on it), so the loaded model quantizes nothing and

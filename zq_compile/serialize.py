@@ -68,9 +68,9 @@ def _crc(t: torch.Tensor) -> int:
 
 def _portable(t: torch.Tensor) -> torch.Tensor:
     """A kept constant as plain bytes on the CPU (a kernel's packed handle read back)."""
-    from zq_compile.codegen.cpu.kernels import plain_weight
+    from zq_compile.ops.linear_wo import plain_constant
 
-    return plain_weight(t).detach().cpu().contiguous()
+    return plain_constant(t).detach().cpu().contiguous()
 
 
 def save(model, path: str | os.PathLike) -> None:

@@ -149,6 +149,17 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
     return 1
 
 
+def plain_constant(t: torch.Tensor) -> torch.Tensor:
+    """The plain form of a kept constant, what a weights file holds: an INT4 kernel's handle
+    stands for the packed weight it was made from (``_PLAIN``), an int8 handle for oneDNN's copy
+    read back; anything else is itself. Saving the handle wrote its zeros (seen: every INT4
+    preset's round trip through zq_compile.save / load changed the outputs)."""
+    from zq_compile.codegen.cpu.kernels import plain_weight
+
+    plain = _PLAIN.get(t)
+    return plain if plain is not None else plain_weight(t)
+
+
 def _finalized(finalize, w, ws, wz):
     """``w`` in this graph's kernel's form. Constants from zq_compile.store may already be another
     graph's kernel handle (the decode graph's kernel can differ from prefill's): finalize from the
