@@ -51,7 +51,7 @@ from zq_compile.calibrate.policy import columns_for
 from zq_compile.calibrate.split import Split
 from zq_compile.calibrate.stats import signature
 from zq_compile.passes.graph_utils import annotate, fake_value
-from zq_compile.passes.rewrite_linear import constant_roots, constant_value
+from zq_compile.passes.rewrite_linear import constant_roots, constant_value, replay_chain
 
 MUL = {operator.mul, torch.mul, torch.ops.aten.mul.Tensor}
 LAYER_NORM = {F.layer_norm, torch.layer_norm, torch.ops.aten.layer_norm.default}
@@ -67,8 +67,10 @@ def _folded_constant(ctx, node: fx.Node, s: torch.Tensor, name: str) -> fx.Node:
     slot = len(ctx.constants)
     new = ctx.add_constant(name, value * inv)
 
+    chain = replay_chain(ctx, node, roots)  # not ctx / node: they would keep the graph alive
+
     def make_float(values):
-        return constant_value(ctx, node, env=dict(zip(roots, values))) * inv
+        return chain(*values) * inv
 
     ctx.weight_sources.append(WeightSource(tuple(ctx.input_index(r) for r in roots), make_float,
                                            lambda t: {"norm": t}, {"norm": slot}))
