@@ -206,7 +206,7 @@ def test_int4_weights_are_packed_once_across_the_rebuild_after_release(monkeypat
     config = ZeroQuantConfig(preset="w4a8", group_size=32)
     ref = _run(zq_compile.compile(kept, config), (2, 24, 64))[0]  # the kernel races run here, once
     packed = []
-    for module, name in ((w4a8, "_make_int8"), (weight_only, "_int4_pack")):
+    for module, name in ((w4a8, "_make_int8"), (weight_only, "aten_int4_layout")):
         real = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, real=real, **k: packed.append(tuple(a[0].shape)) or real(*a, **k))
     compiled = zq_compile.compile(released, dataclasses.replace(config, release_float_weights=True))

@@ -48,7 +48,7 @@ def test_weight_only_kernel_matches_reference(name, bits, m, dtype):
     w, s, z, gs = _weight(bits)
     x = _x(m, dtype)
     bias = torch.randn(N).to(dtype)
-    got = kernel.linear(x, w, s, z, bias, bits, gs, K, dtype)
+    got = kernel.linear(x, kernel.finalize_weight(w, s, z, bits, gs, K), s, z, bias, bits, gs, K, dtype)
     want = WO_KERNELS["reference"].linear(x, w, s, z, bias, bits, gs, K, torch.float32)
     assert got.dtype == dtype and got.shape == (m, N)
     assert torch.equal(got[0].float(), bias.float().to(dtype).float())  # zero row -> bias exactly
@@ -62,7 +62,8 @@ def test_asymmetric_weights(name, bits):
     _available(WO_KERNELS[name], bits)
     w, s, z, gs = _weight(bits, symmetric=False)
     x = _x(13, torch.float32)
-    got = WO_KERNELS[name].linear(x, w, s, z, None, bits, gs, K, torch.float32)
+    held = WO_KERNELS[name].finalize_weight(w, s, z, bits, gs, K)
+    got = WO_KERNELS[name].linear(x, held, s, z, None, bits, gs, K, torch.float32)
     want = WO_KERNELS["reference"].linear(x, w, s, z, None, bits, gs, K, torch.float32)
     assert sqnr_db(want, got) > FLOOR_DB
 
@@ -75,20 +76,33 @@ def test_nan_and_inf_rows_stay_in_their_row(name, bits):
     x = _x(5, torch.float32)
     x[2, 7] = float("nan")
     x[3, 1] = float("inf")
-    y = WO_KERNELS[name].linear(x, w, s, z, None, bits, gs, K, torch.float32)
+    y = WO_KERNELS[name].linear(x, WO_KERNELS[name].finalize_weight(w, s, z, bits, gs, K), s, z, None, bits, gs,
+                                K, torch.float32)
     assert not torch.isfinite(y[2]).any() and not torch.isfinite(y[3]).all()
     assert torch.isfinite(y[[0, 1, 4]]).all()
 
 
-def test_aten_int4_handle_holds_the_only_copy():
+def test_aten_int4_weight_is_held_in_atens_layout_and_called_without_a_custom_op():
+    """The graph holds ATen's INT4 layout (the INT4 bytes, once) and its scale table, and the
+    compiled code calls ATen's GEMM itself: no zq custom op per call (~16 us each at decode)."""
     kernel = WO_KERNELS["aten"]
     _available(kernel, 4)
     w, s, z, gs = _weight(4)
-    handle = kernel.finalize_weight(w, s, z, 4, gs, K)
-    assert handle.shape == w.shape and handle.stride() == (0, 0) and handle.untyped_storage().nbytes() == 1
+    held = kernel.finalize_weight(w, s, z, 4, gs, K)
+    assert held.shape == w.shape and held.dtype == torch.uint8 and not torch.equal(held, w)
+    table = kernel.kernel_scales(s, z, 4, N, K)
     x = _x(7, torch.bfloat16)
-    assert torch.equal(kernel.linear(x, handle, s, z, None, 4, gs, K, torch.bfloat16),
-                       kernel.linear(x, w, s, z, None, 4, gs, K, torch.bfloat16))
+    want = WO_KERNELS["reference"].linear(x, w, s, z, None, 4, gs, K, torch.float32)
+    eager = kernel.linear(x, held, s, z, None, 4, gs, K, torch.float32, table)
+    assert sqnr_db(want, eager) > FLOOR_DB
+    assert torch.equal(eager, kernel.linear(x, held, s, z, None, 4, gs, K, torch.float32))  # table made here
+    fn = torch.compile(lambda x, held, s, table: kernel.linear(x, held, s, None, None, 4, gs, K, torch.float32, table))
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    y, code = run_and_get_code(fn, x, held, s, table)
+    assert torch.equal(y, eager)
+    assert "_weight_int4pack_mm_for_cpu" in code[0] and "torch.ops.zq" not in code[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -103,7 +117,7 @@ def test_w4a8_kernel_matches_reference(name, m, dtype):
     x_q, x_s = quantize_per_token_ref(_x(m, dtype))
     bias = torch.randn(N)
     try:
-        got = kernel.linear(x_q, x_s, w, s, z, bias, gs, K, dtype)
+        got = kernel.linear(x_q, x_s, kernel.finalize_weight(w, s, z, gs, K), s, z, bias, gs, K, dtype)
     except RuntimeError as e:  # torch._int_mm has shape limits on some builds
         if name == "int8:int_mm":
             pytest.skip(f"torch._int_mm: {e}")

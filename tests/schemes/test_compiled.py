@@ -77,3 +77,34 @@ def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pai
                                                 order=(0, 1, 0))
     notes = " ".join(n for r in reports for n in r.notes)
     assert f"small M: {pair[0]}" in notes and f"large M: {pair[1]}" in notes
+
+
+@pytest.mark.parametrize("preset", ["w4a16", "w4a8"])
+def test_an_edited_int4_weight_gets_a_new_aten_scale_table(preset):
+    """At decode sizes ATen's INT4 GEMM reads a bf16 table of block scales the graph holds beside
+    the weight; an in-place edit re-quantizes the weight and must re-make the table with it (a
+    stale table scales the new INT4 values by the old scales). Not w4/8a8: its int8 head takes
+    outlier channels from the first call's activations, which the edit changes, so a fresh
+    compile of the edited model differs by design."""
+    import copy
+
+    from tests.models.tiny import model_output, tiny_model
+
+    ids = torch.randint(0, 1000, (1, 1), generator=torch.Generator().manual_seed(0))
+    config = zq_compile.ZeroQuantConfig(preset=preset, cpu_kernel="onednn", smooth=False, keep_float=0)
+    model = tiny_model("llama")
+    twin = copy.deepcopy(model)
+    torch._dynamo.reset()
+    compiled = zq_compile.compile(model, config)
+    with torch.inference_mode():
+        before = model_output(compiled(ids))
+    assert any("small M: aten" in n or "small M: int4pack" in n for r in compiled.zq_reports for n in r.notes)
+    with torch.no_grad():
+        for m in (model, twin):
+            m.model.layers[0].mlp.up_proj.weight.mul_(-1.5)
+    with torch.inference_mode():
+        after = model_output(compiled(ids))
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        fresh = model_output(zq_compile.compile(twin, config)(ids))
+    assert not torch.equal(before, after) and torch.equal(after, fresh)

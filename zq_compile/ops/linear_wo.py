@@ -46,48 +46,54 @@ def check_wo_args(x, w, w_scale, w_zero, bias, bits: int, group_size: int, in_fe
 @torch.library.custom_op("zq::linear_wo", mutates_args=())
 def linear_wo(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor | None,
               bias: torch.Tensor | None, bits: int, group_size: int, in_features: int, kernel: str,
-              out_dtype: torch.dtype) -> torch.Tensor:
+              out_dtype: torch.dtype, kernel_scales: torch.Tensor | None = None) -> torch.Tensor:
     from zq_compile.codegen.cpu.weight_only import WO_KERNELS
 
     if not x.is_floating_point():
         raise TypeError(f"linear_wo wants floating activations, got {x.dtype}")
     check_wo_args(x, w, w_scale, w_zero, bias, bits, group_size, in_features)
-    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype)
+    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype,
+                                     kernel_scales)
 
 
 @linear_wo.register_fake
-def _(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype):
+def _(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype, kernel_scales=None):
     return x.new_empty((*x.shape[:-1], w.shape[0]), dtype=out_dtype)
 
 
 @torch.library.custom_op("zq::linear_w4a8", mutates_args=())
 def linear_w4a8(x_q: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor,
                 w_zero: torch.Tensor | None, bias: torch.Tensor | None, group_size: int, in_features: int,
-                kernel: str, out_dtype: torch.dtype) -> torch.Tensor:
+                kernel: str, out_dtype: torch.dtype, kernel_scales: torch.Tensor | None = None) -> torch.Tensor:
     from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
 
     if x_q.dtype != torch.int8 or x_scale.shape != (*x_q.shape[:-1], 1):
         raise ValueError(f"linear_w4a8 wants int8 x_q and one scale per token, got {x_q.dtype} "
                          f"{tuple(x_q.shape)} / {tuple(x_scale.shape)}")
     check_wo_args(x_q, w, w_scale, w_zero, bias, 4, group_size, in_features)
-    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype)
+    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype,
+                                       kernel_scales)
 
 
 @linear_w4a8.register_fake
-def _(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype):
+def _(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype, kernel_scales=None):
     return x_q.new_empty((*x_q.shape[:-1], w.shape[0]), dtype=out_dtype)
 
 
-def _linear_wo_lowered(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype):
+def _linear_wo_lowered(x, w, w_scale, w_zero, bias, bits, group_size, in_features, kernel, out_dtype,
+                       kernel_scales=None):
     from zq_compile.codegen.cpu.weight_only import WO_KERNELS
 
-    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype)
+    return WO_KERNELS[kernel].linear(x, w, w_scale, w_zero, bias, bits, group_size, in_features, out_dtype,
+                                     kernel_scales)
 
 
-def _linear_w4a8_lowered(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype):
+def _linear_w4a8_lowered(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, kernel, out_dtype,
+                         kernel_scales=None):
     from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
 
-    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype)
+    return W4A8_KERNELS[kernel].linear(x_q, x_scale, w, w_scale, w_zero, bias, group_size, in_features, out_dtype,
+                                       kernel_scales)
 
 
 def decompositions() -> dict:
@@ -111,11 +117,41 @@ def finalize_weights(ctx) -> int:
         _x, w, ws, wz, _b, bits, gs, k, kernel, _ = node.args
         finalize = functools.partial(_wo_finalize, WO_KERNELS[kernel], bits, gs, k)
         done += _swap(ctx, index, w, ws, wz, finalize)
+        _add_kernel_scales(ctx, index, node, w, ws, wz, functools.partial(WO_KERNELS[kernel].kernel_scales, bits=bits))
     for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w4a8.default):
         _xq, _xs, w, ws, wz, _b, gs, k, kernel, _ = node.args
         finalize = functools.partial(_w4a8_finalize, W4A8_KERNELS[kernel], gs, k)
         done += _swap(ctx, index, w, ws, wz, finalize)
+        _add_kernel_scales(ctx, index, node, w, ws, wz, W4A8_KERNELS[kernel].kernel_scales)
     return done
+
+
+def _add_kernel_scales(ctx, index, node, w, ws, wz, make) -> None:
+    """The kernel's table beside the weight (ATen's INT4 GEMM: bf16 block scales and zeros), made
+    once, held by the graph as one more constant and passed as ``kernel_scales``; re-made with
+    the weight when the binding re-quantizes it. Not kept in the store: each graph makes its own
+    from the store's scales (another graph may run another kernel)."""
+    from zq_compile.passes.graph_utils import fake_value
+
+    n, k = fake_value(w).shape[0], node.args[-3]
+    value = lambda a: None if a is None else ctx.constants[index[a.name]][1]  # noqa: E731
+    made = ctx.memo.setdefault("kernel_scales", {})
+    if ws.name not in made:
+        table = make(value(ws), value(wz), n=n, k=k)
+        if table is None:
+            return
+        made[ws.name] = ctx.add_constant(f"{w.name}_kernel_scales", table)
+        slot = len(ctx.constants) - 1
+        for source in ctx.weight_sources:
+            if source.slots.get("ws") == index[ws.name]:
+                source.slots = {**source.slots, "kernel_scales": slot}
+                source.finalize = functools.partial(_with_kernel_scales, source.finalize, make, n, k)
+    node.kwargs = {**node.kwargs, "kernel_scales": made[ws.name]}
+
+
+def _with_kernel_scales(finalize, make, n: int, k: int, made: dict) -> dict:
+    made = finalize(made) if finalize is not None else made
+    return {**made, "kernel_scales": make(made["ws"], made.get("wz"), n=n, k=k)}
 
 
 def _wo_finalize(kernel, bits, gs, k, w, ws, wz):

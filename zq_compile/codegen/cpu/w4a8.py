@@ -9,7 +9,7 @@
   int8 GEMM on a CPU, recorded in the report.
 - ``int4pack``: for small M. The int8 activations times their scales (exact in bf16 for the
   int8 values; the scale rounds to bf16) go through ATen's INT4 GEMM (``weight_only.py``),
-  which reads the INT4 weight itself: the kernel holds N * K / 2 bytes.
+  which reads the INT4 weight itself: the graph holds it in ATen's layout, N * K / 2 bytes.
 Which one runs is raced per M regime (``select_w4a8_kernel``).
 """
 
@@ -91,7 +91,10 @@ class W4A8Kernel:
     def finalize_weight(self, w, w_scale, w_zero, group_size, k) -> torch.Tensor:
         return w
 
-    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+    def kernel_scales(self, w_scale, w_zero, n, k) -> torch.Tensor | None:
+        return None
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
         raise NotImplementedError
 
 
@@ -99,7 +102,7 @@ class ReferenceW4A8(W4A8Kernel):
     name = "reference"
     description = "dequantize activations and INT4 weights to fp32 and multiply (the oracle)"
 
-    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
         wf = dequant_weight(w, w_scale, w_zero, 4, group_size, k, torch.float32)
         x = x_q.float() * x_scale
         return _finish(x.reshape(-1, k) @ wf.t(), x_q, bias, out_dtype)
@@ -121,7 +124,7 @@ class Int8W4A8(W4A8Kernel):
         _AS_INT8[handle] = entry
         return handle
 
-    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
         x2 = x_q.reshape(-1, k)
         if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
             x2 = (x2.to(torch.int32) + 128).to(torch.uint8)
@@ -142,9 +145,12 @@ class Int4PackW4A8(W4A8Kernel):
     def finalize_weight(self, w, w_scale, w_zero, group_size, k):
         return WO_KERNELS["aten"].finalize_weight(w, w_scale, w_zero, 4, group_size, k)
 
-    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype):
+    def kernel_scales(self, w_scale, w_zero, n, k):
+        return WO_KERNELS["aten"].kernel_scales(w_scale, w_zero, 4, n, k)
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
         x = (x_q.float() * x_scale).to(torch.bfloat16)
-        return WO_KERNELS["aten"].linear(x, w, w_scale, w_zero, bias, 4, group_size, k, out_dtype)
+        return WO_KERNELS["aten"].linear(x, w, w_scale, w_zero, bias, 4, group_size, k, out_dtype, kernel_scales)
 
 
 W4A8_KERNELS: dict[str, W4A8Kernel] = {
@@ -177,7 +183,7 @@ def self_test(name: str) -> str | None:
         return why
     x_q, x_s, w, s = _problem(13, 96, 32, 32)
     try:
-        got = kernel.linear(x_q, x_s, w, s, None, None, 32, 96, torch.float32)
+        got = kernel.linear(x_q, x_s, kernel.finalize_weight(w, s, None, 32, 96), s, None, None, 32, 96, torch.float32)
     except Exception as e:  # reported verbatim
         return f"self-test raised {type(e).__name__}: {e}"
     want = W4A8_KERNELS["reference"].linear(x_q, x_s, w, s, None, None, 32, 96, torch.float32)

@@ -8,9 +8,9 @@ Each ``linear`` is torch-op code: the op's eager body and the decomposition Indu
   with native bf16 dot products), output cast back.
 - ``aten``: ATen's weight-only GEMMs, ``_weight_int8pack_mm`` and ``_weight_int4pack_mm_for_cpu``,
   run on bf16 activations (their fp32 path was 100x+ slower in our probe: bench/schemes_kernels.py).
-  INT4 needs ATen's own blocked layout: it is made once per weight and the graph then holds a
-  one-byte handle in place of our packed copy, so the INT4 bytes exist once (as with oneDNN's
-  int8 weights in ``kernels.py``).
+  INT4 needs ATen's own blocked layout and a bf16 table of block scales: both are made once per
+  weight and held by the graph (the layout in place of our packed copy), which calls ATen's op
+  itself (Inductor lowers it to a direct call, no Python in between).
 Which one runs is raced per M regime (``select_wo_kernel``), like the int8 GEMMs.
 """
 
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.quant.kgroups import block_view, dequantize_kgroups
 
@@ -64,7 +63,11 @@ class WoKernel:
 
         return plain_weight(w) if bits == 8 else w
 
-    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+    def kernel_scales(self, w_scale, w_zero, bits, n, k) -> torch.Tensor | None:
+        """A table the kernel wants beside the weight, made once per weight (None: no table)."""
+        return None
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
         raise NotImplementedError
 
 
@@ -72,7 +75,7 @@ class ReferenceWo(WoKernel):
     name = "reference"
     description = "dequantize to fp32, fp32 matmul (the oracle)"
 
-    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
         wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, torch.float32)
         return _finish(F.linear(x.reshape(-1, k).float(), wf), x, bias, out_dtype)
 
@@ -81,7 +84,7 @@ class DequantWo(WoKernel):
     name = "dequant"
     description = "dequantize in the activation dtype (fused by Inductor), then F.linear"
 
-    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
         wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, x.dtype)
         return _finish(F.linear(x.reshape(-1, k), wf), x, bias, out_dtype)
 
@@ -90,7 +93,7 @@ class DequantBf16Wo(WoKernel):
     name = "dequant_bf16"
     description = "dequantize to bf16 (fused by Inductor), then a bf16 F.linear"
 
-    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
         wf = dequant_weight(w, w_scale, w_zero, bits, group_size, k, torch.bfloat16)
         return _finish(F.linear(x.reshape(-1, k).to(torch.bfloat16), wf), x, bias, out_dtype)
 
@@ -98,58 +101,36 @@ class DequantBf16Wo(WoKernel):
 # -- ATen's weight-only GEMMs ------------------------------------------------------------------
 
 
-@dataclass
-class _Int4Pack:
-    version: int
-    packed: torch.Tensor  # ATen's blocked INT4 layout
-    scale_zeros: torch.Tensor  # bf16 [K / group_size, N, 2]
-
-
-_INT4_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
-
-
-def _int4_pack(w, w_scale, w_zero, group_size, k) -> _Int4Pack:
+def aten_int4_layout(w: torch.Tensor, k: int) -> torch.Tensor:
+    """Our packed INT4 [N, K/2] in ATen's blocked INT4 layout for this CPU (uint8 [N, K/2] too,
+    but not interchangeable with ours): ATen takes unsigned nibbles, w = (q - 8) * s + z."""
     from zq_compile.quant.int4 import unpack_int4
 
-    n = w.shape[0]
-    q = unpack_int4(w, k).to(torch.int32) + 8  # ATen takes unsigned nibbles: w = (q - 8) * s + z
+    q = unpack_int4(w, k).to(torch.int32) + 8
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+
+
+def aten_int4_scales(w_scale, w_zero, n: int, k: int) -> torch.Tensor:
+    """bf16 [K / group_size, N, 2]: each block's scale and zero as ATen's INT4 GEMM reads them.
+    The backend makes it once per weight and the graph holds it (``ops/linear_wo.py``
+    ``kernel_scales``): built in the graph on every call, its 210 small kernels cost SmolLM2's
+    decode step what a custom op per call did."""
     scale = block_view(w_scale.float(), n, k)
     zero = torch.zeros_like(scale) if w_zero is None else -block_view(w_zero.float(), n, k) * scale
-    return _Int4Pack(
-        version=w._version,
-        packed=torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1),
-        scale_zeros=torch.stack((scale.t(), zero.t()), dim=-1).to(torch.bfloat16).contiguous(),
-    )
+    return torch.stack((scale.t(), zero.t()), dim=-1).to(torch.bfloat16).contiguous()
+
+
+def int4_mm(x2: torch.Tensor, w_aten: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """bf16 x [M, K] x INT4 weight in ATen's layout -> bf16 [M, N]. Called in the graph, not
+    through a custom op of ours: Inductor lowers ATen's op to a direct call, where our Python
+    custom op cost ~16 us a call (SmolLM2 w4a16 decode: 210 calls, ~3.4 ms of a 23 ms step)."""
+    if x2.shape[0] == 0:  # an empty batch: ATen's kernel is not safe with M = 0
+        return x2.new_zeros((0, w_aten.shape[0]), dtype=torch.bfloat16)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), w_aten, group_size, scales)
 
 
 def _is_handle(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.numel() > 1 and t.stride() == (0, 0)
-
-
-def int4_packed(w, w_scale, w_zero, group_size, k) -> _Int4Pack:
-    hit = _INT4_PACKED.get(w)
-    if hit is not None and hit.version == w._version:
-        return hit
-    if _is_handle(w):
-        raise RuntimeError("zq::int4pack_mm got a released INT4 weight handle it has no packed copy for")
-    entry = _int4_pack(w, w_scale, w_zero, group_size, k)
-    _INT4_PACKED[w] = entry
-    return entry
-
-
-@torch.library.custom_op("zq::int4pack_mm", mutates_args=())
-def int4pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero: torch.Tensor | None,
-                group_size: int, in_features: int) -> torch.Tensor:
-    """bf16 x [M, K] x INT4 w (packed, ``quant/kgroups.py``) -> bf16 [M, N], via ATen."""
-    p = int4_packed(w, w_scale, w_zero, group_size, in_features)
-    if x.shape[0] == 0:  # an empty batch: ATen's kernel is not safe with M = 0
-        return x.new_zeros((0, w.shape[0]), dtype=torch.bfloat16)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), p.packed, group_size, p.scale_zeros)
-
-
-@int4pack_mm.register_fake
-def _(x, w, w_scale, w_zero, group_size, in_features):
-    return x.new_empty((x.shape[0], w.shape[0]), dtype=torch.bfloat16)
 
 
 @torch.library.custom_op("zq::int8pack_mm", mutates_args=())
@@ -182,19 +163,22 @@ class AtenWo(WoKernel):
         return None
 
     def finalize_weight(self, w, w_scale, w_zero, bits, group_size, k):
+        """INT4: the weight in ATen's layout, which ``linear`` then requires (the graph holds it
+        in place of our packed copy: same shape and dtype, another order of the nibbles)."""
         if bits != 4:
             return super().finalize_weight(w, w_scale, w_zero, bits, group_size, k)
-        handle = torch.zeros(1, dtype=torch.uint8).expand(w.shape)
-        entry = _int4_pack(w, w_scale, w_zero, group_size, k)
-        entry.version = handle._version
-        _INT4_PACKED[handle] = entry
-        return handle
+        return aten_int4_layout(w, k)
 
-    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype):
+    def kernel_scales(self, w_scale, w_zero, bits, n, k) -> torch.Tensor | None:
+        return aten_int4_scales(w_scale, w_zero, n, k) if bits == 4 else None
+
+    def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
         x2 = x.reshape(-1, k).to(torch.bfloat16)
         n = w.shape[0]
         if bits == 4:
-            y = torch.ops.zq.int4pack_mm(x2, w, w_scale, w_zero, group_size, k)
+            if kernel_scales is None:  # eager calls; the backend hands the graph its own
+                kernel_scales = aten_int4_scales(w_scale, w_zero, n, k)
+            y = int4_mm(x2, w, kernel_scales, group_size)
         else:
             y = torch.ops.zq.int8pack_mm(x2, w, group_rows(w_scale.float(), n).to(torch.bfloat16))
             if w_zero is not None:  # sum_k x (q - z) s = [x q s] - rowsum(x) * (z s)
@@ -236,7 +220,7 @@ def self_test(name: str, bits: int) -> str | None:
     if why:
         return why
     try:
-        got = kernel.linear(x, w, s, z, None, bits, gs, 96, torch.float32)
+        got = kernel.linear(x, kernel.finalize_weight(w, s, z, bits, gs, 96), s, z, None, bits, gs, 96, torch.float32)
     except Exception as e:  # a broken build raises all sorts; reported verbatim
         return f"self-test raised {type(e).__name__}: {e}"
     want = WO_KERNELS["reference"].linear(x, w, s, z, None, bits, gs, 96, torch.float32)
