@@ -126,18 +126,20 @@ def finalize_weights(ctx) -> int:
     return done
 
 
+def _constant(ctx, index, node):
+    """The value of one of the graph's constants, by its placeholder (None for an absent one)."""
+    return None if node is None else ctx.constants[index[node.name]][1]
+
+
 def _add_kernel_scales(ctx, index, node, w, ws, wz, make) -> None:
     """The kernel's table beside the weight (ATen's INT4 GEMM: bf16 block scales and zeros), made
     once, held by the graph as one more constant and passed as ``kernel_scales``; re-made with
     the weight when the binding re-quantizes it. Not kept in the store: each graph makes its own
     from the store's scales (another graph may run another kernel)."""
-    from zq_compile.passes.graph_utils import fake_value
-
-    n, k = fake_value(w).shape[0], node.args[-3]
-    value = lambda a: None if a is None else ctx.constants[index[a.name]][1]  # noqa: E731
+    n, k = _constant(ctx, index, w).shape[0], node.args[-3]
     made = ctx.memo.setdefault("kernel_scales", {})
     if ws.name not in made:
-        table = make(value(ws), value(wz), n=n, k=k)
+        table = make(_constant(ctx, index, ws), _constant(ctx, index, wz), n=n, k=k)
         if table is None:
             return
         made[ws.name] = ctx.add_constant(f"{w.name}_kernel_scales", table)
@@ -162,7 +164,8 @@ def _w4a8_finalize(kernel, gs, k, w, ws, wz):
     return kernel.finalize_weight(w, ws, wz, gs, k)
 
 
-#: kernel handle -> the plain packed weight it was made from (see ``_swap``).
+#: a kernel's form of an INT4 weight (ATen's layout, the W4A8 int8 handle) -> the plain packed
+#: weight it was made from (see ``_swap``).
 _PLAIN: WeakIdKeyDictionary = WeakIdKeyDictionary()
 #: kernel handle -> which finalize made it (kernel and its arguments), so the same kernel given
 #: its own handle back (from zq_compile.store) reuses it rather than packing a second copy.
@@ -173,8 +176,7 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
     i = index[w.name]
     if ctx.constants[i][0] in ctx.memo.setdefault("finalized", set()):
         return 0  # a weight shared by several nodes (one kernel per graph regime)
-    value = lambda node: None if node is None else ctx.constants[index[node.name]][1]  # noqa: E731
-    new = _finalized(finalize, value(w), value(ws), value(wz))
+    new = _finalized(finalize, *(_constant(ctx, index, a) for a in (w, ws, wz)))
     ctx.memo["finalized"].add(ctx.constants[i][0])
     if new is ctx.constants[i][1]:
         return 0
@@ -186,10 +188,11 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
 
 
 def plain_constant(t: torch.Tensor) -> torch.Tensor:
-    """The plain form of a kept constant, what a weights file holds: an INT4 kernel's handle
-    stands for the packed weight it was made from (``_PLAIN``), an int8 handle for oneDNN's copy
-    read back; anything else is itself. Saving the handle wrote its zeros (seen: every INT4
-    preset's round trip through zq_compile.save / load changed the outputs)."""
+    """The plain form of a kept constant, what a weights file holds: an INT4 kernel's form of a
+    weight (``_PLAIN``) stands for the packed weight it was made from, an int8 handle for
+    oneDNN's copy read back; anything else is itself. Saving the kernel's form wrote a one-byte
+    handle's zeros (seen: every INT4 preset's round trip through zq_compile.save / load changed
+    the outputs)."""
     from zq_compile.codegen.cpu.kernels import plain_weight
 
     plain = _PLAIN.get(t)
