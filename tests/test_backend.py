@@ -364,3 +364,30 @@ def test_a_compiled_model_keeps_no_compile_time_objects_alive(monkeypatch, kind)
     with torch.inference_mode():
         assert sqnr_db(m(x), c(x)) > 20
     assert recent_reports()[-1].requantized >= 1
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4/8a8"])
+def test_a_graph_compiled_again_is_served_by_inductors_fx_graph_cache(preset):
+    """Inductor pickles the decomposition table into its FX graph cache key; a plain copy of the
+    default table does not pickle, so every zeroquant graph was code-generated again (SmolLM2:
+    twice the compile time, ~120 MiB of Python heap left fragmented). The second compile of one
+    graph must be a cache hit with the same outputs, its report saying Inductor's kernels were
+    not counted."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import fresh_cache
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    x = torch.randn(2, 16, 64)
+    outs, hits = [], []
+    with fresh_cache(), inductor_config.patch(fx_graph_cache=True), torch.inference_mode():
+        for _ in range(2):
+            torch._dynamo.reset()
+            before = counters["inductor"]["fxgraph_cache_hit"]
+            outs.append(zq_compile.compile(m, ZeroQuantConfig(preset=preset))(x))
+            hits.append(counters["inductor"]["fxgraph_cache_hit"] - before)
+            assert counters["inductor"]["fxgraph_cache_bypass"] == 0, "a zeroquant graph bypassed the cache"
+    assert hits == [0, 1]
+    assert torch.equal(outs[0], outs[1])
+    assert "not counted" in recent_reports()[-1].bytes_text()

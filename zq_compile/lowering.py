@@ -15,6 +15,9 @@ shift in float, without the int8 -> int32 -> uint8 vector conversions.
 
 from __future__ import annotations
 
+import functools
+import pathlib
+
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 from torch._inductor.decomposition import select_decomp_table
@@ -26,12 +29,46 @@ aten, prims = torch.ops.aten, torch.ops.prims
 
 
 def decompositions_for(kernel) -> dict:
-    table = dict(select_decomp_table())
-    table[torch.ops.zq.quantize_per_token.default] = kernel.quantize_per_token
-    table[torch.ops.zq.linear_w8a8.default] = kernel.linear
-    table[torch.ops.zq.attention_bf16.default] = attention_bf16
-    table.update(scheme_decompositions())  # zq::linear_wo, zq::linear_w4a8 (their kernel is an argument)
-    return table
+    ours = {
+        torch.ops.zq.quantize_per_token.default: kernel.quantize_per_token,
+        torch.ops.zq.linear_w8a8.default: kernel.linear,
+        torch.ops.zq.attention_bf16.default: attention_bf16,
+        **scheme_decompositions(),  # zq::linear_wo, zq::linear_w4a8 (their kernel is an argument)
+    }
+    key = (type(kernel).__qualname__, kernel.name, tuple(sorted(
+        (str(op), f"{fn.__module__}.{fn.__qualname__}") for op, fn in ours.items())), _package_hash())
+    return DecompTable({**select_decomp_table(), **ours}, key)
+
+
+class DecompTable(dict):
+    """Inductor's default decompositions plus our lowerings, pickled by a key that names them.
+
+    Inductor's FX graph cache pickles the decomposition table handed to compile_fx into its key.
+    A plain dict copy of the default table does not pickle (some entries are pybind11 functions),
+    so every zeroquant graph bypassed the cache: each compile code-generated again (SmolLM2: the
+    whole Inductor run, and ~120 MiB of Python heap left fragmented after it). By the time the key
+    is taken AOT autograd has already traced our lowerings into the graph, which is hashed too;
+    the key here only has to tell this table from another: torch's default table (torch's version
+    is in Inductor's key), the kernel and the source of this package.
+    """
+
+    def __init__(self, table: dict, key: tuple):
+        super().__init__(table)
+        self.key = key
+
+    def __reduce__(self):
+        return (_decomp_table_key, (self.key,))
+
+
+def _decomp_table_key(key: tuple) -> tuple:
+    """What a pickled DecompTable loads as: only its key (the pickle is for hashing, not loading)."""
+    return key
+
+
+@functools.cache
+def _package_hash() -> str:
+    root = pathlib.Path(__file__).parent
+    return get_hash_for_files(tuple(str(p) for p in sorted(root.rglob("*.py")))).hex()
 
 
 #: Pure, deterministic ops whose duplicates (same target, same arguments) may be merged: casts,
