@@ -205,6 +205,9 @@ def test_int4_weights_are_packed_once_across_the_rebuild_after_release(monkeypat
     kept, released = _twins()
     config = ZeroQuantConfig(preset="w4a8", group_size=32)
     ref = _run(zq_compile.compile(kept, config), (2, 24, 64))[0]  # the kernel races run here, once
+    # the kernel that keeps an int8 copy at large M, as without release (memory first: next test)
+    real_select = w4a8.select_w4a8_kernel
+    monkeypatch.setattr(w4a8, "select_w4a8_kernel", lambda regime, gemm, memory_first=False: real_select(regime, gemm, False))
     packed = []
     for module, name in ((w4a8, "_make_int8"), (weight_only, "aten_int4_layout")):
         real = getattr(module, name)
@@ -214,3 +217,25 @@ def test_int4_weights_are_packed_once_across_the_rebuild_after_release(monkeypat
     assert zq_compile.recent_reports()[-1].requantized >= 1  # the rebuild this test is about happened
     assert sorted(packed) == [(64, 80), (160, 32)]  # packed INT4 [N, K / 2], each once
     assert torch.equal(out[0], out[1]) and torch.equal(out[0], ref)
+
+
+def test_release_puts_memory_first_w4a8_keeps_no_int8_copy_of_an_int4_weight(monkeypatch):
+    """With release_float_weights the large-M W4A8 kernel unpacks INT4 to int8 in each call: no
+    N x K int8 copy is kept beside the packed N x K / 2 weight; the report says why."""
+    from zq_compile.codegen.cpu import w4a8
+    from zq_compile.metrics import sqnr_db
+
+    kept, released = _twins()
+    config = ZeroQuantConfig(preset="w4a8", group_size=32, cpu_kernel="onednn")
+    ref = _run(zq_compile.compile(kept, config), (2, 24, 64))[0]
+    copies = []
+    real = w4a8._make_int8
+    monkeypatch.setattr(w4a8, "_make_int8", lambda *a, **k: copies.append(a[0].shape) or real(*a, **k))
+    compiled = zq_compile.compile(released, dataclasses.replace(config, release_float_weights=True))
+    out = _run(compiled, (2, 24, 64), (2, 24, 64))
+    report = zq_compile.recent_reports()[-1]
+    chosen = [n for n in report.notes if n.startswith("w4a8 kernel for large M")]
+    assert chosen and "memory first" in chosen[0], report.notes
+    assert not copies, "an int8 copy of an INT4 weight was made under release_float_weights"
+    assert torch.equal(out[0], out[1])
+    assert sqnr_db(ref, out[0]) > 30  # same INT4 weights; the int8 re-rounding is made in the graph

@@ -107,7 +107,7 @@ def test_aten_int4_weight_is_held_in_atens_layout_and_called_without_a_custom_op
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 13, 67])
-@pytest.mark.parametrize("name", ["int8:onednn", "int8:int_mm", "int4pack"])
+@pytest.mark.parametrize("name", ["int8:onednn", "int8:int_mm", "unpack:onednn", "unpack:int_mm", "int4pack"])
 def test_w4a8_kernel_matches_reference(name, m, dtype):
     kernel = W4A8_KERNELS[name]
     why = kernel.unavailable_reason(N, K)
@@ -119,7 +119,7 @@ def test_w4a8_kernel_matches_reference(name, m, dtype):
     try:
         got = kernel.linear(x_q, x_s, kernel.finalize_weight(w, s, z, gs, K), s, z, bias, gs, K, dtype)
     except RuntimeError as e:  # torch._int_mm has shape limits on some builds
-        if name == "int8:int_mm":
+        if name.endswith(":int_mm"):
             pytest.skip(f"torch._int_mm: {e}")
         raise
     want = W4A8_KERNELS["reference"].linear(x_q, x_s, w, s, z, bias, gs, K, torch.float32)
@@ -134,9 +134,40 @@ def test_w4a8_nan_row_stays_in_its_row():
     x = _x(4, torch.float32)
     x[2, 0] = float("nan")
     x_q, x_s = quantize_per_token_ref(x)
-    for name in ("int8:onednn", "reference"):
+    for name in ("int8:onednn", "unpack:onednn", "reference"):
         y = W4A8_KERNELS[name].linear(x_q, x_s, w, s, z, None, gs, K, torch.float32)
         assert not torch.isfinite(y[2]).any() and torch.isfinite(y[[0, 1, 3]]).all(), name
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_per_call_unpack_multiplies_the_int8_values_the_kept_copy_holds(symmetric):
+    """unpack:onednn (memory first) holds only the INT4 weight and its row scales; the int8 values
+    it makes in each call are those int8:onednn keeps, so eagerly the two agree bit for bit,
+    compiled (the unpack one Inductor kernel) to float rounding; an empty batch and all-zero
+    weight rows pass through."""
+    kept, per_call = W4A8_KERNELS["int8:onednn"], W4A8_KERNELS["unpack:onednn"]
+    if per_call.unavailable_reason(N, K):
+        pytest.skip(per_call.unavailable_reason(N, K))
+    w, s, z, gs = _weight(4, symmetric=symmetric)
+    w[:3] = 0  # three all-zero weight rows (nibbles 0; asymmetric: at a zero point of 0)
+    if not symmetric:
+        z[:3] = 0
+    held = per_call.finalize_weight(w, s, z, gs, K)
+    assert held is w  # nothing but the packed INT4 bytes
+    rows = per_call.kernel_scales(s, z, N, K, w=w)
+    assert rows.shape == (N,) and rows.dtype == torch.float32
+    for m in (0, 1, 13):
+        x_q, x_s = quantize_per_token_ref(_x(max(m, 1), torch.float32)[:m])
+        want = kept.linear(x_q, x_s, kept.finalize_weight(w, s, z, gs, K), s, z, None, gs, K, torch.float32)
+        got = per_call.linear(x_q, x_s, held, s, z, None, gs, K, torch.float32, rows)
+        assert got.shape == (m, N) and torch.equal(got, want)
+    from torch._inductor.utils import run_and_get_code
+
+    fn = torch.compile(lambda x_q, x_s, w, s, z, rows: per_call.linear(x_q, x_s, w, s, z, None, gs, K, torch.float32, rows))
+    torch._dynamo.reset()
+    compiled, code = run_and_get_code(fn, x_q, x_s, held, s, z, rows)
+    assert sqnr_db(want, compiled) > 60
+    assert "torch.ops.zq.onednn_u8s8_mm_once" in code[0] and "zq.w4a8_int8_mm" not in code[0]
 
 
 def test_ops_check_their_arguments():

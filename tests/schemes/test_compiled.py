@@ -57,7 +57,8 @@ def test_reference_target_runs_the_reference_kernels():
 
 _KERNEL_PAIRS = {  # (small-M kernel, large-M kernel): one graph's handle must not reach the other
     "w4a16": [("aten", "dequant_bf16"), ("dequant", "aten")],
-    "w4/8a8": [("int4pack", "int8:int_mm"), ("int8:int_mm", "int4pack")],
+    "w4/8a8": [("int4pack", "int8:int_mm"), ("int8:int_mm", "int4pack"), ("int4pack", "unpack:int_mm"),
+               ("unpack:onednn", "int8:onednn")],
 }
 
 
@@ -72,7 +73,7 @@ def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pai
     monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
                         lambda regime, bits, requested="auto": WoChoice(pick[regime], "test"))
     monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
-                        lambda regime, gemm: W4A8Choice(pick[regime], "test"))
+                        lambda regime, gemm, memory_first=False: W4A8Choice(pick[regime], "test"))
     reports = _two_modules_through_one_function(preset, ((3, 256), (5, 7, 256), (1, 256), (9, 256)),
                                                 order=(0, 1, 0))
     notes = " ".join(n for r in reports for n in r.notes)

@@ -132,14 +132,16 @@ def _constant(ctx, index, node):
 
 
 def _add_kernel_scales(ctx, index, node, w, ws, wz, make) -> None:
-    """The kernel's table beside the weight (ATen's INT4 GEMM: bf16 block scales and zeros), made
+    """The kernel's table beside the weight (ATen's INT4 GEMM: bf16 block scales and zeros; the
+    per-call W4A8 kernel: int8 row scales, made from the packed weight), made
     once, held by the graph as one more constant and passed as ``kernel_scales``; re-made with
     the weight when the binding re-quantizes it. Not kept in the store: each graph makes its own
     from the store's scales (another graph may run another kernel)."""
     n, k = _constant(ctx, index, w).shape[0], node.args[-3]
     made = ctx.memo.setdefault("kernel_scales", {})
     if ws.name not in made:
-        table = make(_constant(ctx, index, ws), _constant(ctx, index, wz), n=n, k=k)
+        held = _constant(ctx, index, w)
+        table = make(_constant(ctx, index, ws), _constant(ctx, index, wz), n=n, k=k, w=_PLAIN.get(held, held))
         if table is None:
             return
         made[ws.name] = ctx.add_constant(f"{w.name}_kernel_scales", table)
@@ -153,7 +155,8 @@ def _add_kernel_scales(ctx, index, node, w, ws, wz, make) -> None:
 
 def _with_kernel_scales(finalize, make, n: int, k: int, made: dict) -> dict:
     made = finalize(made) if finalize is not None else made
-    return {**made, "kernel_scales": make(made["ws"], made.get("wz"), n=n, k=k)}
+    w = made["w"]
+    return {**made, "kernel_scales": make(made["ws"], made.get("wz"), n=n, k=k, w=_PLAIN.get(w, w))}
 
 
 def _wo_finalize(kernel, bits, gs, k, w, ws, wz):

@@ -105,7 +105,19 @@ def to_int8_per_row(qdata, scale, zero_point, group_size: int, k: int,
     Each row's grid is its largest |value| / 127: finer than every one of its INT4 blocks'
     grids (max |value| / 7 or wider), so the added rounding is at most 1/18 of an INT4 step
     (1/9 with ``qmax`` = 64, the grid of CPUs whose int8 GEMMs saturate)."""
+    row = int8_row_scale(qdata, scale, zero_point, group_size, k, qmax)
+    return round_to_rows(qdata, scale, zero_point, group_size, k, row, qmax), row
+
+
+def int8_row_scale(qdata, scale, zero_point, group_size: int, k: int, qmax: int = 127) -> torch.Tensor:
+    """fp32 [N]: each row's largest dequantized |value| / qmax (1 for an all-zero row)."""
+    row = dequantize_kgroups(qdata, scale, zero_point, group_size, k).abs().amax(dim=1) / qmax
+    return torch.where(row == 0, torch.ones_like(row), row).contiguous()
+
+
+def round_to_rows(qdata, scale, zero_point, group_size: int, k: int, row: torch.Tensor,
+                  qmax: int = 127) -> torch.Tensor:
+    """int8 [N, K]: the dequantized INT4 weight re-rounded on the grids ``row`` (torch ops only:
+    the per-call W4A8 kernel traces it into the graph, where Inductor makes it one kernel)."""
     w = dequantize_kgroups(qdata, scale, zero_point, group_size, k)
-    row = w.abs().amax(dim=1) / qmax
-    row = torch.where(row == 0, torch.ones_like(row), row)
-    return torch.round(w / row[:, None]).clamp(-qmax, qmax).to(torch.int8), row.contiguous()
+    return torch.round(w / row[:, None]).clamp(-qmax, qmax).to(torch.int8)

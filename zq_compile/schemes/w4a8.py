@@ -5,7 +5,8 @@
 The quantize node is shared with W8A8 consumers of the same activation (the memo is the same),
 so a mixed preset quantizes a LayerNorm output once whatever its readers' weight widths.
 ``kernel`` is raced per M regime (``codegen/cpu/w4a8.py``): the int8 GEMM on an int8 copy made
-once per weight, or ATen's INT4 GEMM on the dequantized int8 activations.
+once per weight (made per call instead under release_float_weights: memory first), or ATen's
+INT4 GEMM on the dequantized int8 activations.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class W4A8(W8A8):
         group_size = k // fake_value(w_s).shape[1]
         regime = regime_of(x_val)
         gemm = "reference" if ctx.target == "reference" else select_cpu_kernel(ctx.config.cpu_kernel, regime).kernel.name
-        choice = select_w4a8_kernel(regime, gemm)
+        choice = select_w4a8_kernel(regime, gemm, ctx.config.release_float_weights)
         kernel, reason = choice.kernel, choice.reason
         why = W4A8_KERNELS[kernel].unavailable_reason(n, k)
         if why:

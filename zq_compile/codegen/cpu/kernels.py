@@ -170,6 +170,26 @@ def _(x_u8, w_q, w_scale, out_dtype=torch.float32):
     return x_u8.new_empty((x_u8.shape[0], w_q.shape[0]), dtype=out_dtype)
 
 
+@torch.library.custom_op("zq::onednn_u8s8_mm_once", mutates_args=())
+def onednn_u8s8_mm_once(x_u8: torch.Tensor, w_q: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+    """As ``onednn_u8s8_mm`` (fp32 out) for a weight made in this call (the W4A8 kernel that
+    unpacks INT4 on every call): reordered here and dropped after, never cached. A cache keyed by
+    the tensor would be wrong here: Inductor hands a dead buffer's tensor to the next layer's
+    unpack and its kernels write through the pointer without bumping the version counter."""
+    if x_u8.shape[0] == 0:
+        return x_u8.new_zeros((0, w_q.shape[0]), dtype=torch.float32)
+    return torch.ops.onednn.qlinear_pointwise(
+        x_u8.contiguous(), 1.0, 128, torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
+        row_scale.float().contiguous(), torch.zeros(w_q.shape[0], dtype=torch.int64),
+        None, 1.0, 0, torch.float32, "none", [], "",
+    )
+
+
+@onednn_u8s8_mm_once.register_fake
+def _(x_u8, w_q, row_scale):
+    return x_u8.new_empty((x_u8.shape[0], w_q.shape[0]), dtype=torch.float32)
+
+
 def shifted_uint8(x_q: torch.Tensor) -> torch.Tensor:
     """x_q + 128 as uint8, [M, K]: what oneDNN's u8s8 GEMM reads (zero point 128).
 

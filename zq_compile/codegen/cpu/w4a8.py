@@ -7,10 +7,16 @@
   or torch._int_mm) and kept in that kernel's form; the graph then holds a one-byte handle in
   place of the INT4 copy. The kernel holds int8 bytes (N * K), not INT4 ones: the price of an
   int8 GEMM on a CPU, recorded in the report.
+- ``unpack:<gemm>``: large M when memory comes first (``release_float_weights``). The graph
+  holds only the packed INT4 weight and a row-scale table; every call unpacks it to the same
+  int8 values ``int8:<gemm>`` keeps (one Inductor kernel, a transient N * K bytes), then runs the
+  int8 GEMM (oneDNN reorders that copy in the call). Slower per call than a kept copy
+  (``bench/w4a8_large_m_options.py``), half the bytes held.
 - ``int4pack``: for small M. The int8 activations times their scales (exact in bf16 for the
   int8 values; the scale rounds to bf16) go through ATen's INT4 GEMM (``weight_only.py``),
   which reads the INT4 weight itself: the graph holds it in ATen's layout, N * K / 2 bytes.
-Which one runs is raced per M regime (``select_w4a8_kernel``).
+Which one runs is raced per M regime (``select_w4a8_kernel``); with memory first, only the
+kernels that hold INT4 bytes alone (``unpack:<gemm>``, ``int4pack``) take part.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.codegen.cpu.weight_only import WO_KERNELS, _finish, _is_handle, dequant_weight
 from zq_compile.codegen.cpu.select import int8_weight_qmax
-from zq_compile.quant.kgroups import to_int8_per_row
+from zq_compile.quant.kgroups import int8_row_scale, round_to_rows, to_int8_per_row
 
 
 @dataclass
@@ -43,10 +49,13 @@ def _int8_kernel(inner: str):
     return KERNELS[inner]
 
 
-def _make_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
+def _qmax(inner: str) -> int:
     # oneDNN saturates on full-range int8 weights where the CPU lacks VNNI (select.py)
-    qmax = int8_weight_qmax() if inner == "onednn" else 127
-    w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k, qmax)
+    return int8_weight_qmax() if inner == "onednn" else 127
+
+
+def _make_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
+    w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k, _qmax(inner))
     return _AsInt8(w._version, _int8_kernel(inner).finalize_weight(w8, s8), s8)
 
 
@@ -91,7 +100,8 @@ class W4A8Kernel:
     def finalize_weight(self, w, w_scale, w_zero, group_size, k) -> torch.Tensor:
         return w
 
-    def kernel_scales(self, w_scale, w_zero, n, k) -> torch.Tensor | None:
+    def kernel_scales(self, w_scale, w_zero, n, k, w=None) -> torch.Tensor | None:
+        """A table made once per weight and held beside it (None: none); ``w``: the packed INT4."""
         return None
 
     def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
@@ -129,10 +139,50 @@ class Int8W4A8(W4A8Kernel):
         if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
             x2 = (x2.to(torch.int32) + 128).to(torch.uint8)
         acc = torch.ops.zq.w4a8_int8_mm(x2, w, w_scale, w_zero, group_size, k, self.inner)
-        y = acc.reshape(*x_q.shape[:-1], acc.shape[-1]) * x_scale
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(out_dtype)
+        return _scaled(acc, x_q, x_scale, bias, out_dtype)
+
+
+def _scaled(acc, x_q, x_scale, bias, out_dtype):
+    """fp32 acc [M, N] (already times the weight's row scales) -> y: per-token scale and bias."""
+    y = acc.reshape(*x_q.shape[:-1], acc.shape[-1]) * x_scale
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)
+
+
+class UnpackW4A8(W4A8Kernel):
+    """Memory first: nothing but the INT4 weight is held; its int8 form is made in every call."""
+
+    def __init__(self, inner: str):
+        self.inner = inner
+        self.name = f"unpack:{inner}"
+        self.description = (f"INT4 unpacked to int8 in the graph on every call, then the {inner} int8 GEMM "
+                            "(holds the INT4 bytes only)")
+
+    def unavailable_reason(self, n, k):
+        return _int8_kernel(self.inner).unavailable_reason()
+
+    def kernel_scales(self, w_scale, w_zero, n, k, w=None):
+        if w is None:
+            raise ValueError(f"the {self.name} W4A8 kernel makes its row scales from the weight; none was given")
+        return int8_row_scale(w, w_scale, w_zero, k // w_scale.shape[1], k, _qmax(self.inner))
+
+    def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
+        if _is_handle(w):
+            raise RuntimeError(f"the {self.name} W4A8 kernel was given another kernel's weight handle, "
+                               "not the packed INT4 weight")
+        row = kernel_scales if kernel_scales is not None else self.kernel_scales(w_scale, w_zero, w.shape[0], k, w=w)
+        w8 = round_to_rows(w, w_scale, w_zero, group_size, k, row, _qmax(self.inner))
+        x2 = x_q.reshape(-1, k)
+        if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
+            acc = torch.ops.zq.onednn_u8s8_mm_once((x2.to(torch.int32) + 128).to(torch.uint8), w8, row)
+        elif self.inner == "int_mm":
+            from zq_compile.codegen.cpu.kernels import _rows_strided  # ATen's stride-0 row bug, see there
+
+            acc = torch._int_mm(_rows_strided(x2), w8.t()).float() * row
+        else:
+            acc = torch.ops.zq.int8_mm_ref(x2, w8).float() * row
+        return _scaled(acc, x_q, x_scale, bias, out_dtype)
 
 
 class Int4PackW4A8(W4A8Kernel):
@@ -145,7 +195,7 @@ class Int4PackW4A8(W4A8Kernel):
     def finalize_weight(self, w, w_scale, w_zero, group_size, k):
         return WO_KERNELS["aten"].finalize_weight(w, w_scale, w_zero, 4, group_size, k)
 
-    def kernel_scales(self, w_scale, w_zero, n, k):
+    def kernel_scales(self, w_scale, w_zero, n, k, w=None):
         return WO_KERNELS["aten"].kernel_scales(w_scale, w_zero, 4, n, k)
 
     def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
@@ -154,8 +204,8 @@ class Int4PackW4A8(W4A8Kernel):
 
 
 W4A8_KERNELS: dict[str, W4A8Kernel] = {
-    k.name: k for k in (Int8W4A8("onednn"), Int8W4A8("int_mm"), Int8W4A8("reference"), Int4PackW4A8(),
-                        ReferenceW4A8())
+    k.name: k for k in (Int8W4A8("onednn"), Int8W4A8("int_mm"), Int8W4A8("reference"), UnpackW4A8("onednn"),
+                        UnpackW4A8("int_mm"), UnpackW4A8("reference"), Int4PackW4A8(), ReferenceW4A8())
 }
 RACE_MARGIN = 0.9
 
@@ -200,24 +250,28 @@ def race(names, regime: str, rounds: int = 15) -> dict[str, float]:
     m, k = RACE_SHAPES[regime]
     x_q, x_s, w, s = _problem(m, k, k, 128)
     weights = {n: W4A8_KERNELS[n].finalize_weight(w, s, None, 128, k) for n in names}
+    # made once per weight, as the graph holds them; the per-call unpack runs unfused here (one
+    # Inductor kernel in a graph), so unpack kernels' times are upper bounds
+    tables = {n: W4A8_KERNELS[n].kernel_scales(s, None, k, k, w=w) for n in names}
     times = {n: float("inf") for n in names}
     for i in range(rounds + 2):
         for n in names:
             start = time.perf_counter()
-            W4A8_KERNELS[n].linear(x_q, x_s, weights[n], s, None, None, 128, k, torch.float32)
+            W4A8_KERNELS[n].linear(x_q, x_s, weights[n], s, None, None, 128, k, torch.float32, tables[n])
             if i >= 2:
                 times[n] = min(times[n], (time.perf_counter() - start) * 1e6)
     return times
 
 
 @functools.cache
-def select_w4a8_kernel(regime: str, int8_gemm: str) -> W4A8Choice:
+def select_w4a8_kernel(regime: str, int8_gemm: str, memory_first: bool = False) -> W4A8Choice:
     """``int8_gemm``: the int8 GEMM the w8a8 path chose for this regime (``select.py``);
-    it and ATen's INT4 GEMM are raced for this M regime."""
+    it and ATen's INT4 GEMM are raced for this M regime. ``memory_first`` (the config's
+    release_float_weights): the int8 GEMM on an int8 copy made per call instead of one kept."""
     if int8_gemm == "reference":
         return W4A8Choice("reference", "requested: target 'reference'")
     ready, rejected = [], []
-    for name in (f"int8:{int8_gemm}", "int4pack"):
+    for name in (f"{'unpack' if memory_first else 'int8'}:{int8_gemm}", "int4pack"):
         why = self_test(name)
         (rejected.append(f"{name}: {why}") if why else ready.append(name))
     if not ready:
@@ -231,6 +285,9 @@ def select_w4a8_kernel(regime: str, int8_gemm: str) -> W4A8Choice:
 
     m, k = RACE_SHAPES[regime]
     reason = f"raced W4A8 for {regime} M at {m}x{k}x{k}: " + ", ".join(f"{n} {times[n]:.0f} us" for n in ready)
+    if memory_first:
+        reason = ("release_float_weights: memory first, no kernel that keeps an int8 copy of the INT4 "
+                  "weight (N x K bytes beside N x K / 2); " + reason)
     if rejected:
         reason += "; not run: " + "; ".join(rejected)
     return W4A8Choice(best, reason)

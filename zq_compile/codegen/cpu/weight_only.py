@@ -63,8 +63,9 @@ class WoKernel:
 
         return plain_weight(w) if bits == 8 else w
 
-    def kernel_scales(self, w_scale, w_zero, bits, n, k) -> torch.Tensor | None:
-        """A table the kernel wants beside the weight, made once per weight (None: no table)."""
+    def kernel_scales(self, w_scale, w_zero, bits, n, k, w=None) -> torch.Tensor | None:
+        """A table the kernel wants beside the weight, made once per weight (None: no table);
+        ``w`` is the plain packed weight."""
         return None
 
     def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
@@ -169,7 +170,7 @@ class AtenWo(WoKernel):
             return super().finalize_weight(w, w_scale, w_zero, bits, group_size, k)
         return aten_int4_layout(w, k)
 
-    def kernel_scales(self, w_scale, w_zero, bits, n, k) -> torch.Tensor | None:
+    def kernel_scales(self, w_scale, w_zero, bits, n, k, w=None) -> torch.Tensor | None:
         return aten_int4_scales(w_scale, w_zero, n, k) if bits == 4 else None
 
     def linear(self, x, w, w_scale, w_zero, bias, bits, group_size, k, out_dtype, kernel_scales=None):
