@@ -4,14 +4,20 @@ fp32 eager, torch.compile fp32 (Inductor), and zeroquant presets with and withou
 <= 0.5x torch.compile fp32.
 
     .venv/bin/python bench/memory_release.py                       # w8a8, with and without release
-    .venv/bin/python bench/memory_release.py --presets w8a8 w4/8a8  # once the INT4 presets exist
+    .venv/bin/python bench/memory_release.py --presets w8a8 w4/8a8
 
 Per process: import everything, trim the heap, note RSS ("base"); load the model (real weights,
 fp32); build the contender in place; drop the script's own references; one forward of batch 1 x
 ``--seq`` tokens (``use_cache=False``: weights, not a KV cache, are what is compared); collect
 garbage, return freed heap to the OS (malloc_trim) and note RSS again. Printed: RSS over base
-("model + contender", what the user pays for the model) and the absolute RSS. Inductor's cache
-on disk makes compiles after the first cheaper; it does not change what stays resident.
+("model + contender", what the user pays for the model) and the absolute RSS.
+
+Each compiled contender runs twice on a fresh Inductor cache directory of its own: "cold" (the
+first compile on a machine: Inductor generates and builds every kernel) and "warm" (the same
+graphs served from Inductor's FX graph cache, as after a restart). They differ in what stays
+resident: code generation churns through Python's object arenas and the objects that outlive
+it keep ~100 MiB of them half empty (SmolLM2 under zeroquant), so each column is compared with
+torch.compile fp32 in the same state.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,8 +63,10 @@ def probe(contender: str, seq: int) -> dict:
             "steady_mib": (steady - base) / 1024, "rss_mib": steady / 1024}
 
 
-def run(contender: str, seq: int) -> dict:
+def run(contender: str, seq: int, cache_dir: str | None = None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    if cache_dir is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     cmd = [sys.executable, os.path.abspath(__file__), "--one", contender, "--seq", str(seq)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     for line in reversed(proc.stdout.splitlines()):
@@ -65,6 +74,15 @@ def run(contender: str, seq: int) -> dict:
             return json.loads(line[len("ZQ_MEMORY "):])
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": f"exited {proc.returncode}: {tail[:300]}"}
+
+
+def cold_and_warm(contender: str, seq: int) -> dict:
+    """{"cold": ..., "warm": ...}: two processes on one fresh Inductor cache (eager: one)."""
+    if contender.startswith("eager"):
+        r = run(contender, seq)
+        return {"cold": r, "warm": r}
+    with tempfile.TemporaryDirectory(prefix="zq_inductor_cache_") as cache_dir:
+        return {"cold": run(contender, seq, cache_dir), "warm": run(contender, seq, cache_dir)}
 
 
 def main(argv=None) -> int:
@@ -79,18 +97,24 @@ def main(argv=None) -> int:
     contenders = ["eager fp32", "inductor fp32"]
     contenders += [f"zeroquant {p}{suffix}" for p in a.presets for suffix in ("", " release")]
     results = {}
-    print(f"SmolLM2-135M, batch 1 x {a.seq} tokens, one forward; RSS in MiB, each in a fresh process")
-    print(f"{'contender':28s} {'model+contender':>16s} {'RSS':>8s}  vs eager  vs inductor")
+    print(f"SmolLM2-135M, batch 1 x {a.seq} tokens, one forward; MiB of RSS over the import baseline, "
+          "each in a fresh process; Inductor's cache cold, then warm")
+    print(f"{'contender':26s} {'cold':>7s} {'warm':>7s}   vs eager (cold, warm)   vs inductor (cold, warm)")
     for c in contenders:
-        r = results[c] = run(c, a.seq)
-        if "error" in r:
-            print(f"{c:28s} failed: {r['error']}", flush=True)
+        r = results[c] = cold_and_warm(c, a.seq)
+        errors = [f"{state}: {r[state]['error']}" for state in ("cold", "warm") if "error" in r[state]]
+        if errors:
+            print(f"{c:26s} failed: {'; '.join(errors)}", flush=True)
             continue
-        ratios = ""
+        cells = ""
         for ref in ("eager fp32", "inductor fp32"):
-            base = results.get(ref, {}).get("steady_mib")
-            ratios += f"  {r['steady_mib'] / base:7.2f}x" if base else "        -"
-        print(f"{c:28s} {r['steady_mib']:16.0f} {r['rss_mib']:8.0f}{ratios}", flush=True)
+            base = results.get(ref)
+            if base is None or any("error" in base[state] for state in ("cold", "warm")):
+                cells += f"   {'-':>21s}"
+                continue
+            ratio = [r[state]["steady_mib"] / base[state]["steady_mib"] for state in ("cold", "warm")]
+            cells += f"   {ratio[0]:9.2f}x {ratio[1]:9.2f}x"
+        print(f"{c:26s} {r['cold']['steady_mib']:7.0f} {r['warm']['steady_mib']:7.0f}{cells}", flush=True)
     print("ZQ_MEMORY_RESULTS " + json.dumps(results))
     return 0
 

@@ -37,6 +37,7 @@ def test_select_keeps_the_baseline_and_refuses_unknown_names():
 def test_ablations_run_only_when_named():
     everything = {c.name for c in select(None)}
     assert "zeroquant w8a8" in everything and "zeroquant w8a8 fp32-attn" not in everything
+    assert "zeroquant w4/8a8 release" not in everything
     assert [c.name for c in select(["zeroquant w8a8 fp32-attn"])] == [BASELINE, "zeroquant w8a8 fp32-attn"]
 
 
@@ -46,7 +47,7 @@ def _linear():
 
 
 #: zeroquant contenders that build today (the others must fail with "not built yet")
-BUILT = {"zeroquant w8a8 fp32-attn"} | {f"zeroquant {p}" for p in PRESET_NAMES}
+BUILT = {"zeroquant w8a8 fp32-attn", "zeroquant w4/8a8 release"} | {f"zeroquant {p}" for p in PRESET_NAMES}
 
 
 def test_failed_contenders_are_recorded_with_their_error_not_dropped():

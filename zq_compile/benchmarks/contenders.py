@@ -275,6 +275,15 @@ def _zeroquant(preset: str, lkd: bool, bm: BenchModel, example: dict, **options)
     return zq_compile.compile(model, config)
 
 
+def _zeroquant_released(preset: str, bm: BenchModel, example: dict):
+    """release_float_weights frees the float weights of the model it compiles: a copy's, so the
+    other contenders keep theirs."""
+    import zq_compile
+    from zq_compile.config import ZeroQuantConfig
+
+    return zq_compile.compile(bm.mutable(), ZeroQuantConfig(preset=preset, release_float_weights=True))
+
+
 def all_contenders() -> list[Contender]:
     from zq_compile.config import PRESET_NAMES
 
@@ -329,6 +338,9 @@ def all_contenders() -> list[Contender]:
                           ("zeroquant w8a8+smooth+policy+split", dict(heads="split"))):
         out.append(Contender(name, "zeroquant", functools.partial(zeroquant_calibrated, options),
                              f"zq_compile.calibrate on held-out text, then zq_compile.compile, options {options}"))
+    out.append(Contender("zeroquant w4/8a8 release", "zeroquant", functools.partial(_zeroquant_released, "w4/8a8"),
+                         "zq_compile.compile(model copy, ZeroQuantConfig(preset='w4/8a8', release_float_weights=True)): "
+                         "memory first, the W4A8 GEMMs unpack INT4 per call", default=False))
     out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",
                          functools.partial(_zeroquant, "w8a8", False, attention="fp32"),
                          "as zeroquant w8a8 with attention='fp32' (ablation: what bf16 attention adds)",
