@@ -14,7 +14,12 @@ model, runs two forwards at the headline shape, collects garbage, returns freed 
   (Python side; Inductor's C++ compiler runs in other processes and is not counted) and running.
 
 The compiled code comes from Inductor's on-disk cache filled by the main bench process, which
-makes the probes cheap; that does not change what stays resident.
+makes the probes cheap. It also changes what stays resident: code generation churns through
+Python's object arenas and the objects that outlive it keep many half-empty (SmolLM2: ~70 MiB
+for torch.compile fp32, ~120 MiB for zeroquant), so these are warm-cache figures, as a served
+model restarted on one machine sees; ``bench/memory_release.py`` prints cold and warm side by
+side. (Until 2026-12-05 zeroquant graphs never hit that cache, so in these probes they paid the
+cold figure while the float contenders paid the warm one.)
 """
 
 from __future__ import annotations
