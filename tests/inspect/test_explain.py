@@ -49,3 +49,26 @@ def test_tiny_hf_models(kind):
     assert all(r.scheme == "w8a8" or (r.module.endswith("lm_head") and "kept float" in r.reason) for r in report.linears)
     assert report.dynamo["graph_breaks"] == []
     assert math.isfinite(report.graphs[0].output_error.sqnr_db)
+
+
+def test_explain_reads_generated_code_when_inductor_has_the_graphs_cached():
+    """A graph Inductor's FX graph cache serves has no code generated to read fusions from, no
+    byte count and no post-grad pass counts: explain compiles without that cache."""
+    import torch._dynamo
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import fresh_cache
+
+    import zq_compile
+    from tests.inspect import toy
+
+    model, inputs = toy.build()
+    options = {"skip": ["head"], "smooth": False}
+    with fresh_cache(), inductor_config.patch(fx_graph_cache=True):
+        with torch.inference_mode():
+            torch.compile(model, backend="zeroquant", options=options)(*inputs)  # fills the cache
+        torch._dynamo.reset()
+        report = explain(model, inputs, options, runs=0)
+    torch._dynamo.reset()
+    assert report.fusions, "no fusion read: the graph came from the cache"
+    assert all(g.compile_report.get("inductor_bytes") for g in report.graphs if g.compile_report.get("decisions"))
+    assert zq_compile.recent_reports()[-1].inductor_bytes

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from unittest import mock
 
 import torch
+import torch._inductor.config
 
 from zq_compile.backend import zeroquant_backend
 from zq_compile.config import ZeroQuantConfig
@@ -70,7 +71,10 @@ def explain(
             if previous is not None:
                 previous(code)
 
-        with mock.patch.object(GraphLowering, "save_output_code", save):
+        # Code-generated even when Inductor's FX graph cache holds this graph: a cache hit has no
+        # generated code to read fusions from, no byte count and no post-grad pass counts.
+        with mock.patch.object(GraphLowering, "save_output_code", save), \
+                torch._inductor.config.patch(fx_graph_cache=False):
             compiled = zeroquant_backend(gm, graph_inputs, options=config, on_prepared=on_prepared)
         graph = state["graph"]
         _add_fusions(graph, state, codes)

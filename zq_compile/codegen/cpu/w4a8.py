@@ -172,7 +172,7 @@ class UnpackW4A8(W4A8Kernel):
             raise RuntimeError(f"the {self.name} W4A8 kernel was given another kernel's weight handle, "
                                "not the packed INT4 weight")
         row = kernel_scales if kernel_scales is not None else self.kernel_scales(w_scale, w_zero, w.shape[0], k, w=w)
-        w8 = round_to_rows(w, w_scale, w_zero, group_size, k, row, _qmax(self.inner))
+        w8 = round_to_rows(w, w_scale, w_zero, group_size, k, row)
         x2 = x_q.reshape(-1, k)
         if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
             acc = torch.ops.zq.onednn_u8s8_mm_once((x2.to(torch.int32) + 128).to(torch.uint8), w8, row)
