@@ -391,3 +391,17 @@ def test_a_graph_compiled_again_is_served_by_inductors_fx_graph_cache(preset):
     assert hits == [0, 1]
     assert torch.equal(outs[0], outs[1])
     assert "not counted" in recent_reports()[-1].bytes_text()
+
+
+def test_the_decomposition_table_copies_as_a_table_and_pickles_as_its_key():
+    import copy
+    import pickle
+
+    from zq_compile.codegen.cpu.kernels import KERNELS
+    from zq_compile.lowering import DecompTable, decompositions_for
+
+    table = decompositions_for(KERNELS["reference"])
+    for made in (copy.copy(table), copy.deepcopy(table)):
+        assert isinstance(made, DecompTable) and made == table and made.key == table.key
+    assert pickle.loads(pickle.dumps(table)) == table.key  # what Inductor's cache key hashes
+    assert decompositions_for(KERNELS["onednn"]).key != table.key

@@ -59,6 +59,13 @@ class DecompTable(dict):
     def __reduce__(self):
         return (_decomp_table_key, (self.key,))
 
+    # copy and deepcopy go through __reduce__ unless told otherwise: keep them tables
+    def __copy__(self):
+        return DecompTable(self, self.key)
+
+    def __deepcopy__(self, memo):
+        return DecompTable(self, self.key)
+
 
 def _decomp_table_key(key: tuple) -> tuple:
     """What a pickled DecompTable loads as: only its key (the pickle is for hashing, not loading)."""
