@@ -11,7 +11,8 @@
   holds only the packed INT4 weight and a row-scale table; every call unpacks it to the same
   int8 values ``int8:<gemm>`` keeps (one Inductor kernel, a transient N * K bytes), then runs the
   int8 GEMM (oneDNN reorders that copy in the call). Slower per call than a kept copy
-  (``bench/w4a8_large_m_options.py``), half the bytes held.
+  (``bench/w4a8_large_m_options.py``); a third of the bytes held: N * K / 2, against 1.5 * N * K
+  for the INT4 weight plus the int8 copy ``int8:<gemm>`` keeps beside it.
 - ``int4pack``: for small M. The int8 activations times their scales (exact in bf16 for the
   int8 values; the scale rounds to bf16) go through ATen's INT4 GEMM (``weight_only.py``),
   which reads the INT4 weight itself: the graph holds it in ATen's layout, N * K / 2 bytes.
