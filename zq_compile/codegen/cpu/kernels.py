@@ -159,10 +159,13 @@ def onednn_u8s8_mm(x_u8: torch.Tensor, w_q: torch.Tensor, w_scale: torch.Tensor,
     if p.wide is not None:  # every product and partial sum is an integer below 2^53: exact
         acc = (x_u8.double() - 128) @ p.wide.double().t()
         return (acc.float() * p.row_scale).to(out_dtype)
+    return _qlinear(x_u8, p.packed, p.row_scale, p.row_zero, out_dtype)
+
+
+def _qlinear(x_u8, packed, row_scale, row_zero, out_dtype):
+    """oneDNN's u8s8 GEMM: activation scale 1 and zero point 128, per-row weight scales, no post-op."""
     return torch.ops.onednn.qlinear_pointwise(
-        x_u8.contiguous(), 1.0, 128, p.packed, p.row_scale, p.row_zero,
-        None, 1.0, 0, out_dtype, "none", [], "",
-    )
+        x_u8.contiguous(), 1.0, 128, packed, row_scale, row_zero, None, 1.0, 0, out_dtype, "none", [], "")
 
 
 @onednn_u8s8_mm.register_fake
@@ -178,11 +181,8 @@ def onednn_u8s8_mm_once(x_u8: torch.Tensor, w_q: torch.Tensor, row_scale: torch.
     unpack and its kernels write through the pointer without bumping the version counter."""
     if x_u8.shape[0] == 0:
         return x_u8.new_zeros((0, w_q.shape[0]), dtype=torch.float32)
-    return torch.ops.onednn.qlinear_pointwise(
-        x_u8.contiguous(), 1.0, 128, torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
-        row_scale.float().contiguous(), torch.zeros(w_q.shape[0], dtype=torch.int64),
-        None, 1.0, 0, torch.float32, "none", [], "",
-    )
+    return _qlinear(x_u8, torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None), row_scale.float().contiguous(),
+                    torch.zeros(w_q.shape[0], dtype=torch.int64), torch.float32)
 
 
 @onednn_u8s8_mm_once.register_fake

@@ -79,11 +79,16 @@ def w4a8_int8_mm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_zero
     e = as_int8(w, w_scale, w_zero, group_size, in_features, inner)
     if inner == "onednn":
         return torch.ops.zq.onednn_u8s8_mm(x, e.w8, e.s8)
+    return _plain_int8_mm(inner, x, e.w8, e.s8)
+
+
+def _plain_int8_mm(inner: str, x: torch.Tensor, w8: torch.Tensor, s8: torch.Tensor) -> torch.Tensor:
+    """int8 x [M, K] times a plain int8 w8 [N, K] -> fp32 times the row scales s8 (not oneDNN)."""
     if inner == "int_mm":
         from zq_compile.codegen.cpu.kernels import _rows_strided  # ATen's stride-0 row bug, see there
 
-        return torch._int_mm(_rows_strided(x), e.w8.t()).float() * e.s8
-    return torch.ops.zq.int8_mm_ref(x, e.w8).float() * e.s8
+        return torch._int_mm(_rows_strided(x), w8.t()).float() * s8
+    return torch.ops.zq.int8_mm_ref(x, w8).float() * s8
 
 
 @w4a8_int8_mm.register_fake
@@ -136,9 +141,9 @@ class Int8W4A8(W4A8Kernel):
         return handle
 
     def linear(self, x_q, x_scale, w, w_scale, w_zero, bias, group_size, k, out_dtype, kernel_scales=None):
-        x2 = x_q.reshape(-1, k)
-        if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
-            x2 = (x2.to(torch.int32) + 128).to(torch.uint8)
+        from zq_compile.codegen.cpu.kernels import shifted_uint8
+
+        x2 = shifted_uint8(x_q) if self.inner == "onednn" else x_q.reshape(-1, k)
         acc = torch.ops.zq.w4a8_int8_mm(x2, w, w_scale, w_zero, group_size, k, self.inner)
         return _scaled(acc, x_q, x_scale, bias, out_dtype)
 
@@ -174,15 +179,12 @@ class UnpackW4A8(W4A8Kernel):
                                "not the packed INT4 weight")
         row = kernel_scales if kernel_scales is not None else self.kernel_scales(w_scale, w_zero, w.shape[0], k, w=w)
         w8 = round_to_rows(w, w_scale, w_zero, group_size, k, row)
-        x2 = x_q.reshape(-1, k)
-        if self.inner == "onednn":  # via int32: Inductor's CPU codegen does not vectorize int16
-            acc = torch.ops.zq.onednn_u8s8_mm_once((x2.to(torch.int32) + 128).to(torch.uint8), w8, row)
-        elif self.inner == "int_mm":
-            from zq_compile.codegen.cpu.kernels import _rows_strided  # ATen's stride-0 row bug, see there
+        if self.inner == "onednn":
+            from zq_compile.codegen.cpu.kernels import shifted_uint8
 
-            acc = torch._int_mm(_rows_strided(x2), w8.t()).float() * row
+            acc = torch.ops.zq.onednn_u8s8_mm_once(shifted_uint8(x_q), w8, row)
         else:
-            acc = torch.ops.zq.int8_mm_ref(x2, w8).float() * row
+            acc = _plain_int8_mm(self.inner, x_q.reshape(-1, k), w8, row)
         return _scaled(acc, x_q, x_scale, bias, out_dtype)
 
 
