@@ -56,16 +56,21 @@ def test_reference_target_runs_the_reference_kernels():
 
 
 _KERNEL_PAIRS = {  # (small-M kernel, large-M kernel): one graph's handle must not reach the other
-    "w4a16": [("aten", "dequant_bf16"), ("dequant", "aten")],
+    "w4a16": [("aten", "dequant_bf16"), ("dequant", "aten"), ("aten", "aten")],
     "w4/8a8": [("int4pack", "int8:int_mm"), ("int8:int_mm", "int4pack"), ("int4pack", "unpack:int_mm"),
-               ("unpack:onednn", "int8:onednn")],
+               ("unpack:onednn", "int8:onednn"),
+               # one kernel in both regimes: the later graphs find the weight in that kernel's form
+               # in the store already, and must still give other modules' weights that form
+               ("int4pack", "int4pack"), ("int8:onednn", "int8:onednn"), ("int8:int_mm", "int8:int_mm")],
 }
 
 
 @pytest.mark.parametrize("preset,pair", [(p, k) for p, pairs in _KERNEL_PAIRS.items() for k in pairs])
-def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pair):
-    """Static, dynamic and decode graphs of two modules, each regime forced to another kernel:
-    the store and the binding hand each graph its own kernel's form of the same weight."""
+def test_graphs_share_one_weight_whatever_kernel_each_runs(monkeypatch, preset, pair):
+    """Static, dynamic and decode graphs of two modules, each regime forced to a kernel (the
+    same or another): the store and the binding hand each graph its own kernel's form of the
+    same weight. Same kernel, before the fix: the second module reached the dynamic graph with
+    its plain packed INT4 (ATen's INT4 GEMM: garbage, -7 dB; an int8 handle: a stride assertion)."""
     from zq_compile.codegen.cpu.w4a8 import W4A8Choice
     from zq_compile.codegen.cpu.weight_only import WoChoice
 
@@ -81,7 +86,7 @@ def test_graphs_with_different_kernels_share_one_weight(monkeypatch, preset, pai
 
 
 @pytest.mark.parametrize("preset", ["w4a16", "w4a8"])
-def test_an_edited_int4_weight_gets_a_new_aten_scale_table(preset):
+def test_an_edited_int4_weight_gets_a_new_aten_scale_table(monkeypatch, preset):
     """At decode sizes ATen's INT4 GEMM reads a bf16 table of block scales the graph holds beside
     the weight; an in-place edit re-quantizes the weight and must re-make the table with it (a
     stale table scales the new INT4 values by the old scales). Not w4/8a8: its int8 head takes
@@ -90,7 +95,14 @@ def test_an_edited_int4_weight_gets_a_new_aten_scale_table(preset):
     import copy
 
     from tests.models.tiny import model_output, tiny_model
+    from zq_compile.codegen.cpu.w4a8 import W4A8Choice
+    from zq_compile.codegen.cpu.weight_only import WoChoice
 
+    # ATen's INT4 GEMM at decode sizes, not the race's pick (a loaded machine may pick another)
+    monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
+                        lambda regime, bits, requested="auto": WoChoice("aten", "test"))
+    monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
+                        lambda regime, gemm, memory_first=False: W4A8Choice("int4pack", "test"))
     ids = torch.randint(0, 1000, (1, 1), generator=torch.Generator().manual_seed(0))
     config = zq_compile.ZeroQuantConfig(preset=preset, cpu_kernel="onednn", smooth=False, keep_float=0)
     model = tiny_model("llama")

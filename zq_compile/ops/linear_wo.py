@@ -181,12 +181,16 @@ def _swap(ctx, index, w, ws, wz, finalize) -> int:
         return 0  # a weight shared by several nodes (one kernel per graph regime)
     new = _finalized(finalize, *(_constant(ctx, index, a) for a in (w, ws, wz)))
     ctx.memo["finalized"].add(ctx.constants[i][0])
-    if new is ctx.constants[i][1]:
-        return 0
-    ctx.constants[i] = (w.name, new)
+    # Even when the constant already is this kernel's form (another graph of the same kernel
+    # finalized it and kept it in zq_compile.store), the binding must finalize the weights it
+    # re-quantizes for other modules: without it a second module reached this graph with the
+    # plain packed INT4 (seen: garbage from ATen's INT4 GEMM, a stride assertion for a handle).
     for source in ctx.weight_sources:
         if source.slots.get("w") == i:
             source.finalize = functools.partial(_finalize_made, finalize)
+    if new is ctx.constants[i][1]:
+        return 0
+    ctx.constants[i] = (w.name, new)
     return 1
 
 
