@@ -65,20 +65,25 @@ _KERNEL_PAIRS = {  # (small-M kernel, large-M kernel): one graph's handle must n
 }
 
 
+def _force_kernels(monkeypatch, wo: dict, w4a8: dict) -> None:
+    """Pin the kernel races: ``wo`` / ``w4a8`` map an M regime to what each picker returns."""
+    from zq_compile.codegen.cpu.w4a8 import W4A8Choice
+    from zq_compile.codegen.cpu.weight_only import WoChoice
+
+    monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
+                        lambda regime, bits, requested="auto": WoChoice(wo[regime], "test"))
+    monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
+                        lambda regime, gemm, memory_first=False: W4A8Choice(w4a8[regime], "test"))
+
+
 @pytest.mark.parametrize("preset,pair", [(p, k) for p, pairs in _KERNEL_PAIRS.items() for k in pairs])
 def test_graphs_share_one_weight_whatever_kernel_each_runs(monkeypatch, preset, pair):
     """Static, dynamic and decode graphs of two modules, each regime forced to a kernel (the
     same or another): the store and the binding hand each graph its own kernel's form of the
     same weight. Same kernel, before the fix: the second module reached the dynamic graph with
     its plain packed INT4 (ATen's INT4 GEMM: garbage, -7 dB; an int8 handle: a stride assertion)."""
-    from zq_compile.codegen.cpu.w4a8 import W4A8Choice
-    from zq_compile.codegen.cpu.weight_only import WoChoice
-
     pick = dict(zip(("small", "large"), pair))
-    monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
-                        lambda regime, bits, requested="auto": WoChoice(pick[regime], "test"))
-    monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
-                        lambda regime, gemm, memory_first=False: W4A8Choice(pick[regime], "test"))
+    _force_kernels(monkeypatch, wo=pick, w4a8=pick)
     reports = _two_modules_through_one_function(preset, ((3, 256), (5, 7, 256), (1, 256), (9, 256)),
                                                 order=(0, 1, 0))
     notes = " ".join(n for r in reports for n in r.notes)
@@ -95,14 +100,10 @@ def test_an_edited_int4_weight_gets_a_new_aten_scale_table(monkeypatch, preset):
     import copy
 
     from tests.models.tiny import model_output, tiny_model
-    from zq_compile.codegen.cpu.w4a8 import W4A8Choice
-    from zq_compile.codegen.cpu.weight_only import WoChoice
 
     # ATen's INT4 GEMM at decode sizes, not the race's pick (a loaded machine may pick another)
-    monkeypatch.setattr("zq_compile.codegen.cpu.weight_only.select_wo_kernel",
-                        lambda regime, bits, requested="auto": WoChoice("aten", "test"))
-    monkeypatch.setattr("zq_compile.codegen.cpu.w4a8.select_w4a8_kernel",
-                        lambda regime, gemm, memory_first=False: W4A8Choice("int4pack", "test"))
+    _force_kernels(monkeypatch, wo={"small": "aten", "large": "aten"},
+                   w4a8={"small": "int4pack", "large": "int4pack"})
     ids = torch.randint(0, 1000, (1, 1), generator=torch.Generator().manual_seed(0))
     config = zq_compile.ZeroQuantConfig(preset=preset, cpu_kernel="onednn", smooth=False, keep_float=0)
     model = tiny_model("llama")
