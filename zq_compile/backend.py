@@ -151,7 +151,9 @@ def _static_fakes(constants: list[torch.Tensor]) -> list:
 
 def _finalize_weights(ctx: PassContext, kernel) -> None:
     """Let the kernel swap each int8 weight for what it wants the graph to hold (oneDNN: a
-    one-byte handle to its own reordered copy, so the weight is not held twice)."""
+    one-byte handle to its own reordered copy, so the weight is not held twice). A weight the
+    graph also gathers rows from (a tied embedding table, ``passes/quantize_embedding.py``)
+    stays plain int8, here and when the binding re-quantizes it."""
     index = {name: i for i, (name, _) in enumerate(ctx.constants)}
     done = set()
     for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
@@ -160,7 +162,13 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
             continue
         done.add(w_q.name)
         i = index[w_q.name]
-        ctx.constants[i] = (w_q.name, kernel.finalize_weight(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
+        gathered = any(u.target is torch.ops.aten.embedding.default for u in w_q.users)
+        finalize = kernel.finalize_shared if gathered else kernel.finalize_weight
+        ctx.constants[i] = (w_q.name, finalize(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
+        if gathered:
+            for source in ctx.weight_sources:
+                if source.slots.get("wq") == i:
+                    source.int8_finalize = kernel.finalize_shared
 
 
 def _keep_in_store(ctx: PassContext) -> list:

@@ -33,6 +33,9 @@ class WeightSource:
     # The graph's kernel's form of the constants (an INT4 handle, ...), applied after the store:
     # the store keeps what every graph can start from, since two graphs may run two kernels.
     finalize: Callable[[dict], dict] | None = None
+    # The int8 GEMM weight's form when the graph also gathers from it (a tied embedding table:
+    # it stays plain int8); None: the binding's own finalize.
+    int8_finalize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def _version(t: torch.Tensor) -> tuple[int, int]:
@@ -88,7 +91,8 @@ class WeightBinding:
             for name, slot in source.slots.items():
                 constants[slot] = made[name]
             if "wq" in source.slots:
-                constants[source.slots["wq"]] = self.finalize(made["wq"], made["ws"])
+                finalize = source.int8_finalize or self.finalize
+                constants[source.slots["wq"]] = finalize(made["wq"], made["ws"])
                 if source.store_key is not None:
                     store.set_tensor(values[0], source.store_key, "wq", constants[source.slots["wq"]])
         return constants

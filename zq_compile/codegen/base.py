@@ -30,3 +30,8 @@ class Kernel:
     def finalize_weight(self, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
         """What the compiled graph holds for an int8 weight (by default the weight itself)."""
         return w_q
+
+    def finalize_shared(self, w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+        """As ``finalize_weight`` for a weight the graph also reads as plain int8 (a tied
+        embedding's gather, ``passes/quantize_embedding.py``): it must stay plain int8."""
+        return w_q

@@ -61,6 +61,9 @@ def emit(ctx, m, y: fx.Node, w_nk: torch.Tensor, scale, outliers: Outliers, xo: 
     made, root, key = rl._quantized_constants(ctx, m, w_nk, handler, handler.recipe(), 0, scale)
     slots = {"wo_t": len(ctx.constants)}
     wo_node = ctx.add_constant(f"{y.name}_outlier_wo_t", made["wo_t"])
+    rows = ctx.memo.get("int8_rows", {}).get(m.weight)
+    if rows is not None:  # a tied table's gather reads these columns from here (quantize_embedding)
+        rows["wo_t"] = wo_node
     source = rl._weight_source(ctx, m, handler, handler.recipe(), 0, slots, scale)
     if source is not None:
         ctx.weight_sources.append(source)

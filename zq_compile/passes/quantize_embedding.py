@@ -12,11 +12,23 @@ After:    ids ──► embedding(Wq int8 [V, D], ids) ──► convert(fp32) �
           ids ──► embedding(Ws fp32 [V, 1], ids) ──────────────────────┘
 
 Inductor fuses the two gathers and the multiply into one kernel; the table's float values are
-then read by nothing and ``release_float_weights`` frees them (a tied head's quantized copy stays
-for the GEMM: int8 table + int8 head replace one fp32 table). Only tables that really get
+then read by nothing and ``release_float_weights`` frees them. Only tables that really get
 released are rewritten: a table another op of the graph still reads in float (a head the accuracy
 policy keeps float, as under the weight-only presets) would only gain an int8 copy. Without
 ``release_float_weights`` nothing changes: the float table stays in the user's module anyway.
+
+A table tied to an int8 head (GPT-2, SmolLM2) is held once: the head's int8 weight, one scale
+per row, already is the table's rows, quantized as W * s (s: the smoothing scales, or 1) with
+its outlier columns zeroed and multiplied in float beside the GEMM (``Wo^T [k, V]``,
+``outlier_term.py``). The gather rebuilds the rows from those constants, and the head's weight
+stays plain int8 (``kernels.pack_per_call``: oneDNN reorders it at each call instead of keeping a
+second copy, SmolLM2's 27 MiB):
+
+After:    ids ──► embedding(Wq, ids) * embedding(Ws, ids) ──► where(outlier, Wo^T[slot, ids], ·) / s ──► h
+
+Not in a decode-sized graph whose head runs an int8 GEMM (a reorder of the whole table per
+token), nor for a head whose columns are split (another layout): those gathers get their own
+rows, with the reason in the report.
 
 Skipped, with the reason in the report: ``max_norm`` (renormalises the table in place), tables
 that need gradients in grad mode, non-float or non-parameter tables, target "triton" (untested
@@ -145,9 +157,93 @@ def _problem(ctx, m: _Match) -> str | None:
     return None
 
 
+def _tied_head(ctx, m: _Match) -> tuple[dict | None, str | None]:
+    """The int8 constants of a head tied to this table, if the gather can read them (then the
+    table is held once), else (None, why not) or (None, None) when there is no such head."""
+    head = ctx.memo.get("int8_rows", {}).get(m.weight)
+    if head is None:
+        return None, None
+    gemms = head["wq"].users.keys() & set(ctx.gm.graph.find_nodes(
+        op="call_function", target=torch.ops.zq.linear_w8a8.default))
+    if gemms and ctx.target == "cpu":
+        from zq_compile.backend import m_regime
+
+        if m_regime(ctx.gm) == "small":
+            return None, ("a decode-sized graph whose tied head runs an int8 GEMM: sharing the table "
+                          "would make oneDNN reorder it at every step, so the gather gets its own int8 rows")
+    return head, None
+
+
 def _rewrite(ctx, m: _Match) -> None:
     graph = ctx.gm.graph
     table = ctx.input_value(m.weight)
+    head, why_not = _tied_head(ctx, m)
+    dtype = fake_value(m.node).dtype
+    with graph.inserting_before(m.node):
+        if head is not None:
+            out, new = _head_rows(ctx, head, m.ids, table.shape)
+        else:
+            wq, ws = _own_rows(ctx, m, table)
+            rows = graph.call_function(aten.embedding.default, (wq, m.ids))
+            scales = graph.call_function(aten.embedding.default, (ws, m.ids))
+            rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
+            out = graph.call_function(aten.mul.Tensor, (rows_f, scales))
+            new = [rows, scales, rows_f, out]
+        if dtype != torch.float32:
+            out = graph.call_function(prims.convert_element_type.default, (out, dtype))
+            new.append(out)
+    for n in new:
+        annotate(n, ctx.fake_mode)
+    m.node.replace_all_uses_with(out)
+    graph.erase_node(m.node)
+    if head is not None:
+        extra = [w for w, on in (("divided by the smoothing scales", head["scale"] is not None),
+                                 ("the outlier columns from the head's float term", head["outliers"] is not None)) if on]
+        ctx.report.note(f"{NAME}: {_where(m.node)} gathers its rows from its tied head's int8 weight"
+                        f"{' (' + '; '.join(extra) + ')' if extra else ''}: one {tuple(table.shape)} int8 table "
+                        "for both, held plain (a oneDNN GEMM reorders it per call)")
+    else:
+        ctx.report.note(f"{NAME}: {_where(m.node)} reads int8 rows of its {tuple(table.shape)} table, one scale "
+                        f"per row" + (f" (not shared with the tied head: {why_not})" if why_not else ""))
+
+
+def _head_rows(ctx, head: dict, ids: fx.Node, shape) -> tuple[fx.Node, list[fx.Node]]:
+    """The table's rows rebuilt from its tied head's constants, fp32: the head quantized
+    W * s (s: smoothing scales, or none) with its outlier columns zeroed and kept in float
+    (``Wo^T [k, V]``, ``passes/outlier_term.py``), one scale per row. So
+
+        rows(ids) = where(outlier column, Wo^T[slot of column, ids], Wq[ids] * Ws[ids]) / s
+
+    where Inductor fuses the three gathers, the select and the division into one kernel."""
+    graph = ctx.gm.graph
+    ws = graph.call_function(aten.view.default, (head["ws"], [shape[0], 1]))
+    rows = graph.call_function(aten.embedding.default, (head["wq"], ids))
+    scales = graph.call_function(aten.embedding.default, (ws, ids))
+    rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
+    scales_f = graph.call_function(prims.convert_element_type.default, (scales, torch.float32))
+    out = graph.call_function(aten.mul.Tensor, (rows_f, scales_f))
+    new = [ws, rows, scales, rows_f, scales_f, out]
+    outliers = head["outliers"]
+    if outliers is not None:
+        slot = torch.zeros(shape[1], dtype=torch.int64)
+        slot[outliers.index] = torch.arange(outliers.index.numel())
+        is_outlier = outliers.mask() == 0
+        slot_node = ctx.add_constant(f"{ids.name}_outlier_slot", slot)
+        mask_node = ctx.add_constant(f"{ids.name}_outlier_mask", is_outlier)
+        col = graph.call_function(aten.unsqueeze.default, (ids, -1))
+        floats = graph.call_function(aten.index.Tensor, (head["wo_t"], [slot_node, col]))
+        floats_f = graph.call_function(prims.convert_element_type.default, (floats, torch.float32))
+        out = graph.call_function(aten.where.self, (mask_node, floats_f, out))
+        new += [col, floats, floats_f, out]
+    if head["scale"] is not None:
+        s_node = ctx.add_constant(f"{ids.name}_smooth_scale", head["scale"].float().contiguous())
+        out = graph.call_function(aten.div.Tensor, (out, s_node))
+        new.append(out)
+    return out, new
+
+
+def _own_rows(ctx, m: _Match, table: torch.Tensor) -> tuple[fx.Node, fx.Node]:
+    """The table's own int8 rows and per-row scales as new constants, kept in the store."""
     made, root, key = rl._quantized_constants(ctx, m, table, _Rows, RECIPE, 0)
     slots = {"rows": len(ctx.constants), "scales": len(ctx.constants) + 1}
     wq = ctx.add_constant(f"{m.node.name}_rows", made["rows"])
@@ -157,21 +253,7 @@ def _rewrite(ctx, m: _Match) -> None:
         ctx.weight_sources.append(source)
     if root is not None:
         ctx.memo.setdefault("stored", []).append((m.weight, root, key, slots, module_path(m.node) or m.node.name))
-    dtype = fake_value(m.node).dtype
-    with graph.inserting_before(m.node):
-        rows = graph.call_function(aten.embedding.default, (wq, m.ids))
-        scales = graph.call_function(aten.embedding.default, (ws, m.ids))
-        rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
-        out = graph.call_function(aten.mul.Tensor, (rows_f, scales))
-        new = [rows, scales, rows_f, out]
-        if dtype != torch.float32:
-            out = graph.call_function(prims.convert_element_type.default, (out, dtype))
-            new.append(out)
-    for n in new:
-        annotate(n, ctx.fake_mode)
-    m.node.replace_all_uses_with(out)
-    graph.erase_node(m.node)
-    ctx.report.note(f"{NAME}: {_where(m.node)} reads int8 rows of its {tuple(table.shape)} table, one scale per row")
+    return wq, ws
 
 
 def _where(node: fx.Node) -> str:

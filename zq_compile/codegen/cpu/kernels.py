@@ -46,6 +46,8 @@ class _Packed:
 
 
 _ONEDNN_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+#: plain int8 weights that a gather reads as well (a tied embedding table, see ``pack_per_call``)
+_PACK_PER_CALL: WeakIdKeyDictionary = WeakIdKeyDictionary()
 _HANDLES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # the handles release_plain made
 #: plain int8 weight read back from a handle -> that handle (so packing it again reuses the copy)
 _READ_BACK: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -95,12 +97,29 @@ def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
     return plain
 
 
-def _pack(w_q, w_scale, version) -> _Packed:
+def pack_per_call(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """Keep ``w_q`` plain: oneDNN reorders it at each call and drops the copy after.
+
+    For a weight the graph also reads as plain int8 rows (a tied lm_head whose table the
+    embedding gathers from, ``passes/quantize_embedding.py``): a cached reordered copy would hold
+    the table twice (SmolLM2: 27 MiB), while the reorder costs about a sixth of the GEMM at
+    128 tokens (bench/README.md). A weight off this CPU's exact grid keeps the cached path,
+    whose float64 fallback is exact."""
+    from zq_compile.codegen.cpu.select import int8_weight_qmax
+
+    w_q = plain_weight(w_q)
+    qmax = int8_weight_qmax()
+    if qmax == 127 or not w_q.numel() or int(w_q.abs().max()) <= qmax:
+        _PACK_PER_CALL[w_q] = True
+    return w_q
+
+
+def _pack(w_q, w_scale, version, in_range: bool = False) -> _Packed:
     from zq_compile.codegen.cpu.select import int8_weight_qmax
 
     n = w_q.shape[0]
     qmax = int8_weight_qmax()
-    if qmax < 127 and w_q.numel() and int(w_q.abs().max()) > qmax:
+    if not in_range and qmax < 127 and w_q.numel() and int(w_q.abs().max()) > qmax:
         # oneDNN would saturate silently on this CPU (select.NO_VNNI_WEIGHT_QMAX). The backend
         # quantizes to the narrow grid; a weight made elsewhere is multiplied exactly, slower.
         warnings.warn(
@@ -122,6 +141,8 @@ def _pack(w_q, w_scale, version) -> _Packed:
 
 def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
     """The oneDNN reordered copy of w_q, made once per weight (and again if either changes)."""
+    if w_q in _PACK_PER_CALL:  # range checked once, by pack_per_call
+        return _pack(w_q, w_scale, version=w_q._version, in_range=True)
     hit = _ONEDNN_PACKED.get(w_q)
     if (
         hit is not None
@@ -221,6 +242,9 @@ class CpuKernel(Kernel):
         # A weight shared with a graph that runs oneDNN may arrive as its handle.
         return plain_weight(w_q)
 
+    def finalize_shared(self, w_q, w_scale):
+        return plain_weight(w_q)
+
 
 class ReferenceKernel(CpuKernel):
     name = "reference"
@@ -247,6 +271,9 @@ class OneDnnKernel(CpuKernel):
 
     def finalize_weight(self, w_q, w_scale):
         return release_plain(w_q, w_scale)
+
+    def finalize_shared(self, w_q, w_scale):
+        return pack_per_call(w_q, w_scale)
 
     def linear(self, x_q, x_scale, w_q, w_scale, w_zero, bias, out_dtype):
         n, k = w_q.shape
