@@ -165,10 +165,13 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
         gathered = any(u.target is torch.ops.aten.embedding.default for u in w_q.users)
         finalize = kernel.finalize_shared if gathered else kernel.finalize_weight
         ctx.constants[i] = (w_q.name, finalize(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
-        if gathered:
-            for source in ctx.weight_sources:
-                if source.slots.get("wq") == i:
-                    source.int8_finalize = kernel.finalize_shared
+    # Whatever kernel reads a gathered weight (an int8 GEMM, or weight-only in a decode graph whose
+    # other linears run one), the binding must keep it plain when it re-quantizes it.
+    for gather in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.aten.embedding.default):
+        i = index.get(gather.args[0].name)
+        for source in ctx.weight_sources if i is not None else ():
+            if source.slots.get("wq") == i:
+                source.int8_finalize = kernel.finalize_shared
 
 
 def _keep_in_store(ctx: PassContext) -> list:

@@ -101,17 +101,45 @@ def test_the_shared_head_matches_the_reference_kernel_on_the_same_int8_table():
     assert sqnr_db(outs["reference"][0], outs["onednn"][0]) > 60
 
 
-def test_a_decode_sized_int8_graph_keeps_its_own_rows_with_the_reason():
-    """One token at a time with an int8 GEMM: a per-call reorder of the whole table at every
-    step would cost more than the copy saves, so the gather gets its own rows."""
-    model = tiny_model("gpt2")
+def test_a_decode_step_after_a_shared_prefill_runs():
+    """The prefill graph shares the table and frees it; a decode step (1 token) compiled after it
+    must find its rows in the head's constants too. Before: the decode graph, whose head ran an
+    int8 GEMM, asked for rows of its own, which could not be made from the freed table
+    (ReleasedWeightError in SmolLM2's generate())."""
+    model, twin = tiny_model("gpt2"), tiny_model("gpt2")
+    step = _ids(1, 1, vocab=1000)
     with torch.inference_mode():
         torch._dynamo.reset()
         c = zq_compile.compile(model, RELEASE)
-        out = model_output(c(_ids(1, 1, vocab=1000)))
-    notes = _notes(c)
-    assert "not shared with the tied head: a decode-sized graph" in notes and SHARED not in notes
-    assert torch.isfinite(out).all()
+        c(_ids(2, 24, vocab=1000))
+        got = model_output(c(step))
+        want = model_output(twin(step))
+    assert [SHARED in " ".join(r.notes) for r in c.zq_reports] == [True, True]
+    assert "oneDNN reorders it per call" in _notes(c)  # cpu_kernel="onednn" asked for that GEMM
+    assert sqnr_db(want, got) > 20, sqnr_db(want, got)
+
+
+def test_in_a_decode_graph_of_int8_gemms_the_tied_head_alone_runs_weight_only(monkeypatch):
+    """With the kernel left to us, a decode-sized graph whose GEMMs stay int8 (the weight-only
+    race lost) runs its tied head weight-only on the plain table rather than reordering the
+    whole table at every step; its other linears keep the int8 GEMM."""
+    monkeypatch.setattr("zq_compile.passes.decode_weight_only._race", lambda *args: None)
+    model, twin = tiny_model("gpt2"), tiny_model("gpt2")
+    step = _ids(1, 1, vocab=1000)
+    config = dataclasses.replace(RELEASE, cpu_kernel="auto")
+    with torch.inference_mode():
+        torch._dynamo.reset()
+        c = zq_compile.compile(model, config)
+        got = model_output(c(step))
+        again = model_output(c(_ids(1, 1, seed=4, vocab=1000)))
+        want, want_again = model_output(twin(step)), model_output(twin(_ids(1, 1, seed=4, vocab=1000)))
+    report = c.zq_reports[0]
+    head = next(d for d in report.decisions if d.module == "lm_head")
+    assert "the tied head of a decode-sized graph, weight-only" in head.reason, head.reason
+    others = [d for d in report.decisions if d.module != "lm_head" and d.scheme]
+    assert others and not any("weight-only" in d.reason for d in others)
+    assert "the head runs weight-only on it" in _notes(c)
+    assert sqnr_db(want, got) > 20 and sqnr_db(want_again, again) > 20
 
 
 def test_gpt2_prefill_then_decode_and_a_second_module_through_one_function():

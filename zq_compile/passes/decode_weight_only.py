@@ -84,30 +84,46 @@ def run(ctx) -> int:
     won = _race(ctx, gemm_shapes(ctx.gm), gemm_bf16(ctx.gm))
     if won is None:
         return 0
+    quantizers = {node.args[0].args[0] for node in nodes}  # before the rewrite clears the args
+    for node in nodes:
+        to_weight_only(ctx, node, won, f"{NAME}: a decode step, its int8 weights read by the weight-only "
+                                       "kernel {kernel} with float activations (raced faster)")
+    drop_unread_quantizers(ctx, quantizers)
+    ctx.report.note(f"{NAME}: {len(nodes)} int8 GEMM(s) of this decode-sized graph run weight-only "
+                    f"({won}) on the same int8 weights, faster than the int8 GEMM here (race in the report)")
+    return len(nodes)
+
+
+def to_weight_only(ctx, node: fx.Node, wo: str, why: str) -> fx.Node:
+    """Replace one zq.linear_w8a8 node (whose input ``_activation`` finds) by zq.linear_wo on the
+    same int8 constants, kernel ``wo`` (``dequant`` where ``wo`` cannot take the shape); ``why``
+    ({kernel} filled in) joins its decision's reason. The quantize node is left to
+    ``drop_unread_quantizers``."""
     from zq_compile.codegen.cpu.weight_only import WO_KERNELS
 
-    wo = won
+    graph = ctx.gm.graph
     decision_of = ctx.memo.setdefault("decision_of", {})
-    quantizers = set()
-    for node in nodes:
-        x = _activation(node)
-        quantizers.add(node.args[0].args[0])
-        _xq, _xs, w_q, w_s, w_z, bias, out_dtype = node.args
-        n, k = fake_value(w_q).shape
-        kernel = "dequant" if WO_KERNELS[wo].unavailable_reason(8, n, k, 0) else wo
-        with graph.inserting_before(node):
-            y = graph.call_function(torch.ops.zq.linear_wo.default,
-                                    (x, w_q, w_s, w_z, bias, 8, 0, k, kernel, out_dtype))
-        annotate(y, ctx.fake_mode)
-        node.replace_all_uses_with(y)
-        graph.erase_node(node)
-        decision = decision_of.pop(node, None)
-        if decision is not None:
-            decision_of[y] = decision
-            decision.reason += (f"; {NAME}: a decode step, its int8 weights read by the weight-only "
-                                f"kernel {kernel} with float activations (raced faster)")
+    x = _activation(node)
+    _xq, _xs, w_q, w_s, w_z, bias, out_dtype = node.args
+    n, k = fake_value(w_q).shape
+    kernel = "dequant" if WO_KERNELS[wo].unavailable_reason(8, n, k, 0) else wo
+    with graph.inserting_before(node):
+        y = graph.call_function(torch.ops.zq.linear_wo.default, (x, w_q, w_s, w_z, bias, 8, 0, k, kernel, out_dtype))
+    annotate(y, ctx.fake_mode)
+    node.replace_all_uses_with(y)
+    graph.erase_node(node)
+    decision = decision_of.pop(node, None)
+    if decision is not None:
+        decision_of[y] = decision
+        decision.reason += "; " + why.format(kernel=kernel)
+    return y
+
+
+def drop_unread_quantizers(ctx, quantizers) -> None:
+    """Erase the per-token quantize nodes among ``quantizers`` that nothing reads any more."""
+    graph = ctx.gm.graph
     erased = set()
-    for q in quantizers:  # the per-token quantize nodes nothing reads any more
+    for q in quantizers:
         getters = list(q.users)
         if all(not g.users for g in getters):
             for g in getters:
@@ -117,6 +133,3 @@ def run(ctx) -> int:
     shared = ctx.memo.get("quantize_per_token", {})  # schemes/w8a8.py shares them per activation
     for x in [x for x, (x_q, _) in shared.items() if x_q.args[0] in erased]:
         del shared[x]
-    ctx.report.note(f"{NAME}: {len(nodes)} int8 GEMM(s) of this decode-sized graph run weight-only "
-                    f"({wo}) on the same int8 weights, faster than the int8 GEMM here (race in the report)")
-    return len(nodes)

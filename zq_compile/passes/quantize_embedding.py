@@ -26,9 +26,9 @@ second copy, SmolLM2's 27 MiB):
 
 After:    ids ──► embedding(Wq, ids) * embedding(Ws, ids) ──► where(outlier, Wo^T[slot, ids], ·) / s ──► h
 
-Not in a decode-sized graph whose head runs an int8 GEMM (a reorder of the whole table per
-token), nor for a head whose columns are split (another layout): those gathers get their own
-rows, with the reason in the report.
+In a decode-sized graph that head runs weight-only on the plain table, unless ``cpu_kernel``
+names a GEMM (a reorder of the whole table per token, ~10 ms for SmolLM2's: to_weight_only). A
+head whose columns are split (another layout) is not shared: that gather gets its own rows.
 
 Skipped, with the reason in the report: ``max_norm`` (renormalises the table in place), tables
 that need gradients in grad mode, non-float or non-parameter tables, target "triton" (untested
@@ -43,6 +43,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from zq_compile.passes import decode_weight_only as dwo
 from zq_compile.passes import rewrite_linear as rl
 from zq_compile.passes.calibrate_linears import EMBEDDING
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
@@ -157,27 +158,35 @@ def _problem(ctx, m: _Match) -> str | None:
     return None
 
 
-def _tied_head(ctx, m: _Match) -> tuple[dict | None, str | None]:
-    """The int8 constants of a head tied to this table, if the gather can read them (then the
-    table is held once), else (None, why not) or (None, None) when there is no such head."""
+def _tied_head(ctx, m: _Match) -> dict | None:
+    """The int8 constants of a head tied to this table whose rows the gather can read (then the
+    table is held once), or None. In a decode-sized graph the head's int8 GEMM would reorder the
+    whole table at every step; unless a kernel was asked for, the head runs weight-only on the
+    plain table there instead (``decode_weight_only.to_weight_only``), which at a few rows is
+    about as fast (bench/README.md)."""
     head = ctx.memo.get("int8_rows", {}).get(m.weight)
     if head is None:
-        return None, None
-    gemms = head["wq"].users.keys() & set(ctx.gm.graph.find_nodes(
-        op="call_function", target=torch.ops.zq.linear_w8a8.default))
-    if gemms and ctx.target == "cpu":
+        return None
+    gemms = [u for u in head["wq"].users if u.target is torch.ops.zq.linear_w8a8.default]
+    if gemms and ctx.target == "cpu" and ctx.config.cpu_kernel == "auto" \
+            and all(dwo._activation(g) is not None for g in gemms):
         from zq_compile.backend import m_regime
+        from zq_compile.codegen.cpu.weight_only import select_wo_kernel
 
         if m_regime(ctx.gm) == "small":
-            return None, ("a decode-sized graph whose tied head runs an int8 GEMM: sharing the table "
-                          "would make oneDNN reorder it at every step, so the gather gets its own int8 rows")
-    return head, None
+            quantizers = {g.args[0].args[0] for g in gemms}
+            wo = select_wo_kernel("small", 8).kernel
+            for g in gemms:
+                dwo.to_weight_only(ctx, g, wo, f"{NAME}: the tied head of a decode-sized graph, weight-only "
+                                               "({kernel}) on the plain int8 table it shares with the gather")
+            dwo.drop_unread_quantizers(ctx, quantizers)
+    return head
 
 
 def _rewrite(ctx, m: _Match) -> None:
     graph = ctx.gm.graph
     table = ctx.input_value(m.weight)
-    head, why_not = _tied_head(ctx, m)
+    head = _tied_head(ctx, m)
     dtype = fake_value(m.node).dtype
     with graph.inserting_before(m.node):
         if head is not None:
@@ -201,10 +210,15 @@ def _rewrite(ctx, m: _Match) -> None:
                                  ("the outlier columns from the head's float term", head["outliers"] is not None)) if on]
         ctx.report.note(f"{NAME}: {_where(m.node)} gathers its rows from its tied head's int8 weight"
                         f"{' (' + '; '.join(extra) + ')' if extra else ''}: one {tuple(table.shape)} int8 table "
-                        "for both, held plain (a oneDNN GEMM reorders it per call)")
+                        f"for both, held plain ({_how_the_head_reads(head)})")
     else:
-        ctx.report.note(f"{NAME}: {_where(m.node)} reads int8 rows of its {tuple(table.shape)} table, one scale "
-                        f"per row" + (f" (not shared with the tied head: {why_not})" if why_not else ""))
+        ctx.report.note(f"{NAME}: {_where(m.node)} reads int8 rows of its {tuple(table.shape)} table, one scale per row")
+
+
+def _how_the_head_reads(head: dict) -> str:
+    if any(u.target is torch.ops.zq.linear_w8a8.default for u in head["wq"].users):
+        return "an int8 GEMM; oneDNN reorders it per call"
+    return "the head runs weight-only on it"
 
 
 def _head_rows(ctx, head: dict, ids: fx.Node, shape) -> tuple[fx.Node, list[fx.Node]]:
