@@ -186,3 +186,18 @@ def test_save_and_load_round_trip_the_shared_table(tmp_path):
         again = c(_ids())
     assert SHARED in _notes(c)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_tables_are_shared_too(dtype):
+    """The head's scales, outlier columns and smoothing scales are read in fp32 and the rows
+    come out in the model's dtype."""
+    model, twin = _tied().to(dtype), _tied().to(dtype)
+    with torch.inference_mode():
+        torch._dynamo.reset()
+        c = zq_compile.compile(model, dataclasses.replace(RELEASE, smooth={"alpha": 0.5}))
+        rows, logits = c(_ids())
+        want_rows, want_logits = twin(_ids())
+    assert SHARED in _notes(c) and rows.dtype == dtype and logits.dtype == dtype
+    assert sqnr_db(want_rows.float(), rows.float()) > 30
+    assert sqnr_db(want_logits.float(), logits.float()) > 20
