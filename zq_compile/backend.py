@@ -155,6 +155,8 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
     graph also gathers rows from (a tied embedding table, ``passes/quantize_embedding.py``)
     stays plain int8, here and when the binding re-quantizes it."""
     index = {name: i for i, (name, _) in enumerate(ctx.constants)}
+    gathered = {index[g.args[0].name] for g in ctx.gm.graph.find_nodes(
+        op="call_function", target=torch.ops.aten.embedding.default) if g.args[0].name in index}
     done = set()
     for node in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
         w_q, w_s = node.args[2], node.args[3]
@@ -162,16 +164,13 @@ def _finalize_weights(ctx: PassContext, kernel) -> None:
             continue
         done.add(w_q.name)
         i = index[w_q.name]
-        gathered = any(u.target is torch.ops.aten.embedding.default for u in w_q.users)
-        finalize = kernel.finalize_shared if gathered else kernel.finalize_weight
+        finalize = kernel.finalize_shared if i in gathered else kernel.finalize_weight
         ctx.constants[i] = (w_q.name, finalize(ctx.constants[i][1], ctx.constants[index[w_s.name]][1]))
     # Whatever kernel reads a gathered weight (an int8 GEMM, or weight-only in a decode graph whose
     # other linears run one), the binding must keep it plain when it re-quantizes it.
-    for gather in ctx.gm.graph.find_nodes(op="call_function", target=torch.ops.aten.embedding.default):
-        i = index.get(gather.args[0].name)
-        for source in ctx.weight_sources if i is not None else ():
-            if source.slots.get("wq") == i:
-                source.int8_finalize = kernel.finalize_shared
+    for source in ctx.weight_sources:
+        if source.slots.get("wq") in gathered:
+            source.int8_finalize = kernel.finalize_shared
 
 
 def _keep_in_store(ctx: PassContext) -> list:

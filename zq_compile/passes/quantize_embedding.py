@@ -193,12 +193,7 @@ def _rewrite(ctx, m: _Match) -> None:
         if head is not None:
             out, new = _head_rows(ctx, head, m.ids, table.shape)
         else:
-            wq, ws = _own_rows(ctx, m, table)
-            rows = graph.call_function(aten.embedding.default, (wq, m.ids))
-            scales = graph.call_function(aten.embedding.default, (ws, m.ids))
-            rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
-            out = graph.call_function(aten.mul.Tensor, (rows_f, scales))
-            new = [rows, scales, rows_f, out]
+            out, new = _gather_rows(graph, *_own_rows(ctx, m, table), m.ids)
         if dtype != torch.float32:
             out = graph.call_function(prims.convert_element_type.default, (out, dtype))
             new.append(out)
@@ -231,13 +226,9 @@ def _head_rows(ctx, head: dict, ids: fx.Node, shape) -> tuple[fx.Node, list[fx.N
 
     where Inductor fuses the three gathers, the select and the division into one kernel."""
     graph = ctx.gm.graph
-    ws = graph.call_function(aten.view.default, (head["ws"], [shape[0], 1]))
-    rows = graph.call_function(aten.embedding.default, (head["wq"], ids))
-    scales = graph.call_function(aten.embedding.default, (ws, ids))
-    rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
-    scales_f = graph.call_function(prims.convert_element_type.default, (scales, torch.float32))
-    out = graph.call_function(aten.mul.Tensor, (rows_f, scales_f))
-    new = [ws, rows, scales, rows_f, scales_f, out]
+    ws = graph.call_function(aten.view.default, (head["ws"], [shape[0], 1]))  # fp32 [V] -> [V, 1]
+    out, new = _gather_rows(graph, head["wq"], ws, ids)
+    new.insert(0, ws)
     outliers = head["outliers"]
     if outliers is not None:
         slot = torch.zeros(shape[1], dtype=torch.int64)
@@ -255,6 +246,15 @@ def _head_rows(ctx, head: dict, ids: fx.Node, shape) -> tuple[fx.Node, list[fx.N
         out = graph.call_function(aten.div.Tensor, (out, s_node))
         new.append(out)
     return out, new
+
+
+def _gather_rows(graph: fx.Graph, wq: fx.Node, ws: fx.Node, ids: fx.Node) -> tuple[fx.Node, list[fx.Node]]:
+    """embedding(Wq int8 [V, D], ids) * embedding(Ws fp32 [V, 1], ids) in fp32, and the new nodes."""
+    rows = graph.call_function(aten.embedding.default, (wq, ids))
+    scales = graph.call_function(aten.embedding.default, (ws, ids))
+    rows_f = graph.call_function(prims.convert_element_type.default, (rows, torch.float32))
+    out = graph.call_function(aten.mul.Tensor, (rows_f, scales))
+    return out, [rows, scales, rows_f, out]
 
 
 def _own_rows(ctx, m: _Match, table: torch.Tensor) -> tuple[fx.Node, fx.Node]:

@@ -103,7 +103,7 @@ def pack_per_call(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     For a weight the graph also reads as plain int8 rows (a tied lm_head whose table the
     embedding gathers from, ``passes/quantize_embedding.py``): a cached reordered copy would hold
     the table twice (SmolLM2: 27 MiB), while the reorder costs about a sixth of the GEMM at
-    128 tokens (bench/README.md). A weight off this CPU's exact grid keeps the cached path,
+    128 tokens (``bench/tied_head_reorder.py``). A weight off this CPU's exact grid keeps the cached path,
     whose float64 fallback is exact."""
     from zq_compile.codegen.cpu.select import int8_weight_qmax
 
