@@ -127,11 +127,55 @@ def zeroquant_backend(
         )
     if config.release_float_weights:  # only now: a failed compile must leave the model whole
         _release_float_weights(prepared)
+    result = _append_constants(compiled, prepared)
+    result = _race_float_pipeline(gm, example_inputs, config, prepared, result)
     record(prepared.report)
     debug.on_compiled(prepared.report)
     if report_sink is not None:
         report_sink.append(prepared.report)
-    return _append_constants(compiled, prepared)
+    return result
+
+
+def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prepared: Prepared, int8_fn):
+    """``pipeline_race.py``: time the int8 graph against this CPU's best float pipeline and run
+    the float one where it is ``FLOAT_MARGIN`` faster (``pipeline_race="auto"``)."""
+    from zq_compile import pipeline_race as pr
+
+    report = prepared.report
+    why = pr.why_not_raced(config, report.target, m_regime(prepared.gm), example_inputs, gm,
+                           bool(report.quantized))
+    if why is None and config.release_float_weights:
+        why = "release_float_weights (the float pipeline would need the float weights it frees)"
+    if why is not None:
+        report.pipeline = f"int8 (not raced: {why})"
+        return int8_fn
+    label = pr.float_pipeline_label()
+    args = list(example_inputs)
+    try:
+        float_fn, taken = pr.compile_float_pipeline(gm, example_inputs)
+        t_int8, t_float = pr.race(lambda: int8_fn(*args), lambda: float_fn(*[args[i] for i in taken]))
+    except Exception as e:  # the int8 graph is compiled and correct: a failed race must not lose it
+        report.pipeline = f"int8 (not raced: the {label} pipeline failed: {type(e).__name__}: {e})"
+        report.note(f"pipeline race: the {label} pipeline failed to compile or run "
+                    f"({type(e).__name__}: {e}); this graph runs int8")
+        return int8_fn
+    wins = t_int8 >= pr.FLOAT_MARGIN * t_float
+    line = (f"pipeline: int8 {t_int8:.2f} ms, {label} {t_float:.2f} ms "
+            f"({t_int8 / t_float:.2f}x) -> ")
+    if wins and config.pipeline_race == "auto":
+        report.races.append(line + f"{label}: no int8 variant wins on this CPU for this graph")
+        report.pipeline = f"{label} (faster than int8 by {t_int8 / t_float:.2f}x; weights not quantized)"
+        msg = (f"this graph runs as {label}: the float pipeline was {t_int8 / t_float:.2f}x faster than the int8 "
+               f"one on this CPU (quantized weights are kept for a fallback; pipeline_race='report' keeps int8)")
+        report.note(msg)
+        warnings.warn(f"zeroquant: {msg}", stacklevel=2)
+        return pr.FloatWinner(float_fn, taken, int8_fn, example_inputs, report)
+    if wins:
+        report.races.append(line + f"int8 (pipeline_race='report'; {label} would be faster)")
+    else:
+        report.races.append(line + "int8")
+    report.pipeline = "int8"
+    return int8_fn
 
 
 def _static_fakes(constants: list[torch.Tensor]) -> list:

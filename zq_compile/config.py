@@ -21,6 +21,7 @@ CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
 ACTIVATIONS = ("auto", "bf16", "fp32")
 HEADS = ("float", "split", "outliers")
+PIPELINE_RACE = ("auto", "report", "off")
 #: Group sizes along the input dimension for INT4 weights (what INT4 kernels take).
 INT4_GROUP_SIZES = (32, 64, 128)
 #: What the attention/FFN classification (``schemes/policy.py``) can say of a linear.
@@ -267,6 +268,14 @@ class ZeroQuantConfig:
         the module then runs only compiled. Default False.
     lkd: layer-by-layer distillation to run once before the first graph compiles (an LkdConfig,
         its dict form, True for the defaults) or None; see ``LkdConfig``.
+    pipeline_race: the int8 graph against this CPU's best float pipeline (bf16 + Inductor
+        freezing with native bf16, fp32 + freezing elsewhere; ``pipeline_race.py``), timed at
+        compile time on the graph's own inputs: "auto" runs the float one where it is 5% faster
+        (the report and a warning say so; weights are then not quantized in memory), "report"
+        only reports, "off" skips it. Graphs of decode size, under release_float_weights, with
+        grad mode on or dynamic shapes are not raced (the report says why).
+    pipeline_race_min_gflop: graphs with fewer GFLOP of linears per call than this are not
+        raced (compiling the float pipeline costs seconds). Default 8.
     """
 
     preset: str = "w8a8"
@@ -288,6 +297,8 @@ class ZeroQuantConfig:
     dump_graphs: str | None = None
     release_float_weights: bool = False
     lkd: LkdConfig | None = None
+    pipeline_race: str = "auto"
+    pipeline_race_min_gflop: float = 8.0
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -329,6 +340,11 @@ class ZeroQuantConfig:
         if not isinstance(self.release_float_weights, bool):
             _fail("release_float_weights", self.release_float_weights, "True, False")
         object.__setattr__(self, "lkd", LkdConfig.from_options(self.lkd))
+        if self.pipeline_race not in PIPELINE_RACE:
+            _fail("pipeline_race", self.pipeline_race, ", ".join(PIPELINE_RACE))
+        m = self.pipeline_race_min_gflop
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0 or m == float("inf"):
+            _fail("pipeline_race_min_gflop", m, "a finite number >= 0 (GFLOP of linears per call)")
         if self.version != CONFIG_VERSION:
             _fail("version", self.version, str(CONFIG_VERSION))
         from zq_compile.lowering import POST_GRAD_PASSES

@@ -69,6 +69,8 @@ class CompileReport:
     gemm_bytes: int = 0
     #: the compile-time races (codegen/cpu/select.py): lines of "what, times, choice"
     races: list[str] = field(default_factory=list)
+    #: what runs: "int8", or the float pipeline that won the pipeline race (pipeline_race.py)
+    pipeline: str = ""
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
     #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run
@@ -133,6 +135,8 @@ class CompileReport:
             lines.append(f"  {a.dtype:6s} {a.module or '<top>'} [attention] {a.reason}")
         if self.activations:
             lines.append(f"  activations: {self.activations}")
+        if self.pipeline:
+            lines.append(f"  pipeline: {self.pipeline}")
         lines.extend(f"  race: {r}" for r in self.races)
         if self.decisions or self.inductor_bytes:
             lines.append(f"  bytes per forward: {self.bytes_text()}")

@@ -1,0 +1,145 @@
+"""The pipeline race: the int8 graph against the best float pipeline of this CPU, at compile time.
+
+Where int8 arithmetic is nearly free (AMX Xeons), a model cast to bf16 and compiled with
+Inductor freezing (packed bf16 linears with their bias and activation inside oneDNN's call) can
+beat an int8 pipeline whose quantize and dequantize steps move bytes between the GEMMs. Issue
+10 asks that zeroquant never be slower than that float pipeline, and that the report say so when
+no int8 variant wins. So, for a graph big enough to matter, the backend also compiles Dynamo's
+float graph as that CPU's strongest float pipeline (bf16 + freezing where the CPU has native
+bf16 dot products, fp32 + freezing elsewhere), times both on the graph's own inputs (interleaved
+medians) and keeps the faster:
+
+    Dynamo graph ──► zeroquant passes ──► Inductor ──────────────► int8 callable ─┐
+          └───────► all-bf16 copy (fp32 elsewhere) ──► Inductor (freezing) ─► float callable ─┴─► race ─► winner
+
+The float pipeline wins only by ``FLOAT_MARGIN`` or more (the int8 one saves memory, so a tie
+goes to it). It is never chosen under ``release_float_weights`` (its weights are the float ones)
+and ``pipeline_race="report"`` only reports. A float winner holds the weights as they were when
+it compiled (freezing makes them constants): if a parameter is replaced or edited in place
+afterwards, the graph switches to its int8 callable, which re-quantizes edited weights
+(``binding.py``), and says so once.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+
+#: A float pipeline must be this much faster (median time ratio) to replace the int8 one.
+FLOAT_MARGIN = 1.05
+#: Timed rounds per contender (after 1 warm-up call each), interleaved.
+RACE_RUNS = 5
+
+
+def float_pipeline_label() -> str:
+    from zq_compile.codegen.cpu.select import has_bf16
+
+    return "bf16+freezing" if has_bf16() else "fp32+freezing"
+
+
+def gemm_gflop(gm: fx.GraphModule) -> float:
+    """GFLOP per call of the graph's float linears (2 M K N each), at the traced shapes."""
+    total = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in (torch._C._nn.linear, torch.nn.functional.linear):
+            continue
+        x, w = node.args[0], node.args[1]
+        xv, wv = x.meta.get("example_value"), w.meta.get("example_value") if isinstance(w, fx.Node) else None
+        if xv is None or wv is None:
+            continue
+        try:
+            total += 2 * math.prod(int(s) for s in xv.shape[:-1]) * int(wv.shape[0]) * int(wv.shape[1])
+        except (TypeError, ValueError):  # symbolic sizes
+            continue
+    return total / 1e9
+
+
+def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx.GraphModule,
+                  quantized: bool) -> str | None:
+    """None when the graph is raced, else the reason it is not (for the report)."""
+    if config.pipeline_race == "off":
+        return "pipeline_race='off'"
+    if target != "cpu":
+        return f"target {target!r} (the race runs on the cpu target)"
+    if not quantized:
+        return "no quantized linear in this graph"
+    if regime != "large":
+        return "a decode-sized graph (its kernels are raced per GEMM instead)"
+    if torch.is_grad_enabled():
+        return "grad mode on (Inductor freezes weights only under no_grad)"
+    if not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        return "dynamic shapes (symbolic sizes among the inputs)"
+    gflop = gemm_gflop(gm)
+    if gflop < config.pipeline_race_min_gflop:
+        return (f"{gflop:.2f} GFLOP of linears per call, under pipeline_race_min_gflop="
+                f"{config.pipeline_race_min_gflop:g}")
+    return None
+
+
+def compile_float_pipeline(gm: fx.GraphModule, example_inputs: list) -> tuple[Callable, list[int]]:
+    """Dynamo's float graph as this CPU's strongest float pipeline, and the input positions it
+    takes (the others are the parameters it froze).
+
+    The graph is traced once on the real inputs under ``torch.autocast`` (bf16 where the CPU has
+    native bf16: linears, matmuls and attention in bf16, LayerNorm and softmax in fp32), with
+    every ``nn.Parameter`` input captured as a constant; Inductor then compiles it with freezing,
+    which folds the weight casts and packs the linears for oneDNN."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from zq_compile.codegen.cpu.select import has_bf16
+
+    frozen = {i: t for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)}
+    taken = [i for i in range(len(example_inputs)) if i not in frozen]
+    bf16 = has_bf16()
+
+    def run(*args):
+        it = iter(args)
+        full = [frozen[i] if i in frozen else next(it) for i in range(len(example_inputs))]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outs = gm(*full)
+        return torch.utils._pytree.tree_map(
+            lambda o: o.float() if isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16 else o, outs)
+
+    inputs = [example_inputs[i] for i in taken]
+    with torch.no_grad():
+        traced = make_fx(run, tracing_mode="real")(*inputs)
+        with torch._inductor.config.patch(freezing=True):
+            compiled = compile_fx(traced, inputs)
+    return compiled, taken
+
+
+def race(int8_fn: Callable[[], Any], float_fn: Callable[[], Any]) -> tuple[float, float]:
+    """(int8 ms, float ms): medians of interleaved calls on the graph's own inputs."""
+    from zq_compile.timing import interleaved_medians
+
+    with torch.no_grad():
+        t = interleaved_medians({"int8": int8_fn, "float": float_fn}, runs=RACE_RUNS, warmup=1)
+    return t["int8"], t["float"]
+
+
+class FloatWinner:
+    """The float pipeline's callable, guarded: it serves calls while every parameter it froze is
+    the same tensor at the same version as when it compiled; after that, the int8 one does."""
+
+    def __init__(self, float_fn: Callable, taken: list[int], int8_fn: Callable, example_inputs: list, report):
+        self.float_fn, self.taken, self.int8_fn, self.report = float_fn, taken, int8_fn, report
+        self.frozen = [(i, t, t._version) for i, t in enumerate(example_inputs)
+                       if isinstance(t, torch.nn.Parameter)]
+        self.switched = False
+
+    def __call__(self, *args):
+        if not self.switched and all(
+                i < len(args) and args[i] is t and t._version == v for i, t, v in self.frozen):
+            return self.float_fn(*[args[i] for i in self.taken])
+        if not self.switched:
+            self.switched = True
+            msg = ("pipeline race: a parameter changed after compiling, so this graph now runs its "
+                   "int8 pipeline (the float one holds the weights it froze)")
+            self.report.note(msg)
+            warnings.warn(f"zeroquant: {msg}", stacklevel=2)
+        return self.int8_fn(*args)
