@@ -341,6 +341,12 @@ def all_contenders() -> list[Contender]:
     out.append(Contender("zeroquant w4/8a8 release", "zeroquant", functools.partial(_zeroquant_released, "w4/8a8"),
                          "zq_compile.compile(model copy, ZeroQuantConfig(preset='w4/8a8', release_float_weights=True)): "
                          "memory first, the W4A8 GEMMs unpack INT4 per call", default=False))
+    # Where the pipeline race picks the float pipeline (bf16 CPUs, prefill graphs), this row keeps
+    # the int8 one in the tables.
+    out.append(Contender("zeroquant w8a8 int8", "zeroquant",
+                         functools.partial(_zeroquant, "w8a8", False, pipeline_race="off"),
+                         "as zeroquant w8a8 with pipeline_race='off': the int8 pipeline even where the "
+                         "race would run the float one", default=has_bf16()))
     out.append(Contender("zeroquant w8a8 fp32-attn", "zeroquant",
                          functools.partial(_zeroquant, "w8a8", False, attention="fp32"),
                          "as zeroquant w8a8 with attention='fp32' (ablation: what bf16 attention adds)",
