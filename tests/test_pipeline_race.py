@@ -162,3 +162,24 @@ def test_gemm_gflop_counts_linears():
 
     gm, _ = capture(_block(), _x(64))
     assert pr.gemm_gflop(gm) == pytest.approx(2 * 64 * 64 * 256 * 2 / 1e9)
+
+
+def test_a_dynamic_graph_runs_float_at_the_raced_shape_only(monkeypatch):
+    """Dynamo recompiles for a second shape with symbolic sizes: the float pipeline is traced at
+    that call's shapes and serves them; a third shape runs the (dynamic) int8 graph."""
+    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    sink, off_sink = [], []
+    model, twin = _block(), _block()
+    compiled = torch.compile(model, backend=lambda gm, ex: zq_compile.backend.zeroquant_backend(
+        gm, ex, options=RACED, report_sink=sink))
+    off = torch.compile(twin, backend=lambda gm, ex: zq_compile.backend.zeroquant_backend(
+        gm, ex, options=dataclasses.replace(RACED, pipeline_race="off"), report_sink=off_sink))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for rows in (64, 96, 128):
+            got, want = compiled(_x(rows)), off(_x(rows))
+            if rows == 96:
+                assert not torch.equal(got, want)  # the float pipeline ran
+            if rows == 128:
+                assert torch.equal(got, want)  # the dynamic int8 graph ran
+    assert len(sink) == 2 and "dynamic graph" in sink[1].pipeline

@@ -150,9 +150,9 @@ def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prep
         report.pipeline = f"int8 (not raced: {why})"
         return int8_fn
     label = pr.float_pipeline_label()
-    args = list(example_inputs)
+    args = pr.concrete(example_inputs)
     try:
-        float_fn, taken = pr.compile_float_pipeline(gm, example_inputs)
+        float_fn, taken = pr.compile_float_pipeline(gm, args)
         t_int8, t_float = pr.race(lambda: int8_fn(*args), lambda: float_fn(*[args[i] for i in taken]))
     except Exception as e:  # the int8 graph is compiled and correct: a failed race must not lose it
         report.pipeline = f"int8 (not raced: the {label} pipeline failed: {type(e).__name__}: {e})"
@@ -165,11 +165,13 @@ def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prep
     if wins and config.pipeline_race == "auto":
         report.races.append(line + f"{label}: no int8 variant wins on this CPU for this graph")
         report.pipeline = f"{label} (faster than int8 by {t_int8 / t_float:.2f}x; weights not quantized)"
+        if any(not isinstance(a, torch.Tensor) for a in args):
+            report.pipeline += "; a dynamic graph: the float pipeline serves this call's shapes, others run int8"
         msg = (f"this graph runs as {label}: the float pipeline was {t_int8 / t_float:.2f}x faster than the int8 "
                f"one on this CPU (quantized weights are kept for a fallback; pipeline_race='report' keeps int8)")
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
-        return pr.FloatWinner(float_fn, taken, int8_fn, example_inputs, report)
+        return pr.FloatWinner(float_fn, taken, int8_fn, args, report)
     if wins:
         report.races.append(line + f"int8 (pipeline_race='report'; {label} would be faster)")
     else:

@@ -51,11 +51,18 @@ def gemm_gflop(gm: fx.GraphModule) -> float:
         xv, wv = x.meta.get("example_value"), w.meta.get("example_value") if isinstance(w, fx.Node) else None
         if xv is None or wv is None:
             continue
-        try:
-            total += 2 * math.prod(int(s) for s in xv.shape[:-1]) * int(wv.shape[0]) * int(wv.shape[1])
-        except (TypeError, ValueError):  # symbolic sizes
-            continue
+        sizes = [_hint(s) for s in (*xv.shape[:-1], *wv.shape)]
+        if None not in sizes:
+            total += 2 * math.prod(sizes)
     return total / 1e9
+
+
+def _hint(size) -> int | None:
+    """A size as an int: a symbolic one by the value it has in this call (no guard added)."""
+    if isinstance(size, int):
+        return size
+    hint = getattr(getattr(size, "node", None), "hint", None)
+    return int(hint) if isinstance(hint, int) else None
 
 
 def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx.GraphModule,
@@ -71,8 +78,8 @@ def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx
         return "a decode-sized graph (its kernels are raced per GEMM instead)"
     if torch.is_grad_enabled():
         return "grad mode on (Inductor freezes weights only under no_grad)"
-    if not all(isinstance(t, torch.Tensor) for t in example_inputs):
-        return "dynamic shapes (symbolic sizes among the inputs)"
+    if any(not isinstance(t, torch.Tensor) and _hint(t) is None for t in example_inputs):
+        return "an input that is neither a tensor nor a size"
     gflop = gemm_gflop(gm)
     if gflop < config.pipeline_race_min_gflop:
         return (f"{gflop:.2f} GFLOP of linears per call, under pipeline_race_min_gflop="
@@ -80,26 +87,34 @@ def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx
     return None
 
 
+def concrete(example_inputs: list) -> list:
+    """The inputs with a dynamic graph's symbolic sizes replaced by their values in this call."""
+    return [t if isinstance(t, torch.Tensor) else _hint(t) for t in example_inputs]
+
+
 def compile_float_pipeline(gm: fx.GraphModule, example_inputs: list) -> tuple[Callable, list[int]]:
     """Dynamo's float graph as this CPU's strongest float pipeline, and the input positions it
-    takes (the others are the parameters it froze).
+    takes: the tensors that are not ``nn.Parameter`` (the parameters are frozen in, and the ints a
+    dynamic graph takes for its sizes are fixed at this call's values).
 
     The graph is traced once on the real inputs under ``torch.autocast`` (bf16 where the CPU has
     native bf16: linears, matmuls and attention in bf16, LayerNorm and softmax in fp32), with
     every ``nn.Parameter`` input captured as a constant; Inductor then compiles it with freezing,
-    which folds the weight casts and packs the linears for oneDNN."""
+    which folds the weight casts and packs the linears for oneDNN. The result serves this call's
+    shapes only (``FloatWinner`` checks)."""
     from torch._inductor.compile_fx import compile_fx
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from zq_compile.codegen.cpu.select import has_bf16
 
-    frozen = {i: t for i, t in enumerate(example_inputs) if isinstance(t, torch.nn.Parameter)}
-    taken = [i for i in range(len(example_inputs)) if i not in frozen]
+    fixed = {i: t for i, t in enumerate(example_inputs)
+             if isinstance(t, torch.nn.Parameter) or not isinstance(t, torch.Tensor)}
+    taken = [i for i in range(len(example_inputs)) if i not in fixed]
     bf16 = has_bf16()
 
     def run(*args):
         it = iter(args)
-        full = [frozen[i] if i in frozen else next(it) for i in range(len(example_inputs))]
+        full = [fixed[i] if i in fixed else next(it) for i in range(len(example_inputs))]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             outs = gm(*full)
         return torch.utils._pytree.tree_map(
@@ -123,23 +138,33 @@ def race(int8_fn: Callable[[], Any], float_fn: Callable[[], Any]) -> tuple[float
 
 
 class FloatWinner:
-    """The float pipeline's callable, guarded: it serves calls while every parameter it froze is
-    the same tensor at the same version as when it compiled; after that, the int8 one does."""
+    """The float pipeline's callable, guarded. It serves a call while every parameter it froze is
+    the same tensor at the same version as when it compiled and the other inputs have the shapes
+    (and, for a dynamic graph's size ints, the values) it was traced with; other shapes run the
+    int8 callable. After a parameter changes, the int8 one serves every call."""
 
     def __init__(self, float_fn: Callable, taken: list[int], int8_fn: Callable, example_inputs: list, report):
         self.float_fn, self.taken, self.int8_fn, self.report = float_fn, taken, int8_fn, report
         self.frozen = [(i, t, t._version) for i, t in enumerate(example_inputs)
                        if isinstance(t, torch.nn.Parameter)]
+        self.shapes = [(i, example_inputs[i].shape) for i in taken]
+        self.ints = [(i, v) for i, v in enumerate(example_inputs) if not isinstance(v, torch.Tensor)]
         self.switched = False
 
+    def _same_weights(self, args) -> bool:
+        return all(i < len(args) and args[i] is t and t._version == v for i, t, v in self.frozen)
+
+    def _same_shapes(self, args) -> bool:
+        return (all(args[i].shape == shape for i, shape in self.shapes)
+                and all(args[i] == v for i, v in self.ints))
+
     def __call__(self, *args):
-        if not self.switched and all(
-                i < len(args) and args[i] is t and t._version == v for i, t, v in self.frozen):
-            return self.float_fn(*[args[i] for i in self.taken])
-        if not self.switched:
+        if not self.switched and not self._same_weights(args):
             self.switched = True
             msg = ("pipeline race: a parameter changed after compiling, so this graph now runs its "
                    "int8 pipeline (the float one holds the weights it froze)")
             self.report.note(msg)
             warnings.warn(f"zeroquant: {msg}", stacklevel=2)
+        if not self.switched and self._same_shapes(args):
+            return self.float_fn(*[args[i] for i in self.taken])
         return self.int8_fn(*args)
