@@ -183,3 +183,21 @@ def test_a_dynamic_graph_runs_float_at_the_raced_shape_only(monkeypatch):
             if rows == 128:
                 assert torch.equal(got, want)  # the dynamic int8 graph ran
     assert len(sink) == 2 and "dynamic graph" in sink[1].pipeline
+
+
+def test_gemm_gflop_counts_conv1d_addmm_and_matmul():
+    from tests.conftest import capture
+
+    class Mixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(64, 32))  # [K, N], as GPT-2's Conv1D holds it
+            self.b = torch.nn.Parameter(torch.randn(32))
+            self.v = torch.nn.Parameter(torch.randn(32, 16))
+
+        def forward(self, x):
+            y = torch.addmm(self.b, x, self.w)
+            return y @ self.v
+
+    gm, _ = capture(Mixed(), torch.randn(10, 64))
+    assert pr.gemm_gflop(gm) == pytest.approx((2 * 10 * 64 * 32 + 2 * 10 * 32 * 16) / 1e9)

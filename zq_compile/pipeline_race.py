@@ -5,12 +5,12 @@ Inductor freezing (packed bf16 linears with their bias and activation inside one
 beat an int8 pipeline whose quantize and dequantize steps move bytes between the GEMMs. Issue
 10 asks that zeroquant never be slower than that float pipeline, and that the report say so when
 no int8 variant wins. So, for a graph big enough to matter, the backend also compiles Dynamo's
-float graph as that CPU's strongest float pipeline (bf16 + freezing where the CPU has native
-bf16 dot products, fp32 + freezing elsewhere), times both on the graph's own inputs (interleaved
+float graph as that CPU's strongest float pipeline (autocast bf16 + freezing where the CPU has
+native bf16 dot products, fp32 + freezing elsewhere), times both on the graph's own inputs (interleaved
 medians) and keeps the faster:
 
     Dynamo graph ──► zeroquant passes ──► Inductor ──────────────► int8 callable ─┐
-          └───────► all-bf16 copy (fp32 elsewhere) ──► Inductor (freezing) ─► float callable ─┴─► race ─► winner
+          └───────► autocast bf16 (fp32 elsewhere) ──► Inductor (freezing) ─► float callable ─┴─► race ─► winner
 
 The float pipeline wins only by ``FLOAT_MARGIN`` or more (the int8 one saves memory, so a tie
 goes to it). It is never chosen under ``release_float_weights`` (its weights are the float ones)
@@ -42,16 +42,29 @@ def float_pipeline_label() -> str:
 
 
 def gemm_gflop(gm: fx.GraphModule) -> float:
-    """GFLOP per call of the graph's float linears (2 M K N each), at the traced shapes."""
+    """GFLOP per call of the graph's linears with a 2-D weight (2 M K N each), at the traced
+    shapes: ``F.linear`` (weight [N, K]), ``addmm`` (GPT-2's Conv1D, weight [K, N]) and
+    ``matmul`` / ``mm`` / ``@`` with a 2-D right operand."""
+    import operator
+
     total = 0
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in (torch._C._nn.linear, torch.nn.functional.linear):
+        if node.op != "call_function":
             continue
-        x, w = node.args[0], node.args[1]
-        xv, wv = x.meta.get("example_value"), w.meta.get("example_value") if isinstance(w, fx.Node) else None
-        if xv is None or wv is None:
+        if node.target in (torch._C._nn.linear, torch.nn.functional.linear):
+            x, w, transposed = node.args[0], node.args[1], True
+        elif node.target is torch.addmm and len(node.args) >= 3:
+            x, w, transposed = node.args[1], node.args[2], False
+        elif node.target in (torch.matmul, torch.mm, operator.matmul) and len(node.args) >= 2:
+            x, w, transposed = node.args[0], node.args[1], False
+        else:
             continue
-        sizes = [_hint(s) for s in (*xv.shape[:-1], *wv.shape)]
+        xv = x.meta.get("example_value") if isinstance(x, fx.Node) else None
+        wv = w.meta.get("example_value") if isinstance(w, fx.Node) else None
+        if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() != 2:
+            continue
+        k_index = 1 if transposed else 0
+        sizes = [_hint(s) for s in (*xv.shape[:-1], xv.shape[-1], wv.shape[1 - k_index])]
         if None not in sizes:
             total += 2 * math.prod(sizes)
     return total / 1e9
