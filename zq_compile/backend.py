@@ -144,8 +144,6 @@ def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prep
     report = prepared.report
     why = pr.why_not_raced(config, report.target, m_regime(prepared.gm), example_inputs, gm,
                            bool(report.quantized))
-    if why is None and config.release_float_weights:
-        why = "release_float_weights (the float pipeline would need the float weights it frees)"
     if why is not None:
         report.pipeline = f"int8 (not raced: {why})"
         return int8_fn

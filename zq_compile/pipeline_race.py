@@ -97,6 +97,8 @@ def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx
     if gflop < config.pipeline_race_min_gflop:
         return (f"{gflop:.2f} GFLOP of linears per call, under pipeline_race_min_gflop="
                 f"{config.pipeline_race_min_gflop:g}")
+    if config.release_float_weights:
+        return "release_float_weights (the float pipeline would need the float weights it frees)"
     return None
 
 
