@@ -77,6 +77,23 @@ def test_float_winner_runs_float_and_says_so(monkeypatch):
     assert sqnr_db(ref, out) > sqnr_db(ref, int8_out) + 3
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float_winner_returns_the_models_dtype(monkeypatch, dtype):
+    # autocast computes in bf16 and the float pipeline once cast every bf16 output to fp32
+    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    model = _block().to(dtype)
+    x = _x().to(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled, out, report = _compile(model, RACED, x)
+    assert report.pipeline.startswith(pr.float_pipeline_label())
+    with torch.no_grad():
+        ref = model(x)
+        again = compiled(x)
+    assert out.dtype == again.dtype == ref.dtype == dtype
+    assert sqnr_db(ref.float(), out.float()) > 25
+
+
 def test_float_winner_switches_to_int8_when_a_weight_changes(monkeypatch):
     monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
     model = _block()

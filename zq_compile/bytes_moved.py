@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from zq_compile.passes.graph_utils import size_hint
+
 #: bytes per output element each kernel's GEMM writes, per result dtype of zq.linear_w8a8
 _GEMM_OUT_BYTES = {"onednn": {torch.bfloat16: 2}, "int_mm": {}, "reference": {}}
 
@@ -63,7 +65,7 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
         x_shape = node.args[0].meta["example_value"].shape
-        m = math.prod(_hint(d) for d in x_shape[:-1])
+        m = math.prod(size_hint(d) for d in x_shape[:-1])
         n, k = node.args[2].meta["example_value"].shape
         out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4) if node.args[4] is None else 4
         total += m * k + n * k + m * n * out
@@ -80,7 +82,7 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     total = 0
     for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
-            m = math.prod(_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
+            m = math.prod(size_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
             n, k = node.args[2].meta["example_value"].shape
             out = node.args[7].itemsize
             total += m * k + n * k + m * n * out * (1 if node.args[6] is None else 2)
@@ -88,8 +90,3 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
                 total += m * n * (out + 1)
     return total
 
-
-def _hint(d) -> int:
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
-
-    return int(optimization_hint(d)) if not isinstance(d, int) else d

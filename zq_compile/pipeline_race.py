@@ -28,6 +28,9 @@ from typing import Any, Callable
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
+
+from zq_compile.passes.graph_utils import size_hint
 
 #: A float pipeline must be this much faster (median time ratio) to replace the int8 one.
 FLOAT_MARGIN = 1.05
@@ -64,18 +67,11 @@ def gemm_gflop(gm: fx.GraphModule) -> float:
         if not isinstance(xv, torch.Tensor) or not isinstance(wv, torch.Tensor) or wv.dim() != 2:
             continue
         k_index = 1 if transposed else 0
-        sizes = [_hint(s) for s in (*xv.shape[:-1], xv.shape[-1], wv.shape[1 - k_index])]
+        sizes = [size_hint(s, exact=True) for s in (*xv.shape[:-1], xv.shape[-1], wv.shape[1 - k_index])]
         if None not in sizes:
             total += 2 * math.prod(sizes)
     return total / 1e9
 
-
-def _hint(size) -> int | None:
-    """A size as an int: a symbolic one by the value it has in this call (no guard added)."""
-    if isinstance(size, int):
-        return size
-    hint = getattr(getattr(size, "node", None), "hint", None)
-    return int(hint) if isinstance(hint, int) else None
 
 
 def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx.GraphModule,
@@ -91,7 +87,7 @@ def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx
         return "a decode-sized graph (its kernels are raced per GEMM instead)"
     if torch.is_grad_enabled():
         return "grad mode on (Inductor freezes weights only under no_grad)"
-    if any(not isinstance(t, torch.Tensor) and _hint(t) is None for t in example_inputs):
+    if any(not isinstance(t, torch.Tensor) and size_hint(t, exact=True) is None for t in example_inputs):
         return "an input that is neither a tensor nor a size"
     gflop = gemm_gflop(gm)
     if gflop < config.pipeline_race_min_gflop:
@@ -104,7 +100,7 @@ def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx
 
 def concrete(example_inputs: list) -> list:
     """The inputs with a dynamic graph's symbolic sizes replaced by their values in this call."""
-    return [t if isinstance(t, torch.Tensor) else _hint(t) for t in example_inputs]
+    return [t if isinstance(t, torch.Tensor) else size_hint(t, exact=True) for t in example_inputs]
 
 
 def compile_float_pipeline(gm: fx.GraphModule, example_inputs: list) -> tuple[Callable, list[int]]:
@@ -127,13 +123,16 @@ def compile_float_pipeline(gm: fx.GraphModule, example_inputs: list) -> tuple[Ca
     taken = [i for i in range(len(example_inputs)) if i not in fixed]
     bf16 = has_bf16()
 
+    dtypes = _output_dtypes(gm)
+
     def run(*args):
         it = iter(args)
         full = [fixed[i] if i in fixed else next(it) for i in range(len(example_inputs))]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             outs = gm(*full)
-        return torch.utils._pytree.tree_map(
-            lambda o: o.float() if isinstance(o, torch.Tensor) and o.dtype == torch.bfloat16 else o, outs)
+        flat, spec = pytree.tree_flatten(outs)
+        flat = [_as_dtype(o, dtypes[i] if i < len(dtypes) else None) for i, o in enumerate(flat)]
+        return pytree.tree_unflatten(flat, spec)
 
     inputs = [example_inputs[i] for i in taken]
     with torch.no_grad():
@@ -141,6 +140,23 @@ def compile_float_pipeline(gm: fx.GraphModule, example_inputs: list) -> tuple[Ca
         with torch._inductor.config.patch(freezing=True):
             compiled = compile_fx(traced, inputs)
     return compiled, taken
+
+
+def _output_dtypes(gm: fx.GraphModule) -> list[torch.dtype | None]:
+    """The dtype of each (flattened) output of Dynamo's graph as the model computes it, so that
+    autocast's bf16 results go back to what the model returns (fp32, bf16 or fp16)."""
+    out = gm.graph.find_nodes(op="output")[0]
+    leaves = pytree.tree_leaves(out.args[0])
+    return [getattr(n.meta.get("example_value"), "dtype", None) if isinstance(n, fx.Node) else None
+            for n in leaves]
+
+
+def _as_dtype(o, dtype: torch.dtype | None):
+    if not isinstance(o, torch.Tensor) or not o.is_floating_point():
+        return o
+    if dtype is None:  # no record of the model's dtype: autocast's bf16 goes back to fp32
+        return o.float() if o.dtype == torch.bfloat16 else o
+    return o.to(dtype)
 
 
 def race(int8_fn: Callable[[], Any], float_fn: Callable[[], Any]) -> tuple[float, float]:

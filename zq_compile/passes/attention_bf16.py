@@ -41,11 +41,10 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from zq_compile.codegen.cpu import attention_race, select
 from zq_compile.codegen.cpu.attention import mask_to_bias
-from zq_compile.passes.graph_utils import annotate, fake_value, module_path
+from zq_compile.passes.graph_utils import annotate, fake_value, module_path, size_hint
 from zq_compile.report import AttentionDecision
 
 SDPA = {F.scaled_dot_product_attention, torch.ops.aten.scaled_dot_product_attention.default}
@@ -144,7 +143,7 @@ def _flash_bf16(ctx, node: fx.Node, a: dict, scale: float) -> fx.Node:
 
 
 def _hint_shape(node: fx.Node) -> tuple[int, ...]:
-    return tuple(int(optimization_hint(d)) for d in fake_value(node).shape)
+    return tuple(size_hint(d) for d in fake_value(node).shape)
 
 
 def _auto_variant(a: dict, scale: float, races: dict) -> tuple[str, str]:

@@ -74,15 +74,27 @@ def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     return clone
 
 
+def size_hint(d, exact: bool = False) -> int | None:
+    """A size as an int: a symbolic one by its value in the call being compiled, with no guard
+    added. A size with no value (unbacked) gets Inductor's fallback guess, or None when ``exact``
+    (where a guess would fix a wrong shape, as the pipeline race's tracing would)."""
+    if isinstance(d, int):
+        return d
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+
+    if exact:
+        hint = getattr(getattr(d, "node", None), "hint", None)
+        return int(hint) if isinstance(hint, int) else None
+    return int(optimization_hint(d))
+
+
 def gemm_shapes(gm: fx.GraphModule) -> tuple[tuple[int, int, int, int], ...]:
     """(M, K, N, count) of the graph's int8 GEMMs (zq.linear_w8a8) at their traced sizes (hints
     for dynamic ones), most frequent first."""
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
-
     counts: dict[tuple[int, int, int], int] = {}
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
         lead = node.args[0].meta["example_value"].shape[:-1]
-        m = math.prod(int(optimization_hint(d)) if not isinstance(d, int) else d for d in lead)
+        m = math.prod(size_hint(d) for d in lead)
         n, k = node.args[2].meta["example_value"].shape
         counts[(m, k, n)] = counts.get((m, k, n), 0) + 1
     return tuple((m, k, n, c) for (m, k, n), c in sorted(counts.items(), key=lambda kv: -kv[1]))

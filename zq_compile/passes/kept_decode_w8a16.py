@@ -25,12 +25,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from zq_compile import store
 from zq_compile.codegen.cpu import select
 from zq_compile.passes import rewrite_linear as rl
-from zq_compile.passes.graph_utils import fake_value
+from zq_compile.passes.graph_utils import fake_value, size_hint
 
 NAME = "kept_decode_w8a16"
 
@@ -39,7 +38,7 @@ def _rows(m) -> int | None:
     x = fake_value(m.x)
     if x is None or not x.is_floating_point() or x.dim() < 2:
         return None
-    return math.prod(int(optimization_hint(d)) for d in x.shape[:-1])
+    return math.prod(size_hint(d) for d in x.shape[:-1])
 
 
 def run(ctx) -> int:

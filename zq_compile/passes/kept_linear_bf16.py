@@ -41,11 +41,10 @@ import math
 
 import torch
 import torch.fx as fx
-from torch.fx.experimental.symbolic_shapes import optimization_hint
 
 from zq_compile.codegen.cpu import select
 from zq_compile.passes import bf16_activations
-from zq_compile.passes.graph_utils import annotate, fake_value
+from zq_compile.passes.graph_utils import annotate, fake_value, size_hint
 
 NAME = "kept_linear_bf16"
 
@@ -60,7 +59,7 @@ def _problem(node: fx.Node) -> str | None:
     if x is None or x.dtype != torch.float32 or any(
             fake_value(t) is None or fake_value(t).dtype != torch.float32 for t in (m.weight, m.bias) if t is not None):
         return "input, weight or bias is not an fp32 tensor"
-    rows = math.prod(int(optimization_hint(d)) for d in x.shape[:-1])
+    rows = math.prod(size_hint(d) for d in x.shape[:-1])
     if rows <= select.SMALL_M:
         return f"{rows} row(s), a decode step: casting the weight each call costs more than bf16 saves"
     return None
