@@ -43,11 +43,7 @@ def _version(t: torch.Tensor) -> tuple[int, int]:
     storage address (``p.data = other`` swaps the storage of the same Parameter object and
     leaves the counter alone). Edits through ``p.data.copy_(...)`` change neither: README,
     "Robustness guarantees", says to edit under ``torch.no_grad()`` instead."""
-    try:
-        version = t._version
-    except RuntimeError:  # inference tensors keep no version counter
-        version = 0
-    return version, t.data_ptr()
+    return store.version(t), t.data_ptr()
 
 
 class WeightBinding:

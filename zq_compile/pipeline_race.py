@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from zq_compile import store
 from zq_compile.passes.graph_utils import size_hint
 
 #: A float pipeline must be this much faster (median time ratio) to replace the int8 one.
@@ -176,14 +177,14 @@ class FloatWinner:
 
     def __init__(self, float_fn: Callable, taken: list[int], int8_fn: Callable, example_inputs: list, report):
         self.float_fn, self.taken, self.int8_fn, self.report = float_fn, taken, int8_fn, report
-        self.frozen = [(i, t, t._version) for i, t in enumerate(example_inputs)
+        self.frozen = [(i, t, store.version(t)) for i, t in enumerate(example_inputs)
                        if isinstance(t, torch.nn.Parameter)]
         self.shapes = [(i, example_inputs[i].shape) for i in taken]
         self.ints = [(i, v) for i, v in enumerate(example_inputs) if not isinstance(v, torch.Tensor)]
         self.switched = False
 
     def _same_weights(self, args) -> bool:
-        return all(i < len(args) and args[i] is t and t._version == v for i, t, v in self.frozen)
+        return all(i < len(args) and args[i] is t and store.version(t) == v for i, t, v in self.frozen)
 
     def _same_shapes(self, args) -> bool:
         return (all(args[i].shape == shape for i, shape in self.shapes)

@@ -48,6 +48,9 @@ _HOOKED: weakref.WeakSet = weakref.WeakSet()  # modules carrying our hooks
 
 
 def version(t: torch.Tensor) -> int:
+    """``t._version``, or 0 for an inference tensor (which keeps no version counter and can only
+    be edited inside ``torch.inference_mode``). Every version check of ours goes through here:
+    a model run or compiled under ``inference_mode`` hands us such tensors."""
     try:
         return t._version
     except RuntimeError:  # inference tensors keep no version counter

@@ -66,6 +66,39 @@ def test_no_grad_and_inference_mode_both_work(preset):
     assert not a.requires_grad and b.is_inference()
 
 
+def test_weights_read_back_under_inference_mode_can_be_packed_again():
+    # The bench compiled w8a8 then w8a16 on one model, all under inference_mode: the w8a16 graph
+    # read the int8 weight back from oneDNN's copy as an inference tensor, and packing that
+    # again raised "Inference tensors do not track version counter".
+    from zq_compile.codegen.cpu import kernels
+
+    torch.manual_seed(0)
+    w_q = torch.randint(-60, 61, (24, 40), dtype=torch.int8)
+    w_scale = torch.rand(24, 1) / 100 + 1e-3
+    x = torch.randint(0, 256, (5, 40), dtype=torch.uint8)
+    with torch.inference_mode():
+        handle = kernels.release_plain(w_q, w_scale)
+        plain = kernels.plain_weight(handle)
+        assert torch.equal(plain, w_q) and not plain.is_inference()
+        again = kernels.release_plain(plain, w_scale)
+        fresh = plain.clone()  # not a read-back: packed under its own key
+        outs = [kernels.onednn_u8s8_mm(x, w, w_scale) for w in (handle, again, fresh)]
+    assert again is handle  # the read-back is recognised, not packed a second time
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("second", ["w8a16", "w4a8"])
+def test_presets_compiled_in_turn_on_one_model_under_inference_mode(second):
+    # what the bench does: every contender compiles the same model under inference_mode
+    m = _mlp(d=64, hidden=128)
+    x = torch.randn(4, 64)
+    ref = m(x).detach()
+    with torch.inference_mode():
+        for preset in ("w8a8", second, "w8a8"):
+            out = zq_compile.compile(m, {"preset": preset, "pipeline_race": "off"})(x)
+            assert sqnr_db(ref, out) >= FLOOR[preset], preset
+
+
 def _edit_no_grad_copy(lin, w):
     with torch.no_grad():
         lin.weight.copy_(w)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from zq_compile.ops.linear import epilogue, group_rows
+from zq_compile.store import version as tensor_version
 from zq_compile.codegen.base import Kernel
 
 
@@ -72,12 +73,12 @@ def release_plain(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     # A plain weight another graph read back from a handle (a decode graph running a weight-only
     # kernel wrote it to zq_compile.store): the handle's packed copy already holds these values.
     handle = _READ_BACK.get(w_q)
-    if handle is not None and w_q._version == 0 and _ONEDNN_PACKED.get(handle) is not None \
+    if handle is not None and tensor_version(w_q) == 0 and _ONEDNN_PACKED.get(handle) is not None \
             and _ONEDNN_PACKED[handle].w_scale is w_scale:
         return handle
     w_q = plain_weight(w_q)
     handle = torch.zeros(1, dtype=torch.int8).expand(w_q.shape)
-    _ONEDNN_PACKED[handle] = _pack(w_q, w_scale, version=handle._version)
+    _ONEDNN_PACKED[handle] = _pack(w_q, w_scale, version=tensor_version(handle))
     _HANDLES[handle] = True
     return handle
 
@@ -92,7 +93,8 @@ def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("an int8 weight handle without its oneDNN packed copy")
     if hit.wide is not None:
         return hit.wide
-    plain = hit.packed.to_dense().t().contiguous()
+    with torch.inference_mode(False):  # it outlives this call, and later ones check its version
+        plain = hit.packed.to_dense().t().contiguous()
     _READ_BACK[plain] = w_q
     return plain
 
@@ -127,12 +129,12 @@ def _pack(w_q, w_scale, version, in_range: bool = False) -> _Packed:
             f"|w_q| <= {qmax}; a weight reaching {int(w_q.abs().max())} is multiplied in float64 "
             f"instead (exact, slower). Weights the backend quantizes here stay within {qmax}.",
             stacklevel=2)
-        return _Packed(version, w_scale, w_scale._version, None, group_rows(w_scale.float(), n).contiguous(),
+        return _Packed(version, w_scale, tensor_version(w_scale), None, group_rows(w_scale.float(), n).contiguous(),
                        torch.zeros(n, dtype=torch.int64), wide=w_q.contiguous())
     return _Packed(
         w_version=version,
         w_scale=w_scale,
-        w_scale_version=w_scale._version,
+        w_scale_version=tensor_version(w_scale),
         packed=torch.ops.onednn.qlinear_prepack(w_q.contiguous(), None),
         row_scale=group_rows(w_scale.float(), n).contiguous(),
         row_zero=torch.zeros(n, dtype=torch.int64),
@@ -142,13 +144,13 @@ def _pack(w_q, w_scale, version, in_range: bool = False) -> _Packed:
 def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
     """The oneDNN reordered copy of w_q, made once per weight (and again if either changes)."""
     if w_q in _PACK_PER_CALL:  # range checked once, by pack_per_call
-        return _pack(w_q, w_scale, version=w_q._version, in_range=True)
+        return _pack(w_q, w_scale, version=tensor_version(w_q), in_range=True)
     hit = _ONEDNN_PACKED.get(w_q)
     if (
         hit is not None
-        and hit.w_version == w_q._version
+        and hit.w_version == tensor_version(w_q)
         and hit.w_scale is w_scale
-        and hit.w_scale_version == w_scale._version
+        and hit.w_scale_version == tensor_version(w_scale)
     ):
         return hit
     if is_weight_handle(w_q):
@@ -156,7 +158,7 @@ def onednn_packed(w_q: torch.Tensor, w_scale: torch.Tensor) -> _Packed:
             "zq::onednn_u8s8_mm got a released int8 weight handle it has no packed copy for "
             "(a handle only works with the w_scale of the graph that made it)"
         )
-    entry = _pack(w_q, w_scale, version=w_q._version)
+    entry = _pack(w_q, w_scale, version=tensor_version(w_q))
     _ONEDNN_PACKED[w_q] = entry
     return entry
 

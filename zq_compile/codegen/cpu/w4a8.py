@@ -32,6 +32,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from zq_compile.codegen.cpu.weight_only import WO_KERNELS, _finish, _is_handle, dequant_weight
 from zq_compile.codegen.cpu.select import int8_weight_qmax
 from zq_compile.quant.kgroups import int8_row_scale, round_to_rows, to_int8_per_row
+from zq_compile.store import version as tensor_version
 
 
 @dataclass
@@ -57,12 +58,12 @@ def _qmax(inner: str) -> int:
 
 def _make_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
     w8, s8 = to_int8_per_row(w, w_scale, w_zero, group_size, k, _qmax(inner))
-    return _AsInt8(w._version, _int8_kernel(inner).finalize_weight(w8, s8), s8)
+    return _AsInt8(tensor_version(w), _int8_kernel(inner).finalize_weight(w8, s8), s8)
 
 
 def as_int8(w, w_scale, w_zero, group_size, k, inner) -> _AsInt8:
     hit = _AS_INT8.get(w)
-    if hit is not None and hit.version == w._version:
+    if hit is not None and hit.version == tensor_version(w):
         return hit
     if _is_handle(w):
         raise RuntimeError("zq::w4a8_int8_mm got a released INT4 weight handle it has no int8 copy for")
@@ -136,7 +137,7 @@ class Int8W4A8(W4A8Kernel):
     def finalize_weight(self, w, w_scale, w_zero, group_size, k):
         handle = torch.zeros(1, dtype=torch.uint8).expand(w.shape)
         entry = _make_int8(w, w_scale, w_zero, group_size, k, self.inner)
-        entry.version = handle._version
+        entry.version = tensor_version(handle)
         _AS_INT8[handle] = entry
         return handle
 
