@@ -107,3 +107,27 @@ def test_pt2e_static_calibrates_on_other_data_and_runs_fixed_scales():
         out, ref = field.fns[C.PT2E_STATIC](input=x), bm.model(x)
     sqnr = 10 * torch.log10(ref.pow(2).mean() / (out - ref).pow(2).mean())
     assert sqnr > 25, sqnr
+
+
+def test_graphs_the_pipeline_race_ran_in_float_are_named_in_the_tables(monkeypatch):
+    # A section's figures for a contender whose graphs ran the float pipeline are bf16's (or
+    # fp32's), not its preset's: the SmolLM2 perplexity of w8a8, w8a16 and w4a16 read the same
+    # 23.746 on an AMX Xeon (2026-12-06). record_pipelines keeps which pipeline ran each graph.
+    from zq_compile import pipeline_race as pr
+    from zq_compile.benchmarks import render
+
+    monkeypatch.setattr(pr, "gemm_gflop", lambda gm: 100.0)  # over the default threshold
+    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])  # float "wins"
+    names = ["zeroquant w8a8", "zeroquant w8a8 int8"]
+    torch._dynamo.reset()
+    with torch.inference_mode(), dynamo_settings(), pytest.warns(UserWarning, match="runs as"):
+        field = Field(_tiny(), [c for c in C.all_contenders() if c.name in names],
+                      {"input": torch.randn(64, 64)}, lambda _msg: None)
+    torch._dynamo.reset()
+    status = field.record_pipelines()
+    assert status["zeroquant w8a8"]["pipelines"] == {pr.float_pipeline_label(): 1}
+    assert status["zeroquant w8a8 int8"]["pipelines"] == {"int8": 1}
+    lines = render.pipelines({"sections": {"tiny": {"contenders": status}}})
+    assert f"- zeroquant w8a8 [tiny]: {pr.float_pipeline_label()} 1 graph(s)" in lines
+    assert not any(line.startswith("- zeroquant w8a8 int8") for line in lines)
+    assert render.pipelines({"sections": {"tiny": {"contenders": {"zeroquant w8a8 int8": status["zeroquant w8a8 int8"]}}}}) == []

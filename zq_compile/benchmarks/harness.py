@@ -84,6 +84,21 @@ class Field:
         entry = self.status.setdefault(name, {})
         entry.update({"ok": False, "stage": stage, "error": _error(exc)})
 
+    def record_pipelines(self) -> dict[str, dict]:
+        """The status of every contender, with, for each zeroquant one, how many of its graphs ran
+        which pipeline (``CompileReport.pipeline``: "int8", or the float pipeline that won the
+        pipeline race): where the float one served, that section's figures, accuracy included,
+        are the float pipeline's and not the preset's, and the tables say so."""
+        for name, fn in self.fns.items():
+            reports = getattr(fn, "zq_reports", None)
+            if reports:
+                counts: dict[str, int] = {}
+                for r in reports:
+                    label = (r.pipeline or "int8").split(" (")[0]
+                    counts[label] = counts.get(label, 0) + 1
+                self.status[name]["pipelines"] = counts
+        return self.status
+
     def alive(self) -> dict[str, Any]:
         return dict(self.fns)
 
@@ -161,7 +176,7 @@ def encoder_section(bm: BenchModel, contenders: list[Contender], shapes: list[tu
         timed = timed_shape(field, make_inputs(batch, seq), runs, warmup)
         result["latency"].append({"batch": batch, "seq": seq, **timed})
         log(f"  {bm.name} {batch}x{seq}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in timed["ms"].items()))
-    result["contenders"] = field.status
+    result["contenders"] = field.record_pipelines()
     return result
 
 
@@ -363,7 +378,7 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
         d = decode.get(name)
         log(f"  {name:22s} prefill {ms:7.1f} ms" + (f", decode {d['tokens_per_s']:6.1f} tok/s, greedy match "
                                                     f"{d['greedy_match_fp32']}" if d else ", decode failed"))
-    result["contenders"] = field.status
+    result["contenders"] = field.record_pipelines()
     return result
 
 
@@ -385,4 +400,4 @@ def linear_section(bm: BenchModel, contenders: list[Contender], ms_list: list[in
         timed = timed_shape(field, {"input": xs[m]}, runs, warmup)
         rows.append({"M": m, **timed})
         log(f"  M={m}: " + ", ".join(f"{n} {r:.2f}x" for n, r in timed["speedup_vs_inductor_fp32"].items()))
-    return {"model": bm.name, "K": k, "N": linear.out_features, "rows": rows, "contenders": field.status}
+    return {"model": bm.name, "K": k, "N": linear.out_features, "rows": rows, "contenders": field.record_pipelines()}

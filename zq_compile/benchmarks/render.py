@@ -230,6 +230,22 @@ def contender_notes(result: dict) -> list[str]:
     return ["How each contender ran:", ""] + [f"- {c['name']}: {c['how']}" for c in notes]
 
 
+def pipelines(result: dict) -> list[str]:
+    """Where the pipeline race ran a zeroquant contender's graphs in float (harness.record_pipelines)."""
+    lines = []
+    for key, sec in result["sections"].items():
+        for name, st in (sec.get("contenders") or {}).items():
+            counts = st.get("pipelines") or {}
+            if set(counts) - {"int8"}:
+                ran = ", ".join(f"{label} {n} graph(s)" for label, n in sorted(counts.items()))
+                lines.append(f"- {name} [{key}]: {ran}")
+    if not lines:
+        return []
+    return ["Graphs the pipeline race ran in float (README, \"The pipeline race\"): their figures, accuracy "
+            "included, are the float pipeline's, not the preset's; the `zeroquant w8a8 int8` row "
+            "(pipeline_race='off') keeps int8:", ""] + lines
+
+
 def failures(result: dict) -> list[str]:
     by_error: dict[str, list[str]] = {}
     for key, sec in result["sections"].items():
@@ -251,7 +267,7 @@ def markdown(result: dict) -> str:
              f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}.", ""]
     for block in (fastest_peer_table(result), minilm_table(result), sweep_table(result, "minilm"),
                   sweep_table(result, "bert"), causal_table(result, "smollm2"), sweep_table(result, "gpt2"),
-                  linear_table(result), contender_notes(result), failures(result)):
+                  linear_table(result), contender_notes(result), pipelines(result), failures(result)):
         if block:
             parts += block + [""]
     return "\n".join(parts)
