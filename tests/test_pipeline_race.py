@@ -33,6 +33,11 @@ def _compile(model, config, x):
     return compiled, out, sink[0]
 
 
+def _timed(int8_ms, float_ms):
+    """A stand-in for the race's clock only: both callables still run once."""
+    return lambda a, b: (a(), b(), pr.Race(int8_ms, float_ms, int8_ms / float_ms, pr.RACE_RUNS))[-1]
+
+
 def _x(rows=64):
     return torch.randn(rows, 64, generator=torch.Generator().manual_seed(rows))
 
@@ -49,7 +54,7 @@ def test_config_fields_are_validated_and_round_trip():
 
 
 def test_report_mode_races_and_keeps_int8(monkeypatch):
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])  # float "wins" by 10x
+    monkeypatch.setattr(pr, "race", _timed(10.0, 1.0))  # float "wins" by 10x
     model = _block()
     x = _x()
     _, out, report = _compile(model, dataclasses.replace(RACED, pipeline_race="report"), x)
@@ -60,7 +65,7 @@ def test_report_mode_races_and_keeps_int8(monkeypatch):
 
 
 def test_float_winner_runs_float_and_says_so(monkeypatch):
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    monkeypatch.setattr(pr, "race", _timed(10.0, 1.0))
     model = _block()
     x = _x()
     with warnings.catch_warnings(record=True) as caught:
@@ -80,7 +85,7 @@ def test_float_winner_runs_float_and_says_so(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_float_winner_returns_the_models_dtype(monkeypatch, dtype):
     # autocast computes in bf16 and the float pipeline once cast every bf16 output to fp32
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    monkeypatch.setattr(pr, "race", _timed(10.0, 1.0))
     model = _block().to(dtype)
     x = _x().to(dtype)
     with warnings.catch_warnings():
@@ -95,7 +100,7 @@ def test_float_winner_returns_the_models_dtype(monkeypatch, dtype):
 
 
 def test_float_winner_switches_to_int8_when_a_weight_changes(monkeypatch):
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    monkeypatch.setattr(pr, "race", _timed(10.0, 1.0))
     model = _block()
     x = _x()
     compiled, _, report = _compile(model, RACED, x)
@@ -111,7 +116,7 @@ def test_float_winner_switches_to_int8_when_a_weight_changes(monkeypatch):
 
 
 def test_int8_kept_when_it_wins(monkeypatch):
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (1.0, 1.02))[-1])
+    monkeypatch.setattr(pr, "race", _timed(1.0, 1.02))
     _, _, report = _compile(_block(), RACED, _x())
     assert report.pipeline == "int8"
     assert any(r.endswith("-> int8") for r in report.races)
@@ -184,7 +189,7 @@ def test_gemm_gflop_counts_linears():
 def test_a_dynamic_graph_runs_float_at_the_raced_shape_only(monkeypatch):
     """Dynamo recompiles for a second shape with symbolic sizes: the float pipeline is traced at
     that call's shapes and serves them; a third shape runs the (dynamic) int8 graph."""
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])
+    monkeypatch.setattr(pr, "race", _timed(10.0, 1.0))
     sink, off_sink = [], []
     model, twin = _block(), _block()
     compiled = torch.compile(model, backend=lambda gm, ex: zq_compile.backend.zeroquant_backend(
@@ -218,3 +223,29 @@ def test_gemm_gflop_counts_conv1d_addmm_and_matmul():
 
     gm, _ = capture(Mixed(), torch.randn(10, 64))
     assert pr.gemm_gflop(gm) == pytest.approx((2 * 10 * 64 * 32 + 2 * 10 * 32 * 16) / 1e9)
+
+
+def _sleeper(ms):
+    import time
+    return lambda: time.sleep(ms / 1e3)
+
+
+def test_a_clear_race_is_decided_in_one_batch():
+    timed = pr.race(_sleeper(12), _sleeper(3))
+    assert timed.rounds == pr.RACE_RUNS
+    assert timed.ratio > 2 and timed.int8_ms > timed.float_ms
+
+
+def test_a_close_race_runs_more_rounds(monkeypatch):
+    """int8 3% slower: within UNDECIDED of the margin, so batches go on to the round limit."""
+    monkeypatch.setattr(pr, "RACE_MAX_RUNS", 15)
+    timed = pr.race(_sleeper(10.3), _sleeper(10.0))
+    assert pr.undecided(timed.ratio)
+    assert timed.rounds == 15
+
+
+def test_a_close_race_stops_at_its_time_budget(monkeypatch):
+    monkeypatch.setattr(pr, "RACE_BUDGET_S", 0.05)
+    timed = pr.race(_sleeper(10.3), _sleeper(10.0))
+    assert timed.rounds == pr.RACE_RUNS  # 5 rounds of 2 x 10 ms already exceed 0.05 s
+

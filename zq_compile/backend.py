@@ -151,21 +151,22 @@ def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prep
     args = pr.concrete(example_inputs)
     try:
         float_fn, taken = pr.compile_float_pipeline(gm, args)
-        t_int8, t_float = pr.race(lambda: int8_fn(*args), lambda: float_fn(*[args[i] for i in taken]))
+        timed = pr.race(lambda: int8_fn(*args), lambda: float_fn(*[args[i] for i in taken]))
     except Exception as e:  # the int8 graph is compiled and correct: a failed race must not lose it
         report.pipeline = f"int8 (not raced: the {label} pipeline failed: {type(e).__name__}: {e})"
         report.note(f"pipeline race: the {label} pipeline failed to compile or run "
                     f"({type(e).__name__}: {e}); this graph runs int8")
         return int8_fn
-    wins = t_int8 >= pr.FLOAT_MARGIN * t_float
-    line = (f"pipeline: int8 {t_int8:.2f} ms, {label} {t_float:.2f} ms "
-            f"({t_int8 / t_float:.2f}x) -> ")
+    speedup = timed.ratio
+    wins = speedup >= pr.FLOAT_MARGIN
+    line = (f"pipeline: int8 {timed.int8_ms:.2f} ms, {label} {timed.float_ms:.2f} ms "
+            f"({speedup:.2f}x, median of {timed.rounds} paired rounds) -> ")
     if wins and config.pipeline_race == "auto":
         report.races.append(line + f"{label}: no int8 variant wins on this CPU for this graph")
-        report.pipeline = f"{label} (faster than int8 by {t_int8 / t_float:.2f}x; weights not quantized)"
+        report.pipeline = f"{label} (faster than int8 by {speedup:.2f}x; weights not quantized)"
         if any(not isinstance(a, torch.Tensor) for a in args):
             report.pipeline += "; a dynamic graph: the float pipeline serves this call's shapes, others run int8"
-        msg = (f"this graph runs as {label}: the float pipeline was {t_int8 / t_float:.2f}x faster than the int8 "
+        msg = (f"this graph runs as {label}: the float pipeline was {speedup:.2f}x faster than the int8 "
                f"one on this CPU (quantized weights are kept for a fallback; pipeline_race='report' keeps int8)")
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)

@@ -6,16 +6,21 @@ beat an int8 pipeline whose quantize and dequantize steps move bytes between the
 10 asks that zeroquant never be slower than that float pipeline, and that the report say so when
 no int8 variant wins. So, for a graph big enough to matter, the backend also compiles Dynamo's
 float graph as that CPU's strongest float pipeline (autocast bf16 + freezing where the CPU has
-native bf16 dot products, fp32 + freezing elsewhere), times both on the graph's own inputs (interleaved
-medians) and keeps the faster:
+native bf16 dot products, fp32 + freezing elsewhere), times both on the graph's own inputs and
+keeps the faster:
 
     Dynamo graph ──► zeroquant passes ──► Inductor ──────────────► int8 callable ─┐
           └───────► autocast bf16 (fp32 elsewhere) ──► Inductor (freezing) ─► float callable ─┴─► race ─► winner
 
 The float pipeline wins only by ``FLOAT_MARGIN`` or more (the int8 one saves memory, so a tie
-goes to it). It is never chosen under ``release_float_weights`` (its weights are the float ones)
-and ``pipeline_race="report"`` only reports. A float winner holds the weights as they were when
-it compiled (freezing makes them constants): if a parameter is replaced or edited in place
+goes to it). The statistic is the median of per-round ratios (int8 time / float time, the two
+calls of a round back to back, under the same load of a shared machine). Five rounds decide a
+clear race; one whose ratio lands within ``UNDECIDED`` of the margin runs more rounds (up to
+``RACE_MAX_RUNS``, within ``RACE_BUDGET_S``): on a shared 2-core Xeon, five rounds of SmolLM2's
+prefill graph once picked a float pipeline that the bench then measured 3% slower than int8.
+The float pipeline is never chosen under ``release_float_weights`` (its weights are the float
+ones) and ``pipeline_race="report"`` only reports. A float winner holds the weights as they were
+when it compiled (freezing makes them constants): if a parameter is replaced or edited in place
 afterwards, the graph switches to its int8 callable, which re-quantizes edited weights
 (``binding.py``), and says so once.
 """
@@ -23,8 +28,10 @@ afterwards, the graph switches to its int8 callable, which re-quantizes edited w
 from __future__ import annotations
 
 import math
+import statistics
+import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -33,10 +40,23 @@ import torch.utils._pytree as pytree
 from zq_compile import store
 from zq_compile.passes.graph_utils import size_hint
 
-#: A float pipeline must be this much faster (median time ratio) to replace the int8 one.
+#: A float pipeline must be this much faster (median per-round time ratio) to replace the int8 one.
 FLOAT_MARGIN = 1.05
-#: Timed rounds per contender (after 1 warm-up call each), interleaved.
+#: Timed rounds per contender in each batch (after 1 warm-up call each), interleaved.
 RACE_RUNS = 5
+#: A ratio within this factor of FLOAT_MARGIN (either side) is undecided: another batch runs ...
+UNDECIDED = 1.10
+#: ... until the race has this many rounds, or has taken this many seconds.
+RACE_MAX_RUNS = 25
+RACE_BUDGET_S = 30.0
+
+
+class Race(NamedTuple):
+    """A race's outcome: median times (ms), the median per-round ratio that decides, the rounds run."""
+    int8_ms: float
+    float_ms: float
+    ratio: float
+    rounds: int
 
 
 def float_pipeline_label() -> str:
@@ -72,7 +92,6 @@ def gemm_gflop(gm: fx.GraphModule) -> float:
         if None not in sizes:
             total += 2 * math.prod(sizes)
     return total / 1e9
-
 
 
 def why_not_raced(config, target: str, regime: str, example_inputs: list, gm: fx.GraphModule,
@@ -160,13 +179,29 @@ def _as_dtype(o, dtype: torch.dtype | None):
     return o.to(dtype)
 
 
-def race(int8_fn: Callable[[], Any], float_fn: Callable[[], Any]) -> tuple[float, float]:
-    """(int8 ms, float ms): medians of interleaved calls on the graph's own inputs."""
-    from zq_compile.timing import interleaved_medians
+def undecided(ratio: float) -> bool:
+    return FLOAT_MARGIN / UNDECIDED < ratio < FLOAT_MARGIN * UNDECIDED
 
+
+def race(int8_fn: Callable[[], Any], float_fn: Callable[[], Any]) -> Race:
+    """Interleaved calls on the graph's own inputs, in batches of ``RACE_RUNS`` rounds while the
+    ratio is ``undecided`` and the round and time limits allow."""
+    from zq_compile.timing import interleaved_times
+
+    times: dict[str, list[float]] = {"int8": [], "float": []}
+    start = time.perf_counter()
     with torch.no_grad():
-        t = interleaved_medians({"int8": int8_fn, "float": float_fn}, runs=RACE_RUNS, warmup=1)
-    return t["int8"], t["float"]
+        while True:
+            batch = interleaved_times({"int8": int8_fn, "float": float_fn}, runs=RACE_RUNS,
+                                      warmup=0 if times["int8"] else 1)
+            for name, ts in batch.items():
+                times[name] += ts
+            ratio = statistics.median(a / b for a, b in zip(times["int8"], times["float"]))
+            rounds = len(times["int8"])
+            if (not undecided(ratio) or rounds + RACE_RUNS > RACE_MAX_RUNS
+                    or time.perf_counter() - start > RACE_BUDGET_S):
+                break
+    return Race(statistics.median(times["int8"]), statistics.median(times["float"]), ratio, rounds)
 
 
 class FloatWinner:

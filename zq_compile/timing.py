@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 7, warmup: int = 2) -> dict[str, float]:
-    """Median wall time in ms of each zero-argument callable, measured round-robin."""
+def interleaved_times(fns: dict[str, Callable[[], object]], runs: int = 7, warmup: int = 2) -> dict[str, list[float]]:
+    """Wall time in ms of each zero-argument callable per round, measured round-robin: entry i
+    of every list comes from the same round, so two lists can be compared round by round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -22,4 +23,9 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 7, war
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], runs: int = 7, warmup: int = 2) -> dict[str, float]:
+    """Median wall time in ms of each zero-argument callable, measured round-robin."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, runs, warmup).items()}
