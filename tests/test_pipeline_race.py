@@ -72,7 +72,7 @@ def test_float_winner_runs_float_and_says_so(monkeypatch):
         warnings.simplefilter("always")
         compiled, out, report = _compile(model, RACED, x)
     label = pr.float_pipeline_label()
-    assert report.pipeline.startswith(label)
+    assert report.pipeline.startswith(label) and report.runs == label
     assert any("runs as" in str(w.message) for w in caught)
     with torch.no_grad():
         ref = model(x)

@@ -163,6 +163,7 @@ def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prep
             f"({speedup:.2f}x, median of {timed.rounds} paired rounds) -> ")
     if wins and config.pipeline_race == "auto":
         report.races.append(line + f"{label}: no int8 variant wins on this CPU for this graph")
+        report.runs = label
         report.pipeline = f"{label} (faster than int8 by {speedup:.2f}x; weights not quantized)"
         if any(not isinstance(a, torch.Tensor) for a in args):
             report.pipeline += "; a dynamic graph: the float pipeline serves this call's shapes, others run int8"

@@ -61,7 +61,7 @@ def run_demo(batch: int = 32, seq: int = 128, runs: int = 7, preset: str = "w8a8
 
         reports = [r for r in recent_reports() if r.quantized]
         pipeline = reports[-1].pipeline if reports else ""
-        if pipeline and not pipeline.startswith("int8"):
+        if reports and reports[-1].runs != "int8":
             # The pipeline race ran the float pipeline: show what the int8 one does here too.
             forced = f"zeroquant {preset}, int8 forced"
             contenders[forced] = torch.compile(copy.deepcopy(model), backend="zeroquant",

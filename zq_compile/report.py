@@ -69,8 +69,11 @@ class CompileReport:
     gemm_bytes: int = 0
     #: the compile-time races (codegen/cpu/select.py): lines of "what, times, choice"
     races: list[str] = field(default_factory=list)
-    #: what runs: "int8", or the float pipeline that won the pipeline race (pipeline_race.py)
+    #: what runs and why: "int8", "int8 (not raced: ...)", or the float pipeline that won the
+    #: pipeline race with its margin (pipeline_race.py)
     pipeline: str = ""
+    #: the pipeline's name alone: "int8", or the float pipeline's label ("bf16+freezing", ...)
+    runs: str = "int8"
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
     requantized: int = 0
     #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run

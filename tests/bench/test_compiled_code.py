@@ -117,7 +117,7 @@ def test_graphs_the_pipeline_race_ran_in_float_are_named_in_the_tables(monkeypat
     from zq_compile.benchmarks import render
 
     monkeypatch.setattr(pr, "gemm_gflop", lambda gm: 100.0)  # over the default threshold
-    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), (10.0, 1.0))[-1])  # float "wins"
+    monkeypatch.setattr(pr, "race", lambda a, b: (a(), b(), pr.Race(10.0, 1.0, 10.0, pr.RACE_RUNS))[-1])  # float "wins"
     names = ["zeroquant w8a8", "zeroquant w8a8 int8"]
     torch._dynamo.reset()
     with torch.inference_mode(), dynamo_settings(), pytest.warns(UserWarning, match="runs as"):

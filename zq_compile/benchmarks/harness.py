@@ -86,7 +86,7 @@ class Field:
 
     def record_pipelines(self) -> dict[str, dict]:
         """The status of every contender, with, for each zeroquant one, how many of its graphs ran
-        which pipeline (``CompileReport.pipeline``: "int8", or the float pipeline that won the
+        which pipeline (``CompileReport.runs``: "int8", or the float pipeline that won the
         pipeline race): where the float one served, that section's figures, accuracy included,
         are the float pipeline's and not the preset's, and the tables say so."""
         for name, fn in self.fns.items():
@@ -94,8 +94,7 @@ class Field:
             if reports:
                 counts: dict[str, int] = {}
                 for r in reports:
-                    label = (r.pipeline or "int8").split(" (")[0]
-                    counts[label] = counts.get(label, 0) + 1
+                    counts[r.runs] = counts.get(r.runs, 0) + 1
                 self.status[name]["pipelines"] = counts
         return self.status
 
