@@ -155,7 +155,7 @@ def _add_kernel_scales(ctx, index, node, w, ws, wz, make) -> None:
 
 def _with_kernel_scales(finalize, make, n: int, k: int, made: dict) -> dict:
     made = finalize(made) if finalize is not None else made
-    w = made["w"]
+    w = made["w"] if "w" in made else made["wq"]  # a w8a8 recipe's weight (decode_weight_only) is "wq"
     return {**made, "kernel_scales": make(made["ws"], made.get("wz"), n=n, k=k, w=_PLAIN.get(w, w))}
 
 

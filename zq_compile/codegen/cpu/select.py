@@ -263,7 +263,7 @@ def race_shapes(shapes: tuple[tuple[int, int, int, int], ...], kernels: tuple[st
                 wo = WO_KERNELS["dequant"]
             if wo.name == "aten":  # the opaque GEMM alone, as for oneDNN: its casts fuse into neighbours
                 x_b, s_b = x_f.to(torch.bfloat16), w_s.to(torch.bfloat16)
-                fns[f"weight-only {weight_only}"] = lambda: torch.ops.zq.int8pack_mm(x_b, w_q, s_b)
+                fns[f"weight-only {weight_only}"] = lambda: torch.ops.aten._weight_int8pack_mm(x_b, w_q, s_b)
             else:  # Inductor fuses the dequantize: timed unfused, an upper bound
                 x_wo = x_f.to(torch.bfloat16 if gemm_bf16 else torch.float32)  # the graph's activations
                 fns[f"weight-only {weight_only}"] = lambda: wo.linear(x_wo, w_q, w_s, None, None, 8, 0, k,
