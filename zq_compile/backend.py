@@ -68,8 +68,8 @@ def prepare(gm: fx.GraphModule, example_inputs: list, config: ZeroQuantConfig) -
         report.note(msg)
         warnings.warn(f"zeroquant: {msg}", stacklevel=2)
     _finalize_weights(ctx, kernel)
-    if finalize_scheme_weights(ctx) or ctx.memo.get("kernel_scales"):  # the kernels' own copies and tables
-        gm.recompile()  # kernel tables are new placeholders: the module's code must take them
+    finalize_scheme_weights(ctx)  # INT4 / weight-only constants: the kernels' own copies
+    gm.recompile()  # their kernel tables are new placeholders (as after each pass in passes/runner.py)
     releasable = _keep_in_store(ctx)
     if not report.decisions:
         report.note("no linear layers in this graph: it is compiled by Inductor unchanged")

@@ -105,7 +105,6 @@ def test_aten_int4_weight_is_held_in_atens_layout_and_called_without_a_custom_op
     assert "_weight_int4pack_mm_for_cpu" in code[0] and "torch.ops.zq" not in code[0]
 
 
-
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_aten_int8_is_called_without_a_custom_op_given_its_row_scales(symmetric):
     """With the bf16 row scales made once (the graph's kernel table), the compiled code calls
@@ -128,6 +127,7 @@ def test_aten_int8_is_called_without_a_custom_op_given_its_row_scales(symmetric)
     y, code = run_and_get_code(fn, x, held, s, z, table)
     assert torch.equal(y, eager)
     assert "_weight_int8pack_mm" in code[0] and "torch.ops.zq" not in code[0]
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("m", [1, 13, 67])

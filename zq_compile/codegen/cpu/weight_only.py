@@ -130,17 +130,25 @@ def int4_mm(x2: torch.Tensor, w_aten: torch.Tensor, scales: torch.Tensor, group_
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x2.contiguous(), w_aten, group_size, scales)
 
 
+def int8_mm(x2: torch.Tensor, w: torch.Tensor, row_scales: torch.Tensor) -> torch.Tensor:
+    """bf16 x [M, K] x int8 w [N, K] * bf16 row scales [N] -> bf16 [M, N], via ATen. Called in
+    the graph directly when the scales are a graph constant (Inductor's lowering of the op needs
+    them realized): our Python custom op around it cost ~13 us a call (SmolLM2 w8a16 decode: 211
+    calls, ~3 ms of a ~28 ms step)."""
+    if x2.shape[0] == 0:  # an empty batch: ATen's kernel segfaults with M = 0 (seen on torch 2.13)
+        return x2.new_zeros((0, w.shape[0]), dtype=torch.bfloat16)
+    return torch.ops.aten._weight_int8pack_mm(x2.contiguous(), w, row_scales.contiguous())
+
+
 def _is_handle(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.numel() > 1 and t.stride() == (0, 0)
 
 
 @torch.library.custom_op("zq::int8pack_mm", mutates_args=())
 def int8pack_mm(x: torch.Tensor, w: torch.Tensor, w_scale_rows: torch.Tensor) -> torch.Tensor:
-    """bf16 x [M, K] x int8 w [N, K] * bf16 scale [N] -> bf16 [M, N], via ATen. Opaque to
-    Inductor: its own lowering of _weight_int8pack_mm rejects unrealized (fused) inputs."""
-    if x.shape[0] == 0:  # an empty batch: ATen's kernel segfaults with M = 0 (seen on torch 2.13)
-        return x.new_zeros((0, w.shape[0]), dtype=torch.bfloat16)
-    return torch.ops.aten._weight_int8pack_mm(x.contiguous(), w, w_scale_rows.contiguous())
+    """``int8_mm`` for scales computed in the graph. Opaque to Inductor: its own lowering of
+    _weight_int8pack_mm rejects unrealized (fused) inputs."""
+    return int8_mm(x, w, w_scale_rows)
 
 
 @int8pack_mm.register_fake
@@ -184,12 +192,8 @@ class AtenWo(WoKernel):
             if kernel_scales is None:  # eager calls; the backend hands the graph its own
                 kernel_scales = aten_int4_scales(w_scale, w_zero, n, k)
             return _finish(int4_mm(x2, w, kernel_scales, group_size), x, bias, out_dtype)
-        if kernel_scales is not None:
-            # A direct call, which Inductor lowers to a plain extern call (the scales are a graph
-            # constant, so realized as its lowering needs): our custom op cost ~13 us a call in
-            # Python (SmolLM2 w8a16 decode: 211 calls, ~3 ms of a ~28 ms step).
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), w, kernel_scales) if x2.shape[0] else \
-                x2.new_zeros((0, n), dtype=torch.bfloat16)
+        if kernel_scales is not None:  # the graph's table: a direct call
+            y = int8_mm(x2, w, kernel_scales)
         else:  # eager calls, and graphs that hold no kernel table
             y = torch.ops.zq.int8pack_mm(x2, w, group_rows(w_scale.float(), n).to(torch.bfloat16))
         if w_zero is not None:  # sum_k x (q - z) s = [x q s] - rowsum(x) * (z s)
