@@ -1,6 +1,7 @@
-"""MiniLM-L6 under several zeroquant option sets, side by side in one process: embedding cosine
-against fp32 eager, the report's bytes-per-forward / race / activations lines, and interleaved
-median latencies (trust the ratios only on a quiet machine).
+"""MiniLM-L6 (or BERT-base with random weights, ``--model bert-base``: speed only) under several
+zeroquant option sets, side by side in one process: embedding cosine against fp32 eager, the
+report's bytes-per-forward / race / activations lines, and interleaved median latencies (trust
+the ratios only on a quiet machine).
 
     python bench/pipeline_ab.py --batch 32 --seq 128 \
         --variants '{"before-like": {"activations": "fp32", "attention": "bf16_matmul"}, "after": {}}'
@@ -29,9 +30,14 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--variants", default='{"zeroquant": {}}', help="JSON: name -> zeroquant options")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--model", choices=("minilm", "bert-base"), default="minilm")
     args = ap.parse_args()
     variants = json.loads(args.variants)
-    model, tok = load_minilm()
+    model, tok = load_minilm()  # BERT-base shares MiniLM's tokenizer (bert-base-uncased's vocabulary)
+    if args.model == "bert-base":
+        from zq_compile.benchmarks.models import bert_base_random
+
+        model = bert_base_random().model
     sentences = [s for s, _ in polarity_sentences()]
     texts = (sentences * (args.batch // len(sentences) + 1))[: args.batch]
     enc = tok(texts, padding="max_length", truncation=True, max_length=args.seq, return_tensors="pt")

@@ -10,7 +10,8 @@ our compile call only). ``merge_duplicate_casts``: each linear's decomposition t
 ``x_q + 128 -> uint8`` chain, so Q, K and V reading one quantized activation gave three identical
 chains, and Inductor wrote the int8 activation plus three uint8 copies of it. Merged, it writes
 one uint8 copy. ``uint8_shift_in_float`` (``passes/uint8_shift_in_float.py``) then computes that
-shift in float, without the int8 -> int32 -> uint8 vector conversions.
+shift in float, without the int8 -> int32 -> uint8 vector conversions. ``erf_without_exp``
+(``passes/erf_without_exp.py``) writes erf (exact GeLU's) as a rational function with no exp.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ MERGEABLE = frozenset({
 
 #: Passes over Inductor's post-grad aten graph, in the order they run; each can be switched off
 #: by name (``disable_passes``) like the FX passes of ``zq_compile.passes``.
-POST_GRAD_PASSES = ("merge_duplicate_casts", "uint8_shift_in_float")
+POST_GRAD_PASSES = ("merge_duplicate_casts", "uint8_shift_in_float", "erf_without_exp")
 
 
 def merge_duplicate_casts(graph: torch.fx.Graph) -> int:
@@ -128,16 +129,18 @@ class PostGradPasses(CustomGraphPass):
         self.counts = counts if counts is not None else {}
 
     def __call__(self, graph: torch.fx.Graph) -> None:
-        from zq_compile.passes import uint8_shift_in_float
+        from zq_compile.passes import erf_without_exp, uint8_shift_in_float
 
-        run = {"merge_duplicate_casts": merge_duplicate_casts, "uint8_shift_in_float": uint8_shift_in_float.run}
+        run = {"merge_duplicate_casts": merge_duplicate_casts, "uint8_shift_in_float": uint8_shift_in_float.run,
+               "erf_without_exp": erf_without_exp.run}
         for name in self.enabled:
             self.counts[name] = run[name](graph)
 
     def uuid(self):
-        from zq_compile.passes import uint8_shift_in_float
+        from zq_compile.passes import erf_without_exp, uint8_shift_in_float
 
-        return (get_hash_for_files((__file__, uint8_shift_in_float.__file__)), self.enabled)
+        files = (__file__, uint8_shift_in_float.__file__, erf_without_exp.__file__)
+        return (get_hash_for_files(files), self.enabled)
 
 
 def _freeze(value):
