@@ -1,5 +1,7 @@
 """erf_without_exp: erf (exact GeLU's) computed without exp, within 2e-6 of erf in fp32, with
-NaN/Inf kept, and the generated code no longer calling ATen's vectorized erf."""
+NaN/Inf kept, and the generated code no longer calling ATen's vectorized erf; run only where
+Inductor's vectors are at most 256 bits wide (the tests force that width, so they check the same
+thing on every CPU)."""
 
 import math
 
@@ -11,6 +13,9 @@ from torch._inductor.utils import run_and_get_code
 import zq_compile
 from tests.modules import Block
 from zq_compile.passes import erf_without_exp
+
+#: Inductor's code at 256-bit vectors, where the pass runs, whatever this CPU's width
+AVX2_WIDTH = {"cpp.simdlen": 256}
 
 SPECIALS = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-40, -1e-40, 3.99, 4.0, 4.01, 9.5, -9.5, 1e30]
 
@@ -30,7 +35,7 @@ def _compile_with_pass(fn, x, enabled=True):
         counts["rewritten"] = erf_without_exp.run(graph) if enabled else 0
 
     torch._dynamo.reset()
-    with torch._inductor.config.patch(post_grad_custom_pre_pass=post_grad, fx_graph_cache=False):
+    with torch._inductor.config.patch(post_grad_custom_pre_pass=post_grad, fx_graph_cache=False, **AVX2_WIDTH):
         out, (code,) = run_and_get_code(torch.compile(fn), x)
     return out, code, counts["rewritten"]
 
@@ -72,9 +77,23 @@ def test_the_default_inductor_code_calls_erf_and_the_rewritten_one_equals_the_re
     assert not torch.equal(plain, out)  # it did change the arithmetic
 
 
-def test_integer_erf_is_left_to_inductor():
+def test_wider_vectors_keep_atens_erf(monkeypatch):
+    """512-bit code keeps ATen's erf (measured faster there in the FFN1 epilogue)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    gm = make_fx(torch.erf, tracing_mode="fake")(torch.randn(4))
+    monkeypatch.setattr(erf_without_exp, "vector_bits", lambda: 512)
+    assert erf_without_exp.run(gm.graph) == 0
+    monkeypatch.setattr(erf_without_exp, "vector_bits", lambda: 256)
+    assert erf_without_exp.run(gm.graph) == 1
+    with torch._inductor.config.patch(AVX2_WIDTH):
+        assert erf_without_exp.vector_bits() <= 256
+
+
+def test_float64_erf_is_left_to_inductor(monkeypatch):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    monkeypatch.setattr(erf_without_exp, "vector_bits", lambda: 256)
     gm = make_fx(lambda x: torch.erf(x.to(torch.float64)), tracing_mode="fake")(torch.randn(4))
     assert erf_without_exp.run(gm.graph) == 0  # float64 keeps ATen's erf
 
@@ -89,7 +108,7 @@ def test_the_backend_rewrites_the_gelu_of_a_block_and_can_be_switched_off():
         for name, options in (("on", {}), ("off", {"disable_passes": ("erf_without_exp",)})):
             torch._dynamo.reset()
             compiled = torch.compile(model, backend="zeroquant", options={"pipeline_race": "off", **options})
-            with torch._inductor.config.patch(fx_graph_cache=False):
+            with torch._inductor.config.patch(fx_graph_cache=False, **AVX2_WIDTH):
                 outs[name], (code,) = run_and_get_code(compiled, x)
             report = zq_compile.recent_reports()[-1]
             assert (".erf()" in code) == (name == "off")
