@@ -22,11 +22,8 @@ with and without the erf argument clamped to [-4, 4] (exact in fp32: erf(3.92) r
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -144,15 +141,9 @@ def gelu_kernel(rounds: int) -> list[dict]:
 
 
 def main() -> None:
-    from zq_compile.benchmarks.machine import describe, machine_info
+    from zq_compile.benchmarks.machine import targeted_bench_end, targeted_bench_start
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--json", help="write the figures here too")
-    args = ap.parse_args()
-    info = machine_info()
-    print(describe(info))
-    started = time.time()
+    args, info, started = targeted_bench_start(__doc__, rounds=15)
     result = {"machine": info, "gemm_epilogue": gemm_epilogue(args.rounds), "gelu": gelu_kernel(args.rounds)}
     print("\nFFN1 u8s8 GEMM + per-token scale + bias + GeLU -> bf16 (median ms of interleaved rounds)")
     for r in result["gemm_epilogue"]:
@@ -165,10 +156,7 @@ def main() -> None:
     for r in result["gelu"]:
         parts = ", ".join(f"{name} {v:.2f}" for name, v in r["ms"].items())
         print(f"  std {r['std']:g}: {parts}; clamped bit-equal to Inductor's: {r['clamped_bit_equal']}")
-    print(f"\n({time.time() - started:.0f} s; medians of {args.rounds} interleaved rounds)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    targeted_bench_end(args, started, result)
 
 
 if __name__ == "__main__":

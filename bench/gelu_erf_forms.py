@@ -22,11 +22,8 @@ Each compiled form is built at this CPU's vector width and at 256 bits (Inductor
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -117,15 +114,9 @@ def ffn1_epilogue(rounds: int) -> list[dict]:
 
 
 def main() -> None:
-    from zq_compile.benchmarks.machine import describe, machine_info
+    from zq_compile.benchmarks.machine import targeted_bench_end, targeted_bench_start
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=25)
-    ap.add_argument("--json", help="write the figures here too")
-    args = ap.parse_args()
-    info = machine_info()
-    print(describe(info))
-    started = time.time()
+    args, info, started = targeted_bench_start(__doc__, rounds=25)
     with torch.no_grad():  # compiled and timed in the same grad mode (no recompile)
         result = {"machine": info, "gelu": gelu_alone(args.rounds), "ffn1_epilogue": ffn1_epilogue(args.rounds)}
     print("\nGeLU over 1024x3072 fp32 -> bf16 (median ms of interleaved rounds)")
@@ -138,10 +129,7 @@ def main() -> None:
         print(f"  pre-activation std {r['std']:g}: " + ", ".join(f"{n} {v:.2f}" for n, v in r["ms"].items()))
         print("    max |int8 - the first column's|: "
               + ", ".join(f"{n} {v}" for n, v in r["max_int8_diff_vs_first"].items()))
-    print(f"\n({time.time() - started:.0f} s; medians of {args.rounds} interleaved rounds)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    targeted_bench_end(args, started, result)
 
 
 if __name__ == "__main__":

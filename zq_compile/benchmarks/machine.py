@@ -64,3 +64,29 @@ def describe(info: dict) -> str:
         f"{' '.join(info['cpu_flags'])}), torch {v['torch']}, torchao {v['torchao']}, "
         f"transformers {v['transformers']}"
     )
+
+
+def targeted_bench_start(doc: str, rounds: int):
+    """The command line and header shared by the targeted scripts in ``bench/``: ``--rounds``
+    and ``--json``; prints this machine's line. Returns (args, machine info, start time)."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--json", help="write the figures here too")
+    args = ap.parse_args()
+    info = machine_info()
+    print(describe(info))
+    return args, info, time.time()
+
+
+def targeted_bench_end(args, started: float, result: dict) -> None:
+    """The footer of a targeted script: elapsed time and rounds; the figures to ``--json``."""
+    import json
+    import time
+
+    print(f"\n({time.time() - started:.0f} s; medians of {args.rounds} interleaved rounds)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
