@@ -126,3 +126,29 @@ def test_release_recompile_and_save_load_keep_the_float_term(tmp_path, monkeypat
     with torch.inference_mode():
         again = zq_compile.compile(fresh, loaded)(input_ids=_ids(7, 2, 12), use_cache=False).logits
     assert torch.equal(first, again)
+
+
+def test_the_float_term_is_unrolled_into_the_logits_loop_and_equals_the_reduction(monkeypatch):
+    """k <= UNROLL_MAX: pointwise multiply-adds that Inductor computes in the loop writing the
+    logits, with no reduction kernel left; the logits match the reduction form's."""
+    from torch._inductor.utils import run_and_get_code
+
+    from zq_compile.passes import outlier_term
+
+    m = _head_outlier_llama()
+    ids = _ids(4)
+    options = dict(skip=("model.layers.*",), smooth=False, keep_float=-100.0, heads="outliers", pipeline_race="off")
+    got = {}
+    for name, unroll in (("unrolled", outlier_term.UNROLL_MAX), ("reduced", 0)):
+        monkeypatch.setattr(outlier_term, "UNROLL_MAX", unroll)
+        torch._dynamo.reset()
+        compiled = torch.compile(m, backend="zeroquant", options=options)
+        with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False):
+            out, (code,) = run_and_get_code(lambda: compiled(input_ids=ids, use_cache=False).logits)
+        head = next(d for d in zq_compile.recent_reports()[-1].decisions if d.module == "lm_head")
+        assert "8 outlier input channel(s)" in head.reason, head.reason
+        got[name] = (out, code)
+    (unrolled, code), (reduced, reduced_code) = got["unrolled"], got["reduced"]
+    assert "index_select_linear_w8a8_mul_sum" in reduced_code  # the reduction kernel (the check can fail)
+    assert "_sum_" not in code and "index_select" in code
+    assert torch.allclose(unrolled, reduced, rtol=1e-5, atol=1e-5), (unrolled - reduced).abs().max()
