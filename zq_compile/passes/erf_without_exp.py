@@ -38,7 +38,7 @@ and narrower). Where the int8 pipeline computes GeLU, the FFN1 epilogue kernel (
 bias, GeLU, the next quantize), the two forms are within a few percent: on the AMX Xeon of
 2026-12-06 the rewrite was 3% slower with 512-bit code and 3.5% faster with 256-bit code at
 pre-activation standard deviations 1 and 3 (``bench/gelu_erf_forms.py``), while GeLU alone was
-1.17x / 1.36x faster and 4x to 7x at standard deviation 10. So 512-bit code keeps ATen's erf,
+1.13x to 1.36x faster, and 4x to 7x at standard deviation 10, in two runs. So 512-bit code keeps ATen's erf,
 whose denormal cliff needs |x| > 13 in the FFN (not seen in the models we measured), and the
 pass then counts 0. Returns the number of erf nodes rewritten; switch off with
 ``disable_passes=("erf_without_exp",)``.
@@ -69,7 +69,7 @@ def vector_bits() -> int:
 
 
 def erf_reference(z: torch.Tensor) -> torch.Tensor:
-    """The rewrite's arithmetic in eager torch ops (fp32), for tests and for the pass's meta."""
+    """The rewrite's arithmetic in eager torch ops (fp32): what the tests judge the pass by."""
     x = z.float()
     a = x.abs().clamp_max(CLAMP)
     p = A[5]

@@ -85,7 +85,7 @@ def emit(ctx, m, y: fx.Node, w_nk: torch.Tensor, scale, outliers: Outliers, xo: 
     with graph.inserting_before(y.next):  # in order, right after the GEMM
         xf = graph.call_function(prims.convert_element_type.default, (xo, torch.float32))
         new = [xf]
-        term = _unrolled_term(graph, xf, wo_node, k, new) if k <= UNROLL_MAX else _reduced_term(graph, xf, wo_node, new)
+        term = _unrolled_term(graph, xf, wo_node, k, new) if 0 < k <= UNROLL_MAX else _reduced_term(graph, xf, wo_node, new)
         out = graph.call_function(aten.add.Tensor, (y, term))
         new.append(out)
         add = out
