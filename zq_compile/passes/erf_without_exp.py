@@ -38,9 +38,9 @@ and narrower). Where the int8 pipeline computes GeLU, the FFN1 epilogue kernel (
 bias, GeLU, the next quantize), the two forms are within a few percent: on the AMX Xeon of
 2026-12-06 the rewrite was 3% slower with 512-bit code and 3.5% faster with 256-bit code at
 pre-activation standard deviations 1 and 3 (``bench/gelu_erf_forms.py``), while GeLU alone was
-1.13x to 1.36x faster, and 4x to 7x at standard deviation 10, in two runs. So 512-bit code keeps ATen's erf,
-whose denormal cliff needs |x| > 13 in the FFN (not seen in the models we measured), and the
-pass then counts 0. Returns the number of erf nodes rewritten; switch off with
+1.13x to 1.36x faster, and 4x to 7x at standard deviation 10, in two runs. So 512-bit code
+keeps ATen's erf, whose denormal cliff needs |x| > 13 in the FFN (not seen in the models we
+measured), and the pass then counts 0. Returns the number of erf nodes rewritten; switch off with
 ``disable_passes=("erf_without_exp",)``.
 """
 
@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import torch
 import torch.fx as fx
+
+from zq_compile.passes.graph_utils import annotate
 
 aten, prims = torch.ops.aten, torch.ops.prims
 
@@ -107,8 +109,7 @@ def _emit(graph: fx.Graph, z: fx.Node, dtype: torch.dtype) -> fx.Node:
 
     def node(target, *args):
         n = graph.call_function(target, args)
-        with fake_mode:
-            n.meta["val"] = target(*(a.meta["val"] if isinstance(a, fx.Node) else a for a in args))
+        annotate(n, fake_mode)
         return n
 
     x = z if dtype == torch.float32 else node(prims.convert_element_type.default, z, torch.float32)
