@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
+from zq_compile.passes.graph_utils import annotate
+
 aten, prims = torch.ops.aten, torch.ops.prims
 
 NAME = "uint8_shift_in_float"
@@ -90,13 +92,6 @@ def _match(u8: fx.Node):
     return None if source is None else (source, views[::-1])
 
 
-def _with_val(node: fx.Node, fn, *inputs) -> fx.Node:
-    vals = [i.meta["val"] for i in inputs]
-    with vals[0].fake_mode:
-        node.meta["val"] = fn(*vals)
-    return node
-
-
 def run(graph: fx.Graph) -> int:
     rewritten = 0
     for u8 in list(graph.find_nodes(op="call_function", target=CONVERT)):
@@ -104,13 +99,16 @@ def run(graph: fx.Graph) -> int:
         if found is None:
             continue
         source, views = found
+        fake_mode = source.meta["val"].fake_mode
         with graph.inserting_before(u8):
             x = source
             for view in views:
-                new = graph.call_function(view.target, (x, *view.args[1:]), dict(view.kwargs))
-                x = _with_val(new, lambda v, view=view: view.target(v, *view.args[1:], **view.kwargs), x)
-            shifted = _with_val(graph.call_function(aten.add.Tensor, (x, 128.0)), lambda v: v + 128.0, x)
-            out = _with_val(graph.call_function(CONVERT, (shifted, torch.uint8)), lambda v: v.to(torch.uint8), shifted)
+                x = graph.call_function(view.target, (x, *view.args[1:]), dict(view.kwargs))
+                annotate(x, fake_mode)
+            x = graph.call_function(aten.add.Tensor, (x, 128.0))
+            annotate(x, fake_mode)
+            out = graph.call_function(CONVERT, (x, torch.uint8))
+            annotate(out, fake_mode)
         u8.replace_all_uses_with(out)
         _erase_unread(graph, u8)
         rewritten += 1
