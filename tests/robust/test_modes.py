@@ -141,6 +141,24 @@ def test_weight_edit_after_compiling_is_requantized_never_stale(preset, edit):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+def test_version_stamp_is_the_counter_and_zero_for_inference_tensors():
+    """store.version, which every staleness check reads: the version counter of a plain tensor
+    (bumped by an in-place edit), 0 for an inference tensor (which has no counter; reading
+    ``_version`` of one raises)."""
+    from zq_compile import store
+
+    t = torch.zeros(3)
+    before = store.version(t)
+    t.add_(1)
+    assert store.version(t) == before + 1
+    with torch.inference_mode():
+        i = torch.zeros(3)
+        i.add_(1)
+    with pytest.raises(RuntimeError):
+        i._version
+    assert store.version(i) == 0
+
+
 @pytest.mark.xfail(strict=True, reason="documented limit: edits through .data bypass the version "
                    "counter the binding checks (README, Robustness guarantees); strict so the README "
                    "is updated the day this starts to work")
