@@ -42,13 +42,12 @@ def probe(model: str, contender: str, batch: int, seq: int, calls: int) -> dict:
     from zq_compile.benchmarks import calibration, models
     from zq_compile.benchmarks import contenders as C
     from zq_compile.benchmarks.harness import encoder_inputs
+    from zq_compile.data import polarity_sentences
 
     if model == "bert-base":
         bm, tok = models.bert_base_random(), None
         bm.calibration = calibration.random_ids(bm.model.config.vocab_size)
     else:
-        from zq_compile.data import polarity_sentences
-
         bm, tok = models.minilm()
         bm.calibration = calibration.sentences(tok, calibration.wikipedia_sentences(), bm.model.config.vocab_size)
     texts = None if tok is None else [s for s, _ in polarity_sentences()]
