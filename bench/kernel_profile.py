@@ -21,7 +21,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -39,18 +38,11 @@ def _group(name: str) -> str:
 def probe(model: str, contender: str, batch: int, seq: int, calls: int) -> dict:
     import torch
 
-    from zq_compile.benchmarks import calibration, models
     from zq_compile.benchmarks import contenders as C
+    from zq_compile.benchmarks import models
     from zq_compile.benchmarks.harness import encoder_inputs
-    from zq_compile.data import polarity_sentences
 
-    if model == "bert-base":
-        bm, tok = models.bert_base_random(), None
-        bm.calibration = calibration.random_ids(bm.model.config.vocab_size)
-    else:
-        bm, tok = models.minilm()
-        bm.calibration = calibration.sentences(tok, calibration.wikipedia_sentences(), bm.model.config.vocab_size)
-    texts = None if tok is None else [s for s, _ in polarity_sentences()]
+    bm, tok, texts = models.encoder(model)
     inputs = encoder_inputs(tok, texts, batch, seq, bm.model.config.vocab_size)
     (c,) = [c for c in C.select([contender]) if c.name == contender]
     with torch.inference_mode():
@@ -87,21 +79,19 @@ def main(argv=None) -> int:
     if a.one:
         print("ZQ_PROFILE " + json.dumps(probe(a.model, a.one, batch, seq, a.calls)), flush=True)
         return 0
+    from zq_compile.benchmarks.fresh_process import json_line
     from zq_compile.benchmarks.machine import describe, machine_info
 
     print(describe(machine_info()))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1", TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE="1")
     results = {}
     for c in a.contenders:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", c, "--model", a.model, "--shape", a.shape,
                "--calls", str(a.calls)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-        line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("ZQ_PROFILE ")), None)
-        if line is None:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"\n{c}: failed (exit {proc.returncode}): {tail[:300]}")
+        r = json_line(cmd, "ZQ_PROFILE", 1800, {"TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE": "1"})
+        if "error" in r:
+            print(f"\n{c}: failed: {r['error']}")
             continue
-        r = results[c] = json.loads(line[len("ZQ_PROFILE "):])
+        results[c] = r
         print(f"\n{c}, {a.model} {a.shape}: median {r['median_ms']:.1f} ms over {a.calls} forwards; "
               f"profiler self time per forward {sum(r['self_ms'].values()):.1f} ms")
         for name, ms in sorted(r["self_ms"].items(), key=lambda kv: -kv[1])[:a.top]:

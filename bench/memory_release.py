@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -64,16 +63,11 @@ def probe(contender: str, seq: int) -> dict:
 
 
 def run(contender: str, seq: int, cache_dir: str | None = None) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
-    if cache_dir is not None:
-        env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
+    from zq_compile.benchmarks.fresh_process import json_line
+
+    env = {} if cache_dir is None else {"TORCHINDUCTOR_CACHE_DIR": cache_dir}
     cmd = [sys.executable, os.path.abspath(__file__), "--one", contender, "--seq", str(seq)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("ZQ_MEMORY "):
-            return json.loads(line[len("ZQ_MEMORY "):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"exited {proc.returncode}: {tail[:300]}"}
+    return json_line(cmd, "ZQ_MEMORY", 1800, env)
 
 
 def cold_and_warm(contender: str, seq: int) -> dict:

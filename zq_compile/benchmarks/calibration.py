@@ -62,6 +62,12 @@ def random_ids(vocab: int, first_seed: int = 1) -> Calibration:
     return calibration
 
 
+def for_encoder(tokenizer, vocab: int) -> Calibration:
+    """An encoder's calibration: Wikipedia sentences where it has a tokenizer, else random ids
+    from other seeds than the measured ones."""
+    return sentences(tokenizer, wikipedia_sentences(), vocab) if tokenizer is not None else random_ids(vocab)
+
+
 def token_stream(ids: torch.Tensor) -> Calibration:
     """Consecutive slices of ``ids`` (token ids never measured) in the measured ``input_ids`` shape."""
     flat = ids.flatten()

@@ -152,9 +152,7 @@ def encoder_section(bm: BenchModel, contenders: list[Contender], shapes: list[tu
     texts = [t for t, _ in labelled] if labelled else None
     vocab = bm.model.config.vocab_size
     if bm.calibration is None:  # static scales: other sentences (or other random ids) than measured
-        other = (calibration.sentences(tokenizer, calibration.wikipedia_sentences(), vocab)
-                 if tokenizer is not None else calibration.random_ids(vocab))
-        bm = dataclasses.replace(bm, calibration=other)
+        bm = dataclasses.replace(bm, calibration=calibration.for_encoder(tokenizer, vocab))
 
     def make_inputs(batch, seq):
         inputs = encoder_inputs(tokenizer, texts, batch, seq, vocab)

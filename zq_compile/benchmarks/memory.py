@@ -28,7 +28,6 @@ import argparse
 import ctypes
 import gc
 import json
-import os
 import subprocess
 import sys
 
@@ -55,10 +54,10 @@ def probe(model_name: str, contender: str, batch: int, seq: int) -> dict:
     import torch
 
     import zq_compile  # noqa: F401
+    from zq_compile import data  # noqa: F401  (models.encoder's imports, kept out of the figures)
+    from zq_compile.benchmarks import calibration, models  # noqa: F401
     from zq_compile.benchmarks import contenders as C
-    from zq_compile.benchmarks import models
     from zq_compile.benchmarks.harness import encoder_inputs
-    from zq_compile.data import polarity_sentences
 
     try:  # import the peers now so their import cost is in the baseline, not in the contender
         import torchao.quantization  # noqa: F401
@@ -66,18 +65,8 @@ def probe(model_name: str, contender: str, batch: int, seq: int) -> dict:
         pass
     _trim()
     base = _status_kib("VmRSS")
-    if model_name == "minilm":
-        bm, tok = models.minilm()
-        texts = [s for s, _ in polarity_sentences()]
-    elif model_name == "bert-base":
-        bm, tok, texts = models.bert_base_random(), None, None
-    else:
-        raise ValueError(f"memory probe: unknown model {model_name!r}; known: minilm, bert-base")
+    bm, tok, texts = models.encoder(model_name)
     bm.owned = True
-    from zq_compile.benchmarks import calibration
-
-    bm.calibration = (calibration.sentences(tok, calibration.wikipedia_sentences(), bm.model.config.vocab_size)
-                      if tok is not None else calibration.random_ids(bm.model.config.vocab_size))
     loaded = _status_kib("VmRSS")
     inputs = encoder_inputs(tok, texts, batch, seq, bm.model.config.vocab_size)
     (c,) = [c for c in C.all_contenders() if c.name == contender]
@@ -98,18 +87,14 @@ def probe(model_name: str, contender: str, batch: int, seq: int) -> dict:
 
 def run_probe(model_name: str, contender: str, batch: int, seq: int, timeout: float = 600) -> dict:
     """Run ``probe`` in a fresh interpreter; {"error": ...} if it fails."""
+    from zq_compile.benchmarks.fresh_process import json_line
+
     cmd = [sys.executable, "-m", "zq_compile.benchmarks.memory", "--model", model_name, "--contender", contender,
            "--batch", str(batch), "--seq", str(seq)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return json_line(cmd, "ZQ_MEMORY", timeout, what="memory probe")
     except subprocess.TimeoutExpired:
         return {"error": f"memory probe timed out after {timeout:.0f}s"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("ZQ_MEMORY "):
-            return json.loads(line[len("ZQ_MEMORY "):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"memory probe exited {proc.returncode}: {tail[:300]}"}
 
 
 def main(argv: list[str] | None = None) -> int:

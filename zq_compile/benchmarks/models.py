@@ -57,6 +57,24 @@ def bert_base_random(seed: int = 0) -> BenchModel:
     return BenchModel("BERT-base (random)", model, "encoder", "BERT-base config, random weights: speed only")
 
 
+def encoder(name: str) -> tuple[BenchModel, object, list[str] | None]:
+    """(model, tokenizer or None, sentences to measure or None) for the encoder probes, "minilm"
+    (real weights and sentences) or "bert-base" (random weights and ids); the model's calibration
+    is set (``calibration.for_encoder``)."""
+    from zq_compile.benchmarks import calibration
+
+    if name == "minilm":
+        from zq_compile.data import polarity_sentences
+
+        (bm, tok), texts = minilm(), [s for s, _ in polarity_sentences()]
+    elif name == "bert-base":
+        bm, tok, texts = bert_base_random(), None, None
+    else:
+        raise ValueError(f"unknown encoder model {name!r}; known: minilm, bert-base")
+    bm.calibration = calibration.for_encoder(tok, bm.model.config.vocab_size)
+    return bm, tok, texts
+
+
 def linear_layer(k: int, n: int, seed: int = 0) -> BenchModel:
     """One nn.Linear inside a Sequential: module-swapping quantizers (quantize_dynamic) replace
     children only, and would leave a bare top-level Linear in fp32."""
