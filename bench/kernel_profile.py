@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Inductor names a kernel graph_<g>_cpp_fused_<ops>_<n>: the trailing number tells copies apart
 _NUMBERED = re.compile(r"^(graph_\d+_)?(cpp_fused_.*?)(_\d+)?$")
+#: forwards under the profiler; its figures are averaged over them
+PROFILED = 3
 
 
 def _group(name: str) -> str:
@@ -55,13 +57,13 @@ def probe(model: str, contender: str, batch: int, seq: int, calls: int) -> dict:
             fn(**inputs)
             times.append(time.perf_counter() - t0)
         with torch.profiler.profile() as prof:
-            for _ in range(3):
+            for _ in range(PROFILED):
                 fn(**inputs)
     self_ms: dict[str, float] = collections.Counter()
     count: dict[str, float] = collections.Counter()
     for e in prof.key_averages():
-        self_ms[_group(e.key)] += e.self_cpu_time_total / 3 / 1000
-        count[_group(e.key)] += e.count / 3
+        self_ms[_group(e.key)] += e.self_cpu_time_total / PROFILED / 1000
+        count[_group(e.key)] += e.count / PROFILED
     return {"median_ms": 1000 * statistics.median(times), "self_ms": dict(self_ms), "calls": dict(count)}
 
 
