@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import re
 import sys
@@ -116,10 +117,11 @@ def main() -> None:
     inputs = {"input_ids": torch.randint(1000, 20000, (8, 128), generator=g),
               "attention_mask": torch.ones(8, 128, dtype=torch.long)}
     fns, outs, loops = {}, {}, {}
+    compiles = itertools.count()
 
     def compiled(forms):
-        # a code object per variant: Dynamo would otherwise reuse the first one's graph
-        code = _forward.__code__.replace(co_name=f"forward_{len(fns)}_{len(loops)}")
+        # a code object per compile: Dynamo would otherwise reuse the first one's graph
+        code = _forward.__code__.replace(co_name=f"forward_{next(compiles)}")
         f = torch.compile(types.FunctionType(code, _forward.__globals__), backend="zeroquant",
                           options={"pipeline_race": "off"})
         m = copy.deepcopy(model)
@@ -130,8 +132,7 @@ def main() -> None:
     variants = {"package forms": contextlib.nullcontext, "row-loop forms": row_loop_forms}
     with torch.inference_mode():
         for name, forms in variants.items():  # the generated code first: run_and_get_code resets Dynamo
-            with forms():
-                _, sources = run_and_get_code(compiled(forms)[0])
+            _, sources = run_and_get_code(compiled, forms)
             loops[name] = _loops("\n".join(sources))
         torch._dynamo.reset()
         for name, forms in variants.items():
