@@ -1,10 +1,16 @@
-"""Where a contender's forward spends its time, kernel by kernel: BERT-base (random weights) or
-MiniLM-L6 through any bench contender, under the torch profiler with Inductor's kernel profiling
+"""Where a contender's forward spends its time, kernel by kernel: BERT-base (random weights),
+MiniLM-L6 or a SmolLM2-135M prefill through any bench contender, under the torch profiler with Inductor's kernel profiling
 on, each contender in a fresh process of its own (so one's compiled code and caches cannot serve
 another's, and the profiler's overhead lands on one at a time).
 
     .venv/bin/python bench/kernel_profile.py --contenders "pt2e x86 static" "zeroquant w8a8 int8"
     .venv/bin/python bench/kernel_profile.py --model minilm --shape 32x128 --top 15
+    .venv/bin/python bench/kernel_profile.py --model smollm2 --shape 1x256 \
+        --contenders "pt2e x86 static" "zeroquant w8a8"
+
+SmolLM2's forward is the bench's prefill (``use_cache=True``, the first window of the Wikipedia
+prose the bench measures); static-scale peers calibrate on the windows after the measured ones,
+as in ``make bench``.
 
 Per contender: the median of ``--calls`` timed forwards without the profiler (ms), then the
 profiler's self time per op or Inductor kernel, averaged per forward (an op called once per layer
@@ -44,8 +50,11 @@ def probe(model: str, contender: str, batch: int, seq: int, calls: int) -> dict:
     from zq_compile.benchmarks import models
     from zq_compile.benchmarks.harness import encoder_inputs
 
-    bm, tok, texts = models.encoder(model)
-    inputs = encoder_inputs(tok, texts, batch, seq, bm.model.config.vocab_size)
+    if model == "smollm2":
+        bm, inputs = _smollm2_prefill(batch, seq)
+    else:
+        bm, tok, texts = models.encoder(model)
+        inputs = encoder_inputs(tok, texts, batch, seq, bm.model.config.vocab_size)
     (c,) = [c for c in C.select([contender]) if c.name == contender]
     with torch.inference_mode():
         fn = c.build(bm, inputs)
@@ -67,9 +76,23 @@ def probe(model: str, contender: str, batch: int, seq: int, calls: int) -> dict:
     return {"median_ms": 1000 * statistics.median(times), "self_ms": dict(self_ms), "calls": dict(count)}
 
 
+def _smollm2_prefill(batch: int, seq: int):
+    """SmolLM2 and the bench's prefill inputs: ``batch`` windows of ``seq`` tokens of the prose;
+    the calibration of static-scale peers reads the windows after them (``bench/run.py``'s split)."""
+    from zq_compile.benchmarks import calibration, models
+    from zq_compile.benchmarks.accuracy import token_windows
+    from zq_compile.data import wikipedia_prose
+
+    bm, tok = models.smollm2()
+    ids = tok("\n\n".join(wikipedia_prose()), return_tensors="pt").input_ids
+    windows = token_windows(ids, seq, batch + 4)
+    bm.calibration = calibration.token_stream(windows[batch:])
+    return bm, {"input_ids": windows[:batch], "use_cache": True}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=("bert-base", "minilm"), default="bert-base")
+    p.add_argument("--model", choices=("bert-base", "minilm", "smollm2"), default="bert-base")
     p.add_argument("--shape", default="8x128", help="batch x sequence length")
     p.add_argument("--contenders", nargs="+", default=["pt2e x86 static", "zeroquant w8a8 int8"])
     p.add_argument("--calls", type=int, default=10, help="timed forwards for the median")
