@@ -1,14 +1,16 @@
-"""How much would one GEMM for Q, K and V (and for gate and up) save end to end? An upper bound.
+"""How much does one GEMM for Q, K and V (and for gate and up) save end to end?
 
 Linears that read one activation (Q/K/V; a Llama MLP's gate and up) run as separate int8 GEMMs
 on one shared quantized input. Merged into one GEMM over the concatenated weights, the input is
 read once and the GEMM gets wider, which a microbenchmark of the GEMMs alone favours (oneDNN
 u8s8 on the AMX Xeon: BERT's QKV 1.23x, SmolLM2's 1.93x at 256 tokens, gate/up 1.07x). Before
-building that merge as an FX pass, this script measures what it can give a whole forward: it
-merges the weights in the model itself (one ``nn.Parameter`` per group, the outputs split by
-columns, every value unchanged) and compiles the original and merged models with zeroquant, side
-by side in one process, with ``pipeline_race='off'`` and the plain options (no smoothing, float
-head) so that both run the same int8 pipeline.
+the merge was built as an FX pass (``passes/merge_sibling_gemms.py``), this script measured what
+it could give a whole forward by merging the weights in the model itself (one ``nn.Parameter``
+per group, the outputs split by columns, every value unchanged). It now compiles, side by side
+in one process, with ``pipeline_race='off'`` and the plain options (no smoothing, float head) so
+that all run the same int8 pipeline: the model with the pass switched off ("separate"), the
+model with the pass ("merged by the pass"), and the model merged by hand with the pass off (the
+bound it was built against).
 
     .venv/bin/python bench/sibling_merge_ab.py [--rounds 3] [--json out.json]
 
@@ -90,23 +92,27 @@ def _forward(model, inputs):
     return out.logits if hasattr(out, "logits") else out[0]
 
 
+OFF = {**PLAIN, "disable_passes": ("merge_sibling_gemms",)}
+
+
 def compare(title: str, variants: dict, inputs: dict, rounds: int) -> dict:
+    """``variants``: name -> (model, zeroquant options)."""
     from zq_compile.timing import interleaved_medians
 
     compiles = itertools.count()
     fns, outs = {}, {}
     with torch.inference_mode():
-        for name, model in variants.items():
+        for name, (model, options) in variants.items():
             # a code object per variant: Dynamo would otherwise reuse the first one's graph
             code = _forward.__code__.replace(co_name=f"forward_{next(compiles)}")
-            f = torch.compile(types.FunctionType(code, _forward.__globals__), backend="zeroquant", options=PLAIN)
+            f = torch.compile(types.FunctionType(code, _forward.__globals__), backend="zeroquant", options=options)
             outs[name] = f(model, inputs)
             fns[name] = (lambda f, m: lambda: f(m, inputs))(f, model)
         first = next(iter(variants))
         diffs = {n: (outs[n].float() - outs[first].float()).abs().max().item() for n in outs}
         per_round = [interleaved_medians(fns, runs=9, warmup=2) for _ in range(rounds)]
     ms = {n: statistics.median(r[n] for r in per_round) for n in fns}
-    print(f"\n{title}, zeroquant {PLAIN}")
+    print(f"\n{title}, zeroquant {PLAIN} (the pass off where named)")
     for n in fns:
         rounds_text = ", ".join(f"{r[n]:.1f}" for r in per_round)
         print(f"  {n}: {ms[n]:.1f} ms ({ms[first] / ms[n]:.3f}x {first}; rounds {rounds_text}); "
@@ -127,14 +133,15 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     inputs = {"input_ids": torch.randint(1000, 20000, (8, 128), generator=g),
               "attention_mask": torch.ones(8, 128, dtype=torch.long)}
-    result["bert"] = compare("BERT-base (random) 8x128", {"separate": bert, "merged qkv": merged_copy(bert, False)},
-                             inputs, args.rounds)
+    result["bert"] = compare("BERT-base (random) 8x128", {
+        "separate": (bert, OFF), "merged by the pass": (bert, PLAIN),
+        "merged qkv by hand": (merged_copy(bert, False), OFF)}, inputs, args.rounds)
     del bert
     bm, tok = smollm2()
     ids = tok("\n\n".join(wikipedia_prose()), return_tensors="pt").input_ids
     inputs = {"input_ids": token_windows(ids, 256, 1), "use_cache": False}
-    variants = {"separate": bm.model, "merged qkv": merged_copy(bm.model, False),
-                "merged qkv + gate/up": merged_copy(bm.model, True)}
+    variants = {"separate": (bm.model, OFF), "merged by the pass": (bm.model, PLAIN),
+                "merged qkv + gate/up by hand": (merged_copy(bm.model, True), OFF)}
     result["smollm2"] = compare("SmolLM2-135M prefill 1x256", variants, inputs, args.rounds)
     targeted_bench_end(args, started, result)
 

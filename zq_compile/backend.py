@@ -20,7 +20,7 @@ import torch.fx as fx
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
 from zq_compile import store
 from zq_compile import debug
-from zq_compile.binding import WeightBinding
+from zq_compile.binding import WeightBinding, keep_merged_rows
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
 from zq_compile.lowering import PostGradPasses, decompositions_for
@@ -227,6 +227,9 @@ def _keep_in_store(ctx: PassContext) -> list:
     for root_node, root, key, slots, _ in ctx.memo.get("stored", []):
         for name, index in slots.items():
             store.set_tensor(root, key, name, ctx.constants[index][1])
+    for source, members in ctx.memo.get("merged", []):  # passes/merge_sibling_gemms.py
+        keep_merged_rows(ctx.constants[source.slots["wq"]][1], ctx.constants[source.slots["ws"]][1],
+                         [(root, key, (start, end)) for root, key, start, end in members])
     for node in ctx.gm.graph.find_nodes(op="placeholder"):
         value = ctx.input_value(node)
         if isinstance(value, torch.Tensor) and rl.read_in_float(node):

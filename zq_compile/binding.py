@@ -36,6 +36,11 @@ class WeightSource:
     # The int8 GEMM weight's form when the graph also gathers from it (a tied embedding table:
     # it stays plain int8); None: the binding's own finalize.
     int8_finalize: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # One GEMM for several linears (passes/merge_sibling_gemms.py): the members' sources, whose
+    # constants are made (or taken from the store) one by one and concatenated, and their rows.
+    # make_float and quantize are then None.
+    parts: tuple["WeightSource", ...] = ()
+    part_rows: tuple[tuple[int, int], ...] = ()
 
 
 def _version(t: torch.Tensor) -> tuple[int, int]:
@@ -81,7 +86,7 @@ class WeightBinding:
         constants = list(template)
         for source in self.sources:
             values = [args[i] for i in source.input_indices]
-            made = self._stored_or_quantized(source, values)
+            made = self._merged(source, args) if source.parts else self._stored_or_quantized(source, values)
             if source.finalize is not None:
                 made = source.finalize(made)
             for name, slot in source.slots.items():
@@ -91,7 +96,21 @@ class WeightBinding:
                 constants[source.slots["wq"]] = finalize(made["wq"], made["ws"])
                 if source.store_key is not None:
                     store.set_tensor(values[0], source.store_key, "wq", constants[source.slots["wq"]])
+                if source.parts:
+                    keep_merged_rows(constants[source.slots["wq"]], made["ws"],
+                                     [(args[p.input_indices[0]], p.store_key, rows)
+                                      for p, rows in zip(source.parts, source.part_rows)])
         return constants
+
+    def _merged(self, source: WeightSource, args) -> dict:
+        from zq_compile.passes.merge_sibling_gemms import merged_constants
+
+        parts = []
+        for part in source.parts:
+            made = self._stored_or_quantized(part, [args[i] for i in part.input_indices])
+            parts.append((made["wq"], made["ws"]))
+        w_q, w_s = merged_constants(parts)
+        return {"wq": w_q, "ws": w_s}
 
     @staticmethod
     def _stored_or_quantized(source: WeightSource, values: list) -> dict:
@@ -106,3 +125,16 @@ class WeightBinding:
             made = source.quantize(source.make_float(values))
             store.put(values[0], source.store_key, made, source.config)
         return made
+
+
+def keep_merged_rows(w_q: torch.Tensor, w_s: torch.Tensor, members: list) -> None:
+    """After a merged weight took its kernel's form ``w_q``: each member's entry in the store
+    (``members``: (float tensor, store key or None, (first row, end row))) keeps its rows as a
+    view of it instead of a copy of its own, and the merged scales are remembered with it, so a
+    later merge of the same members finds this copy (``merge_sibling_gemms.merged_constants``)."""
+    from zq_compile.codegen.cpu.kernels import remember_merged, row_slice
+
+    remember_merged(w_q, w_s)
+    for root, key, (start, end) in members:
+        if key is not None:
+            store.set_tensor(root, key, "wq", row_slice(w_q, start, end))

@@ -62,9 +62,11 @@ def link_linears(report, gm: fx.GraphModule) -> dict[str, fx.Node]:
     (passes/context.py); a weight shared by several linears is entered once, so the rest are
     matched in order (the rewrite emits them in graph order).
     """
-    zq_linears = [n for n in gm.graph.nodes if zq_kind(n) == "linear"]
     names = [d.node for d in report.decisions if d.quantized]
-    out: dict[str, fx.Node] = {}
+    # linears merged into one GEMM (passes/merge_sibling_gemms.py): each is its column slice
+    out: dict[str, fx.Node] = {n.meta["zq_replaces"]: n for n in gm.graph.nodes
+                               if n.meta.get("zq_replaces") in names}
+    zq_linears = [n for n in gm.graph.nodes if zq_kind(n) == "linear" and "zq_merged" not in n.meta]
     unclaimed = []
     for n in zq_linears:
         owner = next((a.name[3:].rsplit("_", 1)[0] for a in n.args

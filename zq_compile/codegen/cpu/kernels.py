@@ -54,6 +54,61 @@ _HANDLES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # the handles release_pla
 _READ_BACK: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
+#: a stand-in for rows of a merged weight (``passes/merge_sibling_gemms.py``) -> (merged, start, end)
+_ROW_SLICES: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def row_slice(w_q: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of the int8 weight ``w_q`` without a copy: a view of a plain weight, or
+    for a handle a one-byte stand-in whose values ``plain_weight`` reads back from the handle's
+    packed copy. ``zq_compile.store`` keeps these for the linears merged into one GEMM, so that
+    each weight still has its own constants (for zq_compile.save and for graphs that do not
+    merge) while only the merged copy is held."""
+    if w_q not in _HANDLES:
+        return w_q[start:end]
+    piece = torch.zeros(1, dtype=torch.int8).expand(end - start, w_q.shape[1])
+    _ROW_SLICES[piece] = (w_q, start, end)
+    return piece
+
+
+_MERGED_SCALES: WeakIdKeyDictionary = WeakIdKeyDictionary()  # merged weight -> its per-row scales
+
+
+def remember_merged(w_q: torch.Tensor, w_s: torch.Tensor) -> None:
+    _MERGED_SCALES[w_q] = w_s
+
+
+def merged_scale(w_q: torch.Tensor) -> torch.Tensor | None:
+    """The scale tensor a merged weight was made with (oneDNN's cache is keyed by its identity)."""
+    return _MERGED_SCALES.get(w_q) if w_q in _MERGED_SCALES else None
+
+
+def _span(part: torch.Tensor):
+    """(merged weight, first row, end row) of a ``row_slice``, else None."""
+    if part in _ROW_SLICES:
+        return _ROW_SLICES[part]
+    whole = part._base
+    if whole is None or whole.dim() != 2 or whole.storage_offset() or not whole.is_contiguous() \
+            or not part.is_contiguous() or part.shape[1:] != whole.shape[1:]:
+        return None
+    first = part.storage_offset() // max(whole.shape[1], 1)
+    return whole, first, first + part.shape[0]
+
+
+def rows_of(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The weight whose consecutive row slices ``parts`` are, all of its rows in order (what
+    ``row_slice`` made for a merge), else None."""
+    spans = [_span(p) for p in parts]
+    if any(s is None for s in spans) or any(s[0] is not spans[0][0] for s in spans):
+        return None
+    row = 0
+    for _, first, end in spans:
+        if first != row:
+            return None
+        row = end
+    return spans[0][0] if row == spans[0][0].shape[0] else None
+
+
 def is_weight_handle(t: torch.Tensor) -> bool:
     """A stand-in for an int8 weight whose only copy lives in oneDNN's cache (see release_plain)."""
     return t.dim() == 2 and t.numel() > 1 and t.stride() == (0, 0)
@@ -86,6 +141,11 @@ def release_plain(w_q: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
 def plain_weight(w_q: torch.Tensor) -> torch.Tensor:
     """The int8 values behind ``w_q``: itself, or, for a handle, read back from oneDNN's copy
     (the reorder is lossless), for a graph whose kernel wants plain int8."""
+    piece = _ROW_SLICES.get(w_q) if w_q in _ROW_SLICES else None
+    if piece is not None:
+        whole, start, end = piece
+        # a copy of its rows: a view would keep the whole read-back alive (one per member)
+        return plain_weight(whole)[start:end].clone()
     if w_q not in _HANDLES:  # by identity: a 1x1 handle looks like a plain weight
         return w_q
     hit = _ONEDNN_PACKED.get(w_q)
