@@ -170,6 +170,10 @@ def _explain_graph(float_gm, example_inputs, prepared) -> GraphExplain:
         ))
     floats = G.float_reasons(report, float_gm)
     zq_info = {zq.name: (decisions[name].module, decisions[name].scheme) for name, zq in links.items()}
+    for n in prepared.gm.graph.nodes:  # a merged GEMM (passes/merge_sibling_gemms.py): all its linears
+        members = [decisions[m] for m in n.meta.get("zq_members", ()) if m in decisions]
+        if members:
+            zq_info[n.name] = (", ".join(d.module for d in members), members[0].scheme)
     return GraphExplain(
         graph_id=report.graph_id, target=report.target, kernel=report.kernel, kernel_reason=report.kernel_reason,
         linears=rows, float_nodes=list(floats.values()), fusions=[], kernels=[], output_error=out_err,
@@ -189,10 +193,14 @@ def _add_fusions(graph: GraphExplain, state: dict, codes: list[str]) -> None:
     calls = [c for code in codes for c in parse_calls(code)]
     graph.code_captured = True
     graph.kernels = [c.name for c in calls]
-    module_of = {r.zq_node: r.module for r in graph.linears if r.zq_node}
+    module_of = {r.zq_node: [r.module] for r in graph.linears if r.zq_node}
     after_gm = state.get("after_gm")
     if after_gm is None:
         return
+    modules = {r.node: r.module for r in graph.linears}
+    for n in after_gm.graph.nodes:  # one GEMM for several linears: it computes all their modules
+        if n.meta.get("zq_members"):
+            module_of[n.name] = [modules[m] for m in n.meta["zq_members"] if m in modules]
     graph.fusions = G.fusions(calls, after_gm, module_of)
     index = {n.name: n for n in graph.after}
     for i, f in enumerate(graph.fusions):

@@ -140,9 +140,10 @@ def draw_nodes(gm: fx.GraphModule, report, floats: dict[str, FloatNode] | None,
     return nodes
 
 
-def fusions(calls: list[Call], gm: fx.GraphModule, module_of_zq: dict[str, str]) -> list[Fusion]:
+def fusions(calls: list[Call], gm: fx.GraphModule, module_of_zq: dict[str, list[str]]) -> list[Fusion]:
     """Kernels that run part of a quantized linear (its quantize step or its epilogue) together
-    with other work, read from the generated code (kernels.py)."""
+    with other work, read from the generated code (kernels.py). ``module_of_zq``: zq linear node
+    name -> the modules it computes (several for a merged GEMM, passes/merge_sibling_gemms.py)."""
     gemm_of: dict[int, str] = {}  # call index -> zq linear node name
     zq_names = set(module_of_zq)
     for c in calls:
@@ -171,7 +172,8 @@ def fusions(calls: list[Call], gm: fx.GraphModule, module_of_zq: dict[str, str])
             continue  # a kernel of one op fuses nothing
         nodes = _region(gm, [by_name[e] for e in epi], [by_name[f] for f in feeds])
         nodes.extend(s for s in c.source_nodes if s in by_name and s not in nodes)
-        out.append(Fusion(c.name, ops, [module_of_zq[e] for e in epi], [module_of_zq[f] for f in feeds], nodes))
+        out.append(Fusion(c.name, ops, [m for e in epi for m in module_of_zq[e]],
+                          [m for f in feeds for m in module_of_zq[f]], nodes))
     return out
 
 

@@ -197,6 +197,8 @@ def _merge(ctx, members: list[fx.Node]) -> None:
     merged.meta["zq_merged"] = len(members)
     record_fusion(ctx, "sibling_gemms", members)
     decision_of = ctx.memo.get("decision_of", {})
+    # explain names the merged GEMM's kernels by the linears it computes
+    merged.meta["zq_members"] = [decision_of[m].node for m in members if m in decision_of]
     dead = []
     for m, (start, end) in zip(members, bounds):
         with graph.inserting_before(m):
