@@ -164,6 +164,9 @@ def test_explain_links_each_merged_linear_to_its_columns():
     rows = [r for g in result.graphs for r in g.linears if r.module.endswith(("query", "key", "value"))]
     assert rows and all(r.zq_node and r.zq_node.startswith("slice") for r in rows)
     assert all(r.sqnr_db is not None and r.local_sqnr_db is not None and r.local_sqnr_db > 20 for r in rows)
+    # the kernel that writes the merged GEMM's int8 input serves all three linears
+    fed = {m for f in result.graphs[0].fusions for m in f.quantizes_for}
+    assert {f"encoder.layer.0.attention.self.{n}" for n in ("query", "key", "value")} <= fed, fed
 
 
 def test_grad_mode_detached_biases_are_moved_before_the_merged_gemm():
