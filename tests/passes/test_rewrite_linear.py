@@ -18,8 +18,9 @@ from zq_compile.metrics import sqnr_db
 
 def _prepare(fn, *args, **config):
     # These tests read rewrite_linear's own output; in graphs of at most 16 rows decode_weight_only
-    # may race it into linear_wo afterwards (tests/passes/test_decode_weight_only.py).
-    config.setdefault("disable_passes", ("decode_weight_only",))
+    # may race it into linear_wo afterwards (tests/passes/test_decode_weight_only.py), and
+    # merge_sibling_gemms joins linears that share an input (test_merge_sibling_gemms.py).
+    config.setdefault("disable_passes", ("decode_weight_only", "merge_sibling_gemms"))
     gm, inputs = capture(fn, *args)
     with torch.no_grad():  # the backend runs in the grad mode of the call it compiles
         return prepare(gm, inputs, ZeroQuantConfig(**config)), inputs
@@ -91,6 +92,9 @@ def test_shared_activation_is_quantized_once():
     p, _ = _prepare(QKV(), torch.randn(4, 32))
     assert _count(p.gm, torch.ops.zq.linear_w8a8.default) == 3
     assert _count(p.gm, torch.ops.zq.quantize_per_token.default) == 1
+    merged, _ = _prepare(QKV(), torch.randn(4, 32), disable_passes=("decode_weight_only",))
+    assert _count(merged.gm, torch.ops.zq.linear_w8a8.default) == 1  # merge_sibling_gemms: one GEMM
+    assert merged.report.pass_counts["rewrite_linear"] == 3
 
 
 def test_shared_weight_is_quantized_once():
