@@ -114,29 +114,21 @@ def merged_constants(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[to
     return w_q, w_s
 
 
-def _defined_before(a: fx.Node, b: fx.Node) -> bool:
-    for n in a.graph.nodes:
-        if n is a:
-            return True
-        if n is b:
-            return False
-    return False
-
-
-def _hoistable(first: fx.Node, bias) -> bool:
-    """Whether ``bias`` is defined before ``first`` or can be moved there: a chain of ops on
-    placeholders only (``inference_only``'s detach of a parameter)."""
-    if not isinstance(bias, fx.Node) or bias.op == "placeholder" or _defined_before(bias, first):
-        return True
-    return bias.op in ("call_function", "call_method") and all(_hoistable(first, a) for a in bias.all_input_nodes)
-
-
-def _hoist(first: fx.Node, bias) -> None:
-    if not isinstance(bias, fx.Node) or bias.op == "placeholder" or _defined_before(bias, first):
-        return
+def _to_move(first: fx.Node, bias, pos: dict) -> list[fx.Node] | None:
+    """The nodes to move before ``first`` so that ``bias`` is defined there, inputs first, or None
+    when that is not a chain of ops on placeholders (``inference_only``'s detach of a parameter).
+    ``pos``: each node's place in the graph."""
+    if not isinstance(bias, fx.Node) or bias.op == "placeholder" or pos[bias] < pos[first]:
+        return []
+    if bias.op not in ("call_function", "call_method"):
+        return None
+    moves: list[fx.Node] = []
     for a in bias.all_input_nodes:
-        _hoist(first, a)
-    first.prepend(bias)
+        more = _to_move(first, a, pos)
+        if more is None:
+            return None
+        moves += [n for n in more if n not in moves]
+    return moves + [bias]
 
 
 def _drop_constants(ctx, nodes: list[fx.Node]) -> None:
@@ -184,8 +176,13 @@ def _merge(ctx, members: list[fx.Node]) -> None:
     ctx.memo.setdefault("merged", []).append((source, views))
 
     first = members[0]
+    pos = {n: i for i, n in enumerate(graph.nodes)}
+    moved: set[fx.Node] = set()
     for m in members[1:]:  # a later member's bias may be made after the first member (a detach)
-        _hoist(first, m.args[5])
+        for n in _to_move(first, m.args[5], pos):
+            if n not in moved:
+                first.prepend(n)
+                moved.add(n)
     with graph.inserting_before(first):
         bias = None
         if first.args[5] is not None:
@@ -236,7 +233,8 @@ def run(ctx) -> int:
                 record_fallback(ctx, NAME, _where(ctx, m), why)
             else:
                 ok.append(m)
-        if ok and any(not _hoistable(ok[0], m.args[5]) for m in ok[1:]):
+        pos = {n: i for i, n in enumerate(graph.nodes)}
+        if ok and any(_to_move(ok[0], m.args[5], pos) is None for m in ok[1:]):
             record_fallback(ctx, NAME, _where(ctx, ok[0]), "a bias is computed between the linears")
             continue
         by_dtype: dict = {}
