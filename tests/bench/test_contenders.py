@@ -4,7 +4,7 @@ import torch
 
 import zq_compile
 from zq_compile.benchmarks import render
-from zq_compile.benchmarks.contenders import BASELINE, BenchModel, Contender, all_contenders, select
+from zq_compile.benchmarks.contenders import BASELINE, REFERENCE, BenchModel, Contender, all_contenders, select
 from zq_compile.benchmarks.harness import Field, timed_shape
 from zq_compile.codegen.cpu.select import has_bf16
 from zq_compile.config import IMPLEMENTED_SCHEMES, PRESET_NAMES, PRESETS
@@ -25,7 +25,7 @@ def test_only_the_uncompiled_contenders_are_exempt_from_the_own_graph_check():
     assert {c.name for c in all_contenders() if not c.compiles} == {"eager fp32", "ao quantize_dynamic"}
 
 
-def test_select_keeps_the_baseline_and_refuses_unknown_names():
+def test_select_keeps_the_baseline_and_the_accuracy_reference_and_refuses_unknown_names():
     assert [c.name for c in select(["eager fp32"])] == ["eager fp32", BASELINE]
     try:
         select(["nope"])
@@ -41,7 +41,7 @@ def test_ablations_run_only_when_named():
     assert "zeroquant w4/8a8 release" not in everything
     # the forced-int8 row runs by default where the pipeline race may pick bf16
     assert ("zeroquant w8a8 int8" in everything) == has_bf16()
-    assert [c.name for c in select(["zeroquant w8a8 fp32-attn"])] == [BASELINE, "zeroquant w8a8 fp32-attn"]
+    assert [c.name for c in select(["zeroquant w8a8 fp32-attn"])] == [REFERENCE, BASELINE, "zeroquant w8a8 fp32-attn"]
 
 
 def _linear():

@@ -95,3 +95,12 @@ def test_sentence_calibration_never_uses_the_measured_sentences():
 
     chosen = calibration.wikipedia_sentences()
     assert len(chosen) == 512 and not set(chosen) & {s for s, _ in polarity_sentences()}
+
+
+def test_minilm_table_says_why_accuracy_is_missing_instead_of_question_marks():
+    result = _result()
+    result["sections"]["minilm"]["accuracy"] = {"error": "eager fp32 failed: no reference"}
+    head = render.minilm_table(result)[0]
+    assert "accuracy not measured (eager fp32 failed: no reference)" in head and "?" not in head
+    result["sections"]["minilm"]["accuracy"] = {"sentences": 200, "split": {"test": 60}, "per_contender": {}}
+    assert "accuracy on the 200 Pang & Lee sentences (sentiment: test split of 60)" in render.minilm_table(result)[0]

@@ -52,6 +52,8 @@ PEER_INDUCTOR_PATCH = {"freezing": True, "force_fuse_int_mm_with_mul": True}
 FREEZING_PATCH = {"freezing": True}
 #: The contender every ratio is taken against, and the other named reference.
 BASELINE = "inductor fp32"
+#: What every accuracy figure (cosine, perplexity ratio, greedy agreement) is measured against.
+REFERENCE = "eager fp32"
 TORCHAO_INT8_DYN = "torchao int8-dyn"
 INDUCTOR_BF16_FREEZING = "inductor bf16+freezing"
 INDUCTOR_FP32_FREEZING = "inductor fp32+freezing"
@@ -363,5 +365,7 @@ def select(names: list[str] | None) -> list[Contender]:
     unknown = [n for n in names if n not in by_name]
     if unknown:
         raise ValueError(f"unknown contender(s) {unknown}; known: {', '.join(by_name)}")
-    keep = set(names) | {BASELINE}  # ratios need the baseline
+    # ratios need the baseline; accuracy needs the reference (without it a filtered run printed
+    # "accuracy on the ? sentences" and no cosine at all)
+    keep = set(names) | {BASELINE, REFERENCE}
     return [c for c in everything if c.name in keep]

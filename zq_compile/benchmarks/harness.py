@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from zq_compile.benchmarks.contenders import BASELINE, BenchModel, Contender
+from zq_compile.benchmarks.contenders import BASELINE, REFERENCE, BenchModel, Contender
 from zq_compile.timing import interleaved_medians
 
 Log = Callable[[str], None]
@@ -202,7 +202,7 @@ def _sentence_accuracy(field: Field, tokenizer, labelled, batch: int, seq: int, 
         return emb
 
     emb = field.try_each("accuracy", embed)
-    ref_name = "eager fp32"
+    ref_name = REFERENCE
     if ref_name not in emb:
         return {"error": "eager fp32 failed: no reference"}
     ref = emb[ref_name]
@@ -336,7 +336,7 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
                 nll, n = nll_sum(logits, w[None])
                 total, count = total + nll, count + n
                 top1 = logits[0, :-1].argmax(-1)
-                if name == "eager fp32":
+                if name == REFERENCE:
                     ref_top1.append(top1)
                 if len(ref_top1) > i:
                     agree += (top1 == ref_top1[i]).sum().item()
@@ -347,7 +347,7 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
                     "top1_agree_fp32": agree / count if len(ref_top1) == len(windows) else None}
 
         result["perplexity"] = field.try_each("perplexity", ppl)
-        base = result["perplexity"].get("eager fp32", {}).get("perplexity")
+        base = result["perplexity"].get(REFERENCE, {}).get("perplexity")
         for name, p in result["perplexity"].items():
             p["vs_eager_fp32"] = p["perplexity"] / base if base else None
             log(f"  {name:22s} perplexity {p['perplexity']:.3f}")
@@ -357,7 +357,7 @@ def causal_section(bm: BenchModel, contenders: list[Contender], windows: torch.T
     result["prefill"] = {"batch": 1, "seq": length, "ms": prefill_ms, "speedup_vs_inductor_fp32": _ratios(prefill_ms)}
     # greedy decode: the tokens (checked against fp32 eager's), then the timing
     tokens = field.try_each("decode", lambda name, fn: gen_of[name].greedy(prompt, new_tokens))
-    ref = tokens.get("eager fp32")
+    ref = tokens.get(REFERENCE)
     steps_ms = _interleaved_decode({name: gen_of[name] for name in field.fns}, prompt, new_tokens, runs, warmup)
     decode = {}
     for name, ms in steps_ms.items():

@@ -53,10 +53,13 @@ def minilm_table(result: dict) -> list[str]:
     ms = head["ms"]
     acc = sec.get("accuracy", {}).get("per_contender", {})
     mem = result["sections"].get("memory", {}).get("minilm", {}).get("per_contender", {})
-    lines = [f"**MiniLM-L6** ({sec['note']}), batch {head['batch']} x seq {head['seq']}; accuracy on the "
-             f"{sec.get('accuracy', {}).get('sentences', '?')} Pang & Lee sentences "
-             f"(sentiment: test split of {sec.get('accuracy', {}).get('split', {}).get('test', '?')})."
-             + _on(result), ""]
+    accuracy = sec.get("accuracy", {})
+    if "sentences" in accuracy:
+        measured = (f"accuracy on the {accuracy['sentences']} Pang & Lee sentences (sentiment: test split of "
+                    f"{accuracy['split']['test']}).")
+    else:
+        measured = f"accuracy not measured ({accuracy.get('error', 'no labelled sentences')})."
+    lines = [f"**MiniLM-L6** ({sec['note']}), batch {head['batch']} x seq {head['seq']}; {measured}" + _on(result), ""]
     rows = []
     for name in _names(result):
         failed = _status(sec, name)
