@@ -202,10 +202,9 @@ def _sentence_accuracy(field: Field, tokenizer, labelled, batch: int, seq: int, 
         return emb
 
     emb = field.try_each("accuracy", embed)
-    ref_name = REFERENCE
-    if ref_name not in emb:
-        return {"error": "eager fp32 failed: no reference"}
-    ref = emb[ref_name]
+    if REFERENCE not in emb:
+        return {"error": f"{REFERENCE} failed: no reference"}
+    ref = emb[REFERENCE]
     train, test = fixed_split(labels.tolist())
     head, l2 = LogisticHead.fit_cv(ref[train], labels[train])
     out = {
