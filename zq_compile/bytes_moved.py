@@ -75,18 +75,25 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
 
 def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     """The GEMMs passes/fuse_gemm_epilogue.py emitted (target "triton"): activation and weight
-    read, the residual read, the output written in its dtype; a requantizing one writes its float
-    rows, reads them back and writes int8 (codegen/triton/gemm_a8.py)."""
+    read, the residual read, the output written in its dtype. A requantizing one writes int8,
+    and by its plan (codegen/triton/runtime.requant_plan) either also writes its float rows and
+    reads them back ("store") or reads its activation and weight twice ("recompute")."""
     if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
         return 0
+    from zq_compile.codegen.triton.runtime import requant_plan
+
     total = 0
     for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
             m = math.prod(size_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
             n, k = node.args[2].meta["example_value"].shape
             out = node.args[7].itemsize
-            total += m * k + n * k + m * n * out * (1 if node.args[6] is None else 2)
-            if target is torch.ops.zq.triton_linear_a8_requant.default:
-                total += m * n * (out + 1)
+            inputs = m * k + n * k
+            if target is torch.ops.zq.triton_linear_a8.default:
+                total += inputs + m * n * out * (1 if node.args[6] is None else 2)
+            elif requant_plan(m, n, k, out, out if len(node.args) > 11 and node.args[11] is not None else 0) == "store":
+                total += inputs + m * n * (2 * out + 1)
+            else:
+                total += 2 * inputs + m * n
     return total
 

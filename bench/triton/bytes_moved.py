@@ -14,8 +14,10 @@ What counts as one kernel and what it moves:
 - each zq / Triton op is one launch that reads its tensor arguments (an int8 weight as int8)
   and writes its results; ``zq.quantize_per_token`` and ``zq.linear_w8a8`` are counted as the
   ``triton_quantize_per_token`` / ``triton_linear_a8`` calls they lower to. A requantizing
-  GEMM writes its float rows and an int32 row absmax, and its second launch reads both back and
-  writes int8 + scales (``gemm_a8.py``).
+  GEMM is two launches, by the plan ``runtime.requant_plan`` picks for its shape (``gemm_a8.py``):
+  "store" writes its float rows and an int32 row absmax, and the second launch reads both back
+  and writes int8 + scales; "recompute" reads its inputs twice (the GEMM runs again), writes the
+  row absmax once and int8 + scales, and no float rows.
 - SDPA, matmul and bmm: one launch each, inputs read and outputs written (same in both graphs).
 - everything else (norms, activations, adds, masks, embeddings) is glue Inductor generates: each
   connected group of glue nodes between the same opaque launches is taken as ONE fused kernel
@@ -42,6 +44,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from zq_compile.backend import prepare  # noqa: E402
+from zq_compile.codegen.triton.runtime import requant_plan  # noqa: E402
 from zq_compile.config import ZeroQuantConfig  # noqa: E402
 
 FUSION_PASSES = ("fuse_gemm_epilogue", "fuse_norm_quantize")
@@ -109,10 +112,19 @@ def _kernel_bytes(node: fx.Node) -> tuple[str, int]:
     elif name == "triton_linear_a8_requant":
         q, s = outs
         rows = s.numel()
-        float_bytes = q.numel() * node.args[7].itemsize
-        # launch 1 writes the float rows and the row absmax; launch 2 reads both, writes q and s
-        writes = float_bytes + 4 * rows
-        reads += float_bytes + 4 * rows
+        gate = node.args[11] if len(node.args) > 11 else None
+        n, k = _val(node.args[2])[0].shape[0], _val(node.args[0])[0].shape[-1]
+        plan = requant_plan(rows, n, k, node.args[7].itemsize, _val(gate)[0].element_size() if gate else 0)
+        name += f" ({plan})"
+        if plan == "store":
+            # launch 1 writes the float rows and the row absmax; launch 2 reads both, writes q and s
+            float_bytes = q.numel() * node.args[7].itemsize
+            writes = float_bytes + 4 * rows
+            reads += float_bytes + 4 * rows
+        else:
+            # launch 1 reads the inputs and writes the row absmax; launch 2 reads them all again
+            writes = 4 * rows
+            reads = 2 * reads + 4 * rows
         writes += nbytes(q) + nbytes(s)
     return name, reads + writes
 

@@ -7,7 +7,8 @@ so no result exists yet (a run writes bench/results/triton_gpu_<gpu>.json with t
 
 Each contender is timed with CUDA graphs (triton.testing.do_bench_cudagraph, median), after one
 untimed call that lets autotuners pick their config, so Python launch overhead is excluded
-alike. Columns: microseconds, TOPS (2 M N K / t) for GEMMs, GB/s (bytes that must move / t) for
+alike. The requantizing GEMM runs under both of its plans ("store", "recompute";
+``runtime.requant_plan`` picks one from the shape by arithmetic, which this run can check). Columns: microseconds, TOPS (2 M N K / t) for GEMMs, GB/s (bytes that must move / t) for
 every kernel; for memory-bound cases (small M, the row kernels) GB/s against the HBM peak is the
 figure of merit. Targets from the issue (H100): W8A8 >= 1.6x over fp16 cuBLAS at M >= 1024, and
 norm + quantize at >= 80% of memory bandwidth.
@@ -44,6 +45,7 @@ def timer(use_graphs: bool):
 def gemm_contenders(m, k, n):
     """name -> (callable, bytes that must move); all produce y = x W^T + b in fp16."""
     from zq_compile.codegen.triton import gemm_a8, gemm_a16, quantize
+    from zq_compile.codegen.triton.runtime import REQUANT_PLANS
     from zq_compile.quant import quantize_weight
 
     dev = "cuda"
@@ -63,6 +65,12 @@ def gemm_contenders(m, k, n):
             lambda: gemm_a8.gemm_a8(*quantize.quantize_per_token(x), q8.qdata, q8.scale, None, b,
                                     out_dtype=torch.float16),
             2 * m * k + n * k + 2 * m * n),
+        # the two plans of a requantizing GEMM (runtime.requant_plan): the int8 rows for the next
+        # linear; the bytes that must move are the same minimum for both
+        **{f"triton w8a8 gemm + gelu, requantized ({plan})": (
+            lambda plan=plan: gemm_a8.gemm_a8(x_q, x_s, q8.qdata, q8.scale, None, b, out_dtype=torch.float16,
+                                              activation="gelu_erf", requant=True, plan=plan),
+            m * k + n * k + m * n + 4 * m) for plan in REQUANT_PLANS},
         "triton w4a8 gemm (x pre-quantized)": (
             lambda: gemm_a8.gemm_a8(x_q, x_s, q4.qdata, q4.scale, None, b, out_dtype=torch.float16, w_bits=4),
             m * k + n * k // 2 + 2 * m * n),

@@ -10,7 +10,7 @@ import torch
 from tests.triton_interp.helpers import DTYPES, EPILOGUE_TOL, MS, generator, special_rows
 from zq_compile.codegen.triton import gemm_a8
 from zq_compile.codegen.triton.configs import A8_TILES, gemm_tiles, to_config
-from zq_compile.codegen.triton.runtime import m_bucket
+from zq_compile.codegen.triton.runtime import REQUANT_PLANS, m_bucket, requant_plan
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
 
 #: (K, N, weight groups): K not a multiple of any BLOCK_K; odd group counts (3, 5) and per-channel
@@ -54,12 +54,13 @@ def test_epilogue_features(activation, residual, bias):
     _compare(args, out_dtype=torch.float32, activation=activation)
 
 
+@pytest.mark.parametrize("plan", REQUANT_PLANS)
 @pytest.mark.parametrize("out_dtype", DTYPES)
 @pytest.mark.parametrize("w_bits", [8, 4])
-def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtype):
+def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtype, plan):
     args = _problem(67, 67, 48, 3, w_bits, False, out_dtype, residual=True)
     kw = dict(out_dtype=out_dtype, w_bits=w_bits, activation="gelu_tanh")
-    q, s = gemm_a8.gemm_a8(*args, requant=True, **kw)
+    q, s = gemm_a8.gemm_a8(*args, requant=True, plan=plan, **kw)
     # exact against the same kernel's float output ...
     own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, **kw))
     assert torch.equal(q, own_q) and torch.equal(s, own_s)
@@ -69,15 +70,16 @@ def test_requantized_output_is_the_quantize_of_the_float_output(w_bits, out_dtyp
     assert (q.int() - ref_q.int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("plan", REQUANT_PLANS)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
-def test_out_scale_scales_the_requantized_rows(out_dtype):
+def test_out_scale_scales_the_requantized_rows(out_dtype, plan):
     """A smoothed next linear's 1/s (passes/fuse_gemm_epilogue.py): q and scale are the quantize
     of the float output times out_scale, rounded to the output dtype as the graph's multiply was.
     (bf16 is left out: the interpreter's fp32 -> bf16 conversion need not round as torch's.)"""
     args = _problem(67, 67, 48, 3, 8, True, out_dtype, residual=True)
     c = (torch.rand(48, generator=generator("c", str(out_dtype))) * 4 + 0.1).to(out_dtype)
     kw = dict(out_dtype=out_dtype, activation="gelu_erf")
-    q, s = gemm_a8.gemm_a8(*args, requant=True, out_scale=c, **kw)
+    q, s = gemm_a8.gemm_a8(*args, requant=True, out_scale=c, plan=plan, **kw)
     y = gemm_a8.gemm_a8(*args, **kw)
     own_q, own_s = quantize_per_token_ref((y.float() * c.float()).to(out_dtype))
     assert torch.equal(q, own_q) and torch.equal(s, own_s)
@@ -85,20 +87,55 @@ def test_out_scale_scales_the_requantized_rows(out_dtype):
     assert (q.int() - ref_q.int()).abs().max() <= 1
 
 
-@pytest.mark.parametrize("requant", [False, True], ids=["float", "requant"])
+@pytest.mark.parametrize("requant", [None, *REQUANT_PLANS], ids=["float", *REQUANT_PLANS])
 def test_gate_multiplies_after_the_activation(requant):
     """SwiGLU's up projection (passes/fuse_swiglu.py): y * gate, then requantized if asked."""
     args = _problem(13, 67, 48, 3, 8, True, torch.float32)
     gate = torch.randn(13, 48, generator=generator("gate"))
     kw = dict(out_dtype=torch.float32, gate=gate)
     if requant:
-        q, s = gemm_a8.gemm_a8(*args, requant=True, **kw)
+        q, s = gemm_a8.gemm_a8(*args, requant=True, plan=requant, **kw)
         own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, **kw))
         assert torch.equal(q, own_q) and torch.equal(s, own_s)
     else:
         _compare(args, **kw)
         plain = gemm_a8.gemm_a8(*args, out_dtype=torch.float32)
         torch.testing.assert_close(gemm_a8.gemm_a8(*args, **kw), plain * gate, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_recomputed_requant_on_zero_nan_and_inf_rows(out_dtype):
+    """The recompute plan quantizes in the GEMM's second pass from the first pass's absmax: the
+    same q and scale as quantizing the float rows, for an all-zero output row (scale 1), a row
+    with a NaN (NaN scale, q 0) and one with an Inf (Inf scale)."""
+    g = generator("special", str(out_dtype))
+    x = special_rows(torch.randn(5, 67, generator=g))
+    qw = quantize_weight(torch.randn(48, 67, generator=g) / 8, groups=3)
+    x_q, x_s = quantize_per_token_ref(x)
+    res = torch.zeros(5, 48, dtype=out_dtype)
+    res[3, 7] = float("inf")
+    args = (x_q, x_s, qw.qdata, qw.scale, None, None, res)
+    q, s = gemm_a8.gemm_a8(*args, out_dtype=out_dtype, requant=True, plan="recompute")
+    own_q, own_s = quantize_per_token_ref(gemm_a8.gemm_a8(*args, out_dtype=out_dtype))
+    assert torch.equal(q, own_q)
+    torch.testing.assert_close(s, own_s, rtol=0, atol=0, equal_nan=True)
+    assert s[0].item() == 1.0 and (q[0] == 0).all()
+    assert s[2].isnan().item() and (q[2] == 0).all()
+    assert s[3].isinf().item()
+
+
+def test_requant_plan_follows_the_bytes():
+    """Recompute where a second int8 GEMM costs less than the float rows' write and read
+    (runtime.INT8_OPS_PER_BYTE), never for small M, and an unknown plan is refused."""
+    assert requant_plan(4096, 1536, 384, 4) == "recompute"  # MiniLM FFN1, fp32 and fp16 rows
+    assert requant_plan(4096, 1536, 384, 2) == "recompute"
+    assert requant_plan(1024, 3072, 768, 4) == "recompute" and requant_plan(1024, 3072, 768, 2) == "store"
+    assert requant_plan(256, 1536, 576, 2, gate_bytes=2) == "store"  # SmolLM2's up, fp16 gate
+    assert requant_plan(2048, 11008, 4096, 2) == "store"  # Llama-7B: the GEMM costs more than the rows
+    assert requant_plan(64, 1536, 384, 4) == "store"  # bucket 1: the weight read twice
+    args = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    with pytest.raises(ValueError, match="plan='fused'"):
+        gemm_a8.gemm_a8(*args, out_dtype=torch.float32, requant=True, plan="fused")
 
 
 def test_out_scale_needs_requant():
@@ -132,6 +169,19 @@ def test_every_autotune_config_computes_the_same(tile):
     n = 5 * (tile[1] // 5 + 3)  # two column tiles, the second partly masked; 5 weight groups
     args = _problem(m, 67 + tile[2], n, 5, 4, False, torch.float32, residual=True)
     _compare(args, out_dtype=torch.float32, w_bits=4, activation="silu", config=to_config(tile))
+
+
+@pytest.mark.parametrize("tile", gemm_tiles("a8"), ids=lambda t: "x".join(map(str, t)))
+def test_every_autotune_config_recomputes_the_stored_plan(tile):
+    """Recompute against store under each config, bit for bit: rows and columns masked, two
+    column tiles (one of them writes the scales)."""
+    m = 67 if tile[0] <= 64 else 131
+    n = 5 * (tile[1] // 5 + 3)
+    args = _problem(m, 67 + tile[2], n, 5, 8, True, torch.float16)
+    kw = dict(out_dtype=torch.float16, activation="gelu_erf", requant=True, config=to_config(tile))
+    q, s = gemm_a8.gemm_a8(*args, plan="recompute", **kw)
+    want_q, want_s = gemm_a8.gemm_a8(*args, plan="store", **kw)
+    assert torch.equal(q, want_q) and torch.equal(s, want_s)
 
 
 def test_autotuner_keys_on_the_m_bucket_not_m():

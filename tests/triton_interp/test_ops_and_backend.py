@@ -101,6 +101,45 @@ def test_backend_target_triton_runs_the_triton_kernels_and_matches_target_cpu(dt
     assert sqnr_db(ref, out.float()) > 22
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_requantizing_gemm_recomputes_past_64_tokens_with_the_same_result(dtype, monkeypatch):
+    """90 tokens: FFN1's requantizing GEMM takes the "recompute" plan (no float rows stored);
+    the model's output equals the one with the plan forced to "store", bit for bit."""
+    from zq_compile.codegen.triton import gemm_a8
+    from zq_compile.codegen.triton.runtime import requant_plan
+
+    assert requant_plan(90, 160, 64, dtype.itemsize) == "recompute"
+    torch.manual_seed(0)
+    m = Block().to(dtype).eval()
+    x = torch.randn(3, 30, 64, dtype=dtype)
+    plans = []
+    real = gemm_a8.gemm_a8
+
+    def spy(*args, plan=None, **kw):
+        if kw.get("requant"):
+            plans.append(plan or requant_plan(args[0].shape[0], args[2].shape[0], args[0].shape[1],
+                                               kw["out_dtype"].itemsize))
+        return real(*args, plan=plan, **kw)
+
+    monkeypatch.setattr(gemm_a8, "gemm_a8", spy)
+    c = torch.compile(m, backend="zeroquant", options={"target": "triton"})
+    before = len(recent_reports())
+    with torch.inference_mode():
+        out = c(x)
+        monkeypatch.setattr(gemm_a8, "gemm_a8", lambda *a, plan=None, **kw: spy(*a, plan="store", **kw))
+        stored = c(x)
+    (report,) = recent_reports()[before:]
+    torch._dynamo.reset()
+    assert plans == ["recompute", "store"]
+    assert torch.equal(out, stored)
+    # the report's GEMM bytes follow the plan: up reads its int8 input and weight twice and
+    # writes int8 only; down reads its int8 input, weight and the residual, writes the output
+    tokens, size = 90, dtype.itemsize
+    up = 2 * (tokens * 64 + 160 * 64) + tokens * 160
+    down = tokens * 160 + 64 * 160 + 2 * tokens * 64 * size
+    assert report.gemm_bytes == up + down
+
+
 def test_dynamic_shapes_compile_once():
     m = Block().eval()
     c = zq_compile.compile(m, {"target": "triton"}, dynamic=True)

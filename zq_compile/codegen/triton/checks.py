@@ -37,6 +37,14 @@ FUSED_EPILOGUES = {
     # SwiGLU's up projection (passes/fuse_swiglu.py): times SiLU(gate), requantized for down
     "swiglu-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
                                     REQUANT=True, HAS_OUT_SCALE=True, HAS_GATE=True),
+    # the "recompute" plan (runtime.requant_plan): a pass for the row absmax, then one that
+    # quantizes in the epilogue (the most live registers: GEMM tile, scales and the quantize)
+    "gelu_erf-recompute-absmax": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
+                                      REQUANT=True, REQUANT_PASS=1),
+    "gelu_erf-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
+                                        REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True),
+    "swiglu-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                                      REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True, HAS_GATE=True),
 }
 
 
@@ -87,11 +95,15 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
         sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out], gate_ptr=DTYPE[out],
-                   stride_gm="i32")
+                   q_scale_ptr="*fp32", stride_gm="i32")
         ce["stride_gn"] = 1
         ce.setdefault("REQUANT", epilogue == "all")
         ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
         ce.setdefault("HAS_GATE", epilogue == "all")
+        ce.setdefault("REQUANT_PASS", 0)
+        ce["FLOAT"] = out
+        if ce["REQUANT_PASS"]:  # out is the int8 rows (written by pass 2); FLOAT the dtype they stand for
+            sig.update(out_ptr="*i8", res_ptr="*i8")
         cores = "int8"
     else:
         sig.update(x_ptr=DTYPE[act_dtype])

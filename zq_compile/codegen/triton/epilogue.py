@@ -17,15 +17,24 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
     out[m, n] = out[m, n] * c[n] in out's dtype           HAS_OUT_SCALE: outlier smoothing's 1/s of the
                                                           linear that reads out (only with REQUANT:
                                                           nothing else reads the stored rows)
-    REQUANT: also atomic-max |out[m, :]| (as IEEE bits) into absmax[m]; ``quantize.py`` then turns
-             the float rows into int8 + per-token scales in one read, without a second absmax pass.
+    REQUANT: the rows are quantized per token for the next linear, in one of two plans
+             (``runtime.requant_plan``), each a pair of launches:
+             "store"     pass 0 stores out[m, n] (float) and atomic-maxes |out[m, :]| (as IEEE
+                         bits) into absmax[m]; ``quantize.py`` then turns the float rows into
+                         int8 + per-token scales in one read.
+             "recompute" pass 1 only atomic-maxes; pass 2 runs the GEMM again, quantizes its
+                         rows with the finished absmax and stores int8 + scale[m]. No float row
+                         is written or read back; the int8 GEMM is done twice (exact in int32,
+                         so both passes see the same values).
+             In passes 1 and 2 FLOAT names the float dtype the rows are rounded to first (in
+             pass 0, and without REQUANT, it is out's dtype and FLOAT is not read).
 
 All arithmetic is fp32, in the order of ``zq_compile.ops.linear.epilogue`` (the reference the CPU
 kernels use), so on the interpreter the kernels match it bit for bit; on a GPU, FMA contraction
 may change the last bit of y.
 A requantizing GEMM needs the absmax of a whole output row, which no single tile sees: the tiles
-publish theirs with an atomic max (order-free, so deterministic) and a light second launch
-quantizes, reading the float rows once.
+publish theirs with an atomic max (order-free, so deterministic), and a second launch quantizes,
+either from the stored float rows or by computing the tile again.
 """
 
 from __future__ import annotations
@@ -35,9 +44,13 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from zq_compile.codegen.triton.common import abs_bits
+from zq_compile.codegen.triton.common import abs_bits, bits_to_float, quantize_values, reciprocal, scale_from_absmax
 
 ACTIVATIONS = ("none", "gelu_erf", "gelu_tanh", "silu", "tanh")
+#: The requantized rows are int8 (quant/activation.qmax_for(8)).
+QMAX = tl.constexpr(127)
+#: Names of the float dtypes for the FLOAT constexpr.
+FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 @triton.jit
@@ -63,14 +76,24 @@ def activation(y, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
+def round_to(y, FLOAT: tl.constexpr):
+    """fp32 y rounded to the FLOAT dtype ("fp32", "fp16", "bf16")."""
+    if FLOAT == "fp16":
+        return y.to(tl.float16)
+    elif FLOAT == "bf16":
+        return y.to(tl.bfloat16)
+    return y
+
+
+@triton.jit
 def gemm_epilogue(
     acc, x_sum, offs_m, offs_n,
-    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
+    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
     M, N, GROUP_N,
     stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
-    HAS_GATE: tl.constexpr,
+    HAS_GATE: tl.constexpr, REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr,
 ):
     m_ok = offs_m < M
     n_ok = offs_n < N
@@ -93,15 +116,29 @@ def gemm_epilogue(
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
         y = y + res.to(tl.float32)
-    y_out = y.to(out_ptr.dtype.element_ty)
+    if REQUANT_PASS == 0:
+        y_out = y.to(out_ptr.dtype.element_ty)
+    else:  # out is int8 or unwritten: the rows are rounded to the float dtype they stand for
+        y_out = round_to(y, FLOAT)
     if HAS_OUT_SCALE:
         # rounded twice, as the graph's multiply of the rounded output would be
         c = tl.load(c_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
-        y_out = (y_out.to(tl.float32) * c[None, :]).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + m64[:, None] * stride_om + offs_n[None, :] * stride_on, y_out, mask=mask)
-    if REQUANT:
-        bits = tl.where(mask, abs_bits(y_out.to(tl.float32)), 0)
-        tl.atomic_max(absmax_ptr + offs_m, tl.max(bits, axis=1), mask=m_ok)
+        y_out = (y_out.to(tl.float32) * c[None, :]).to(y_out.dtype)
+    out_ptrs = out_ptr + m64[:, None] * stride_om + offs_n[None, :] * stride_on
+    if REQUANT and REQUANT_PASS == 2:
+        # absmax is final (pass 1 finished): the same quantize as quantize.py's, bit for bit
+        scale = scale_from_absmax(bits_to_float(tl.load(absmax_ptr + offs_m, mask=m_ok, other=0)), QMAX)
+        tl.store(out_ptrs, quantize_values(y_out.to(tl.float32), reciprocal(scale)[:, None], QMAX), mask=mask)
+        # one column of tiles writes the scales (a [BLOCK_M] mask: a scalar & vector mask has
+        # no dtype the interpreter stores with)
+        first_n = (offs_m * 0 + tl.min(offs_n, axis=0)) == 0
+        tl.store(q_scale_ptr + offs_m, scale, mask=m_ok & first_n)
+    else:
+        if not REQUANT or REQUANT_PASS == 0:
+            tl.store(out_ptrs, y_out, mask=mask)
+        if REQUANT:
+            bits = tl.where(mask, abs_bits(y_out.to(tl.float32)), 0)
+            tl.atomic_max(absmax_ptr + offs_m, tl.max(bits, axis=1), mask=m_ok)
 
 
 # -- reference ------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ shared with the weight-only GEMM (``tiles.py``).
 
 Reference: the exact int32 CPU reference kernel (``codegen/cpu/kernels.py``) followed by
 ``epilogue.finish_ref``; requantized outputs by ``quantize_per_token_ref`` of the float output.
+A requantizing call is two launches, by one of two plans (``epilogue.py``, ``runtime.requant_plan``):
+"store" writes the float rows and quantizes them in a second kernel; "recompute" runs this
+kernel twice, first for the row absmax only, then to quantize in the epilogue.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import triton.language as tl
 
 from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
-from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
+from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, check_epilogue_args, finish_ref, gemm_epilogue
 from zq_compile.codegen.triton.quantize import quantize_per_token
-from zq_compile.codegen.triton.runtime import identity_launcher, m_bucket
+from zq_compile.codegen.triton.runtime import REQUANT_PLANS, identity_launcher, m_bucket, requant_plan
 from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
 from zq_compile.quant import quantize_per_token_ref, unpack_int4
 
@@ -38,11 +41,12 @@ from zq_compile.quant import quantize_per_token_ref, unpack_int4
 @triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
 def gemm_a8_kernel(
     x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
-    M, N, K, group_n,
+    q_scale_ptr, M, N, K, group_n,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
     W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_GATE: tl.constexpr,
+    REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
@@ -63,9 +67,9 @@ def gemm_a8_kernel(
 
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
-        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
+        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
         M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
-        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE,
+        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE, REQUANT_PASS, FLOAT,
     )
 
 
@@ -96,9 +100,10 @@ def launch_kwargs(config) -> dict:
 
 def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
             w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None,
-            config=None, launch=identity_launcher):
+            plan: str | None = None, config=None, launch=identity_launcher):
     """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant
-    (of y * out_scale, when given: the next linear's smoothing 1/s per feature)."""
+    (of y * out_scale, when given: the next linear's smoothing 1/s per feature), by the plan
+    ``plan`` ("store" or "recompute"; default ``runtime.requant_plan``'s choice)."""
     if x_q.dtype != torch.int8 or x_q.dim() != 2:
         raise ValueError(f"x_q must be int8 [M, K], got {x_q.dtype} {tuple(x_q.shape)}")
     m, k = x_q.shape
@@ -110,27 +115,36 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         raise ValueError(f"out_scale must be ({n},) and comes with requant=True (the scaled rows are only quantized)")
     if gate is not None and gate.shape != (m, n):
         raise ValueError(f"gate {tuple(gate.shape)} must be ({m}, {n})")
-    out = torch.empty((m, n), dtype=out_dtype, device=x_q.device)
+    plan = plan or requant_plan(m, n, k, out_dtype.itemsize, 0 if gate is None else gate.element_size())
+    if plan not in REQUANT_PLANS:
+        raise ValueError(f"plan={plan!r} is not valid; allowed: {', '.join(REQUANT_PLANS)}")
+    recompute = requant and plan == "recompute" and m > 0 and n > 0
+    out = torch.empty((m, n), dtype=torch.int8 if recompute else out_dtype, device=x_q.device)
     absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None
+    q_scale = torch.empty((m, 1), dtype=torch.float32, device=x_q.device) if recompute else None
     if m and n:
         x_scale = x_scale.reshape(m).contiguous()
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         kernel = gemm_a8_kernel if config is None else gemm_a8_kernel.fn
-        launch(kernel)[grid](
-            x_q, w_q, x_scale, w_scale, w_zero if w_zero is not None else w_scale,
-            bias if bias is not None else w_scale, residual if residual is not None else out, out,
-            absmax if absmax is not None else x_scale,
-            out_scale.contiguous() if out_scale is not None else w_scale, gate if gate is not None else out,
-            m, n, k, n // w_scale.numel(),
-            x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
-            *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
-            *(gate.stride() if gate is not None else (0, 0)),
-            M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
-            ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
-            HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None, **launch_kwargs(config),
-        )
+        args = (x_q, w_q, x_scale, w_scale, w_zero if w_zero is not None else w_scale,
+                bias if bias is not None else w_scale, residual if residual is not None else out, out,
+                absmax if absmax is not None else x_scale,
+                out_scale.contiguous() if out_scale is not None else w_scale, gate if gate is not None else out,
+                q_scale if q_scale is not None else x_scale,
+                m, n, k, n // w_scale.numel(),
+                x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
+                *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
+                *(gate.stride() if gate is not None else (0, 0)))
+        meta = dict(M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
+                    ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
+                    HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None,
+                    FLOAT=FLOAT_NAMES[out_dtype], **launch_kwargs(config))
+        for requant_pass in ((1, 2) if recompute else (0,)):  # pass 2 reads the absmax pass 1 finished
+            launch(kernel)[grid](*args, REQUANT_PASS=requant_pass, **meta)
     if not requant:
         return out
+    if recompute:
+        return out, q_scale
     return quantize_per_token(out, absmax_bits=absmax, launch=launch)
 
 

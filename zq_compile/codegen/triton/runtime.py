@@ -75,3 +75,27 @@ def m_bucket(m: int) -> int:
 def identity_launcher(kernel):
     """How the wrappers launch a kernel when no tracing wrapper is needed (custom_op, eager)."""
     return kernel
+
+
+#: int8 tensor-core operations a GPU does in the time its DRAM moves one byte, rounded down from
+#: the A100's ~312 (624 dense TOPS / 2.0 TB/s; the H100 SXM's is ~590), so that recomputing is
+#: chosen only where it wins on both.
+INT8_OPS_PER_BYTE = 256
+REQUANT_PLANS = ("store", "recompute")
+
+
+def requant_plan(m: int, n: int, k: int, float_bytes: int, gate_bytes: int = 0) -> str:
+    """How a requantizing GEMM (``gemm_a8.py``) gets each row's absmax before quantizing it:
+    "store" (write the float rows, read them back once) or "recompute" (run the int8 GEMM twice,
+    the second time quantizing in the epilogue, no float rows in memory).
+
+    Per output value, recomputing saves the float write and read (2 * float_bytes) and costs 2K
+    more int8 operations, plus a second read of the SwiGLU gate (gate_bytes) if there is one;
+    the activation and weight tiles, read again right after, are taken to come from L2. Small
+    M keeps "store": there the second pass would be a second read of the whole weight. M enters
+    by its autotune bucket only (``m_bucket``), so the choice adds no guard of its own on M.
+    """
+    saved = 2 * float_bytes - gate_bytes
+    if m_bucket(m) < 2 or saved <= 0:
+        return "store"
+    return "recompute" if 2 * k <= INT8_OPS_PER_BYTE * saved else "store"
