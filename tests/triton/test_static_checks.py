@@ -14,7 +14,7 @@ and more row widths. The builds are compiled in parallel once per module; each t
 import pytest
 
 from zq_compile.codegen.triton import checks
-from zq_compile.codegen.triton.configs import DROPPED, TABLES, gemm_tiles
+from zq_compile.codegen.triton.configs import DROPPED, TABLES, float_x_fits, gemm_tiles
 from zq_compile.codegen.triton.runtime import interpreting
 
 pytestmark = pytest.mark.skipif(interpreting(), reason="AOT compilation needs compiled (not interpreted) kernels")
@@ -75,3 +75,16 @@ def test_the_check_catches_a_spilling_tile():
     result = checks.check(spec, 80)
     assert result["stack"] > 0 and any("spills" in p for p in result["problems"])
     assert any(".s8" in op for op in result["tensor_core_ops"])
+
+
+def test_float_input_tiles_are_checked_and_the_dropped_one_does_not_fit():
+    """A GEMM that quantizes its float input (fuse_quantize_prologue) runs only the tiles
+    ``float_x_fits`` keeps: each bucket keeps one, all of them are in the checked matrix, and
+    the tile it drops for fp32 input really overflows sm_80's shared memory."""
+    kept = {t for t in gemm_tiles("a8") if float_x_fits(t, 4)}
+    checked = {s.tile for s, _ in FAST if s.kernel == "gemm_a8" and "quantize_x" in s.variant}
+    assert checked == kept
+    assert all(any(float_x_fits(t, 4) for t in tiles) for tiles in TABLES["a8"].values())
+    (dropped,) = set(gemm_tiles("a8")) - kept
+    spec = checks.gemm_spec("gemm_a8", dropped, 8, "quantize_x-residual", "int8")
+    assert any("shared memory" in p for p in checks.check(spec, 80)["problems"])

@@ -1,4 +1,4 @@
-"""The Triton fusion passes (fuse_gemm_epilogue, fuse_norm_quantize) end to end through Inductor
+"""The Triton fusion passes (fuse_gemm_epilogue, fuse_norm_quantize, fuse_quantize_prologue, fuse_swiglu) end to end through Inductor
 under the interpreter: what the generated code calls, what the report says, and that the fused
 graph computes what the unfused one does."""
 
@@ -13,7 +13,7 @@ from torch.testing import FileCheck
 from zq_compile import recent_reports
 from zq_compile.metrics import sqnr_db
 
-FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize")
+FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
 
 
 class WrittenOutRMSNorm(torch.nn.Module):
@@ -138,8 +138,9 @@ def test_norm_read_elsewhere_also_writes_its_float_output():
 @pytest.mark.parametrize("disabled", ["fuse_gemm_epilogue", "fuse_norm_quantize"])  # fuse_swiglu: below
 def test_each_fusion_pass_switches_off_by_name(disabled):
     m, x = _block()
-    out, code, report = _compile(m, x, disable_passes=(disabled,))
-    assert report.disabled_passes == [disabled] and disabled not in report.pass_counts
+    # without fuse_norm_quantize the norm's quantize would go into the GEMM's prologue instead
+    out, code, report = _compile(m, x, disable_passes=(disabled, "fuse_quantize_prologue"))
+    assert report.disabled_passes == [disabled, "fuse_quantize_prologue"] and disabled not in report.pass_counts
     if disabled == "fuse_norm_quantize":
         assert "triton_norm_quantize" not in code and "zq.triton_quantize_per_token" in code
         assert "zq.triton_linear_a8_requant" in code
@@ -191,9 +192,52 @@ def test_shapes_the_kernels_do_not_take_run_unfused_with_the_reason(module, reas
     x = torch.randn(2, 13, 64)
     out, code, report = _compile(m, x)
     assert any(reason in f for f in report.fusion_fallbacks), report.fusion_fallbacks
-    assert not report.fusions and "zq.triton_quantize_per_token" in code
+    # the quantize the norm / epilogue could not take goes into the GEMM's prologue
+    assert report.fusions == {"quantize+gemm": 1} and "zq.triton_quantize_per_token" not in code
+    assert "zq.triton_quantize_linear_a8.default(" in code
     with torch.inference_mode():
         assert sqnr_db(m(x), out) > 25
+
+
+class Projection(torch.nn.Module):
+    """An attention-output-like input (no norm makes it) read by one linear plus a residual,
+    and, with ``siblings``, by a second linear too."""
+
+    def __init__(self, siblings=False):
+        super().__init__()
+        self.proj = torch.nn.Linear(64, 64)
+        self.other = torch.nn.Linear(64, 32) if siblings else None
+
+    def forward(self, x):
+        h = torch.tanh(x) * 2
+        y = self.proj(h) + x
+        return y if self.other is None else (y, self.other(h))
+
+
+def test_quantize_of_a_gemm_input_goes_into_the_gemm_prologue():
+    torch.manual_seed(0)
+    m, x = Projection().eval(), torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x)
+    unfused, plain_code, plain = _compile(m, x, disable_passes=("fuse_quantize_prologue",))
+    assert report.fusions == {"gemm+residual": 1, "quantize+gemm": 1} and report.pass_counts["fuse_quantize_prologue"] == 1
+    FileCheck().check("zq.triton_quantize_linear_a8.default(").run(code)
+    assert "triton_quantize_per_token" not in code and "zq.triton_linear_a8.default" not in code
+    assert plain_code.count("zq.triton_quantize_per_token.default(") == 1 and "quantize+gemm" not in plain.fusions
+    assert plain.disabled_passes == ["fuse_quantize_prologue"]
+    assert all("quantize+gemm" in d.fused for d in report.quantized)
+    assert torch.equal(out, unfused)  # the prologue quantizes as the quantize kernel does, bit for bit
+
+
+def test_quantize_read_by_two_gemms_stays_a_kernel_with_the_reason():
+    torch.manual_seed(0)
+    m, x = Projection(siblings=True).eval(), torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x)
+    assert any("fuse_quantize_prologue" in f and "2 readers" in f for f in report.fusion_fallbacks), \
+        report.fusion_fallbacks
+    assert "quantize+gemm" not in report.fusions and "zq.triton_quantize_per_token.default(" in code
+    with torch.inference_mode():
+        ref = m(x)
+    assert sqnr_db(ref[0], out[0]) > 25 and sqnr_db(ref[1], out[1]) > 25
 
 
 def test_cpu_target_is_not_touched_by_the_fusion_passes():
@@ -263,6 +307,7 @@ def test_swiglu_off_by_name_leaves_silu_in_the_gate_epilogue_only():
     x = torch.randn(2, 13, 64)
     out, code, report = _compile(m, x, disable_passes=("fuse_swiglu",))
     assert "swiglu" not in report.fusions and report.fusions["gemm+silu"] == 1
-    assert code.count("zq.triton_quantize_per_token.default(") == 1  # the product, for down
+    # the product, for down: quantized in down's prologue (no quantize kernel)
+    assert report.fusions["quantize+gemm"] == 1 and "zq.triton_quantize_per_token.default(" not in code
     with torch.inference_mode():
         assert sqnr_db(m(x), out) > 25

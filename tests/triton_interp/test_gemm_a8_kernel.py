@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.triton_interp.helpers import DTYPES, EPILOGUE_TOL, MS, generator, special_rows
-from zq_compile.codegen.triton import gemm_a8
-from zq_compile.codegen.triton.configs import A8_TILES, gemm_tiles, to_config
+from zq_compile.codegen.triton import gemm_a8, quantize
+from zq_compile.codegen.triton.configs import A8_TILES, float_x_fits, gemm_tiles, to_config
 from zq_compile.codegen.triton.runtime import REQUANT_PLANS, m_bucket, requant_plan
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
 
@@ -138,6 +138,30 @@ def test_requant_plan_follows_the_bytes():
         gemm_a8.gemm_a8(*args, out_dtype=torch.float32, requant=True, plan="fused")
 
 
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("m", MS)
+def test_quantizing_prologue_is_quantize_then_gemm(m, out_dtype):
+    """x_scale=None: the kernel quantizes its float input per token (fuse_quantize_prologue),
+    bit for bit as the quantize kernel followed by the GEMM, all-zero and NaN rows included."""
+    g = generator("prologue", m, str(out_dtype))
+    x = special_rows(torch.randn(m, 67, generator=g) * 3).to(out_dtype)
+    qw = quantize_weight(torch.randn(48, 67, generator=g) / 8, groups=3)
+    r = torch.randn(m, 48, generator=g).to(out_dtype)
+    kw = dict(out_dtype=out_dtype, activation="gelu_erf")
+    got = gemm_a8.gemm_a8(x, None, qw.qdata, qw.scale, None, None, r, **kw)
+    x_q, x_s = quantize.quantize_per_token(x)
+    want = gemm_a8.gemm_a8(x_q, x_s, qw.qdata, qw.scale, None, None, r, **kw)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    ref = gemm_a8.reference(x, None, qw.qdata, qw.scale, None, None, r, **kw)
+    torch.testing.assert_close(got.float(), ref.float(), equal_nan=True, **EPILOGUE_TOL[out_dtype])
+
+
+def test_quantizing_prologue_wants_a_float_input():
+    x_q, _, w_q, w_s, *_ = _problem(13, 67, 48, 3, 8, True, torch.float32)
+    with pytest.raises(ValueError, match="x_scale=None"):
+        gemm_a8.gemm_a8(x_q, None, w_q, w_s, out_dtype=torch.float32)
+
+
 def test_out_scale_needs_requant():
     args = _problem(13, 67, 48, 3, 8, True, torch.float32)
     with pytest.raises(ValueError, match="requant"):
@@ -182,6 +206,21 @@ def test_every_autotune_config_recomputes_the_stored_plan(tile):
     q, s = gemm_a8.gemm_a8(*args, plan="recompute", **kw)
     want_q, want_s = gemm_a8.gemm_a8(*args, plan="store", **kw)
     assert torch.equal(q, want_q) and torch.equal(s, want_s)
+
+
+@pytest.mark.parametrize("tile", [t for t in gemm_tiles("a8") if float_x_fits(t, 4)],
+                         ids=lambda t: "x".join(map(str, t)))
+def test_every_float_input_config_quantizes_as_the_quantize_kernel(tile):
+    m = 67 if tile[0] <= 64 else 131
+    n = 5 * (tile[1] // 5 + 3)
+    k = 67 + tile[2]  # two K steps, the second masked: the absmax pass sees both
+    g = generator("prologue-tile", tile)
+    x = torch.randn(m, k, generator=g)
+    qw = quantize_weight(torch.randn(n, k, generator=g), groups=5)
+    got = gemm_a8.gemm_a8(x, None, qw.qdata, qw.scale, out_dtype=torch.float32, config=to_config(tile))
+    x_q, x_s = quantize.quantize_per_token(x)
+    want = gemm_a8.gemm_a8(x_q, x_s, qw.qdata, qw.scale, out_dtype=torch.float32, config=to_config(tile))
+    assert torch.equal(got, want)
 
 
 def test_autotuner_keys_on_the_m_bucket_not_m():

@@ -52,11 +52,38 @@ def test_tiny_model_through_triton_matches_cpu_target(kind):
     assert sqnr_db(ref, out) > {"bert": 40, "gpt2": 35, "llama": 28}[kind]
 
 
-#: zq.triton_quantize_per_token calls left with smoothing off: inputs no norm or GEMM epilogue
-#: produces (attention outputs, BERT's pooler reading token 0).
-STANDALONE_QUANTIZE = {"bert": 2 + 1, "gpt2": 2, "llama": 2}
+#: zq.triton_quantize_per_token calls left with smoothing off: none. The inputs no norm or GEMM
+#: epilogue produces (attention outputs, BERT's pooler reading token 0) are quantized in the
+#: prologue of the one GEMM that reads each (fuse_quantize_prologue).
+STANDALONE_QUANTIZE = {"bert": 0, "gpt2": 0, "llama": 0}
+PROLOGUE_QUANTIZE = {"bert": 2 + 1, "gpt2": 2, "llama": 2}
 #: the activation's own name in an Inductor kernel name, were it left outside the GEMM
 ACTIVATION_KERNEL = {"bert": "gelu", "gpt2": "tanh", "llama": "silu"}
+
+
+def _calls(code: str, op: str) -> list[list[str]]:
+    """The arguments of each call of ``op`` in generated code, split at top-level commas (an
+    argument may be a ``reinterpret_tensor(...)`` view)."""
+    found = []
+    for line in code.splitlines():
+        start = line.find(op + "(")
+        if start < 0:
+            continue
+        args, depth, cur = [], 0, ""
+        for ch in line[start + len(op) + 1:]:
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                if depth == 0:
+                    break
+                depth -= 1
+            if ch == "," and depth == 0:
+                args.append(cur.strip())
+                cur = ""
+            else:
+                cur += ch
+        found.append(args + [cur.strip()])
+    return found
 
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
@@ -84,8 +111,12 @@ def test_every_linear_of_a_tiny_model_takes_a_fused_path(kind):
     layers = 2
     assert fusions["gemm+residual"] == 2 * layers
     assert code.count("zq.triton_quantize_per_token.default(") == STANDALONE_QUANTIZE[kind]
-    # the residual operand (7th argument) of the GEMM calls Inductor generated
-    assert len(re.findall(r"zq\.triton_linear_a8\.default\((?:\w+, ){6}(?!None)\w+", code)) == 2 * layers
+    assert fusions["quantize+gemm"] == PROLOGUE_QUANTIZE[kind]
+    # the residual operand of the GEMM calls Inductor generated (7th argument; 6th where the
+    # GEMM quantizes its own input)
+    residual = sum(args[6] != "None" for args in _calls(code, "zq.triton_linear_a8.default")) + \
+        sum(args[5] != "None" for args in _calls(code, "zq.triton_quantize_linear_a8.default"))
+    assert residual == 2 * layers
     kernels = re.findall(r"def (cpp_fused_\w+)|'(cpp_fused_\w+)'", code)
     assert not any(ACTIVATION_KERNEL[kind] in "".join(k) for k in kernels)
     assert fusions["gemm+requant"] == layers  # FFN1 (Llama: up, times SiLU(gate)) for the down projection

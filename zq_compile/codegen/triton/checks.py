@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zq_compile.codegen.triton import aot
-from zq_compile.codegen.triton.configs import gemm_tiles, norm_launch, row_launch
+from zq_compile.codegen.triton.configs import float_x_fits, gemm_tiles, norm_launch, row_launch
 
 ARCHS = (80, 90)
 DTYPE = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
@@ -43,6 +43,10 @@ FUSED_EPILOGUES = {
                                       REQUANT=True, REQUANT_PASS=1),
     "gelu_erf-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=False,
                                         REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True),
+    # fuse_quantize_prologue: the output projection quantizes its float input (attention's
+    # output) in the kernel, then adds the residual
+    "quantize_x-residual": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=True,
+                                REQUANT=False, QUANTIZE_X=True),
     "swiglu-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
                                       REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True, HAS_GATE=True),
 }
@@ -101,6 +105,9 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
         ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
         ce.setdefault("HAS_GATE", epilogue == "all")
         ce.setdefault("REQUANT_PASS", 0)
+        ce.setdefault("QUANTIZE_X", False)
+        if ce["QUANTIZE_X"]:  # x is the float activation, in the output's dtype
+            sig["x_ptr"] = DTYPE[out]
         ce["FLOAT"] = out
         if ce["REQUANT_PASS"]:  # out is the int8 rows (written by pass 2); FLOAT the dtype they stand for
             sig.update(out_ptr="*i8", res_ptr="*i8")
@@ -128,7 +135,9 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
         variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
     if kind == "a8":  # the fused epilogues the backend emits, always: they are what runs
         variants += [(8, ep, act) for ep in FUSED_EPILOGUES]
-    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles]
+    # a float activation (QUANTIZE_X, fp32 here) runs only the tiles the autotuner keeps for it
+    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles
+            if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X") or float_x_fits(t, 4)]
 
 
 def row_specs(full: bool = False) -> list[Spec]:

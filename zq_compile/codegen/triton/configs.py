@@ -14,6 +14,7 @@ autotuner times the bucket's configs on first use.
 
 from __future__ import annotations
 
+import torch
 import triton
 
 from zq_compile.codegen.triton.runtime import interpreting, m_bucket
@@ -92,8 +93,22 @@ def gemm_configs(kind: str) -> list[triton.Config]:
     return [to_config(t) for t in gemm_tiles(kind)]
 
 
+#: Shared memory a float-input tile's pipeline may take (below sm_80's 163 KiB per block).
+FLOAT_X_SMEM = 160 * 1024
+
+
+def float_x_fits(tile: Tile, x_bytes: int) -> bool:
+    """Whether an int8-GEMM tile still fits shared memory when its activation arrives as float
+    (``gemm_a8``'s QUANTIZE_X prologue: x_bytes per element instead of 1), estimated as the
+    stages' x and weight tiles. The static check builds only the tiles this keeps: the one it
+    drops, 128x128x128 at 3 stages with fp32 x, took 176 KiB on sm_80."""
+    bm, bn, bk, _, stages = tile
+    return stages * (bm * bk * x_bytes + bk * bn) <= FLOAT_X_SMEM
+
+
 def bucket_pruner(kind: str):
-    """``early_config_prune`` for the autotuner: only the configs of the call's M bucket.
+    """``early_config_prune`` for the autotuner: only the configs of the call's M bucket (for a
+    float activation quantized in the kernel, only those that fit shared memory with it).
 
     Under the interpreter only the bucket's first config is kept: timing numpy says nothing about
     a GPU, and one config means the autotuner runs the kernel once instead of benchmarking.
@@ -102,7 +117,10 @@ def bucket_pruner(kind: str):
 
     def prune(configs, named_args, **kwargs):
         by_tile = {tile_of(c): c for c in configs}
-        chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])] if t in by_tile]  # bucket order
+        x = named_args.get("x_ptr")
+        x_bytes = x.element_size() if kind == "a8" and isinstance(x, torch.Tensor) else 1
+        chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])]  # bucket order
+                  if t in by_tile and (x_bytes == 1 or float_x_fits(t, x_bytes))]
         return chosen[:1] if interpreting() else chosen
 
     return prune

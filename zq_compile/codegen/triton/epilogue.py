@@ -88,7 +88,7 @@ def round_to(y, FLOAT: tl.constexpr):
 @triton.jit
 def gemm_epilogue(
     acc, x_sum, offs_m, offs_n,
-    x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
+    x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
     M, N, GROUP_N,
     stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -104,8 +104,8 @@ def gemm_epilogue(
     if HAS_ZERO:
         zero_corr = w_scale * tl.load(w_zero_ptr + groups, mask=n_ok, other=0).to(tl.float32)
         y = y - x_sum.to(tl.float32)[:, None] * zero_corr[None, :]
-    if HAS_X_SCALE:
-        y = y * tl.load(x_scale_ptr + offs_m, mask=m_ok, other=0.0)[:, None]
+    if HAS_X_SCALE:  # x_scale: this tile's [BLOCK_M] token scales (loaded, or made by the prologue)
+        y = y * x_scale[:, None]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     y = activation(y, ACTIVATION)

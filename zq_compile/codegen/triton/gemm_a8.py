@@ -29,7 +29,8 @@ import triton.language as tl
 
 from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
-from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, check_epilogue_args, finish_ref, gemm_epilogue
+from zq_compile.codegen.triton.common import abs_bits, bits_to_float, quantize_values, reciprocal, scale_from_absmax
+from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, QMAX, check_epilogue_args, finish_ref, gemm_epilogue
 from zq_compile.codegen.triton.quantize import quantize_per_token
 from zq_compile.codegen.triton.runtime import REQUANT_PLANS, identity_launcher, m_bucket, requant_plan
 from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
@@ -46,18 +47,31 @@ def gemm_a8_kernel(
     M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
     W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_GATE: tl.constexpr,
-    REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr,
+    REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr, QUANTIZE_X: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs, shifts = weight_tile_ptrs(w_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
 
+    if QUANTIZE_X:
+        # x is float: each row's absmax first (a pass over K), then the main loop quantizes
+        # each tile as it loads it, with quantize.py's numerics (bit for bit)
+        bits = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            xf = tl.load(x_ptrs + k0 * stride_xk, mask=(offs_k < K - k0)[None, :], other=0.0)
+            bits = tl.maximum(bits, abs_bits(xf.to(tl.float32)))
+        x_scale = scale_from_absmax(bits_to_float(tl.max(bits, axis=1)), QMAX)
+        inv_scale = reciprocal(x_scale)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     x_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
-        a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
+        if QUANTIZE_X:
+            xf = tl.load(x_ptrs, mask=k_ok[None, :], other=0.0)
+            a = quantize_values(xf.to(tl.float32), inv_scale[:, None], QMAX)
+        else:
+            a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
         b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS)
         acc = tl.dot(a, b, acc)
         if HAS_ZERO:
@@ -65,9 +79,11 @@ def gemm_a8_kernel(
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
 
+    if not QUANTIZE_X:  # loaded after the loop: live through it, it made two tiles spill
+        x_scale = tl.load(x_scale_ptr + offs_m, mask=offs_m < M, other=0.0)
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
-        x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
+        x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
         M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
         True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE, REQUANT_PASS, FLOAT,
     )
@@ -103,11 +119,16 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
             plan: str | None = None, config=None, launch=identity_launcher):
     """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant
     (of y * out_scale, when given: the next linear's smoothing 1/s per feature), by the plan
-    ``plan`` ("store" or "recompute"; default ``runtime.requant_plan``'s choice)."""
-    if x_q.dtype != torch.int8 or x_q.dim() != 2:
-        raise ValueError(f"x_q must be int8 [M, K], got {x_q.dtype} {tuple(x_q.shape)}")
+    ``plan`` ("store" or "recompute"; default ``runtime.requant_plan``'s choice).
+
+    With ``x_scale=None``, x_q is the float activation (fp32/fp16/bf16 [M, K]) and the kernel
+    quantizes it per token itself (``QUANTIZE_X``), as ``quantize.py`` would, bit for bit."""
+    quantize_x = x_scale is None
+    if x_q.dim() != 2 or (x_q.dtype not in FLOAT_NAMES if quantize_x else x_q.dtype != torch.int8):
+        want = "fp32/fp16/bf16 (x_scale=None: quantized in the kernel)" if quantize_x else "int8"
+        raise ValueError(f"x_q must be {want} [M, K], got {x_q.dtype} {tuple(x_q.shape)}")
     m, k = x_q.shape
-    if x_scale.dtype != torch.float32 or x_scale.numel() != m:
+    if not quantize_x and (x_scale.dtype != torch.float32 or x_scale.numel() != m):
         raise ValueError(f"x_scale must be fp32 with one value per row ({m}), got {tuple(x_scale.shape)}")
     n = check_weight(w_q, w_scale, w_zero, w_bits, k)
     check_epilogue_args(m, n, bias, residual, activation, out_dtype)
@@ -123,7 +144,7 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
     absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None
     q_scale = torch.empty((m, 1), dtype=torch.float32, device=x_q.device) if recompute else None
     if m and n:
-        x_scale = x_scale.reshape(m).contiguous()
+        x_scale = w_scale if quantize_x else x_scale.reshape(m).contiguous()
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         kernel = gemm_a8_kernel if config is None else gemm_a8_kernel.fn
         args = (x_q, w_q, x_scale, w_scale, w_zero if w_zero is not None else w_scale,
@@ -138,7 +159,7 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         meta = dict(M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
                     ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
                     HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None,
-                    FLOAT=FLOAT_NAMES[out_dtype], **launch_kwargs(config))
+                    FLOAT=FLOAT_NAMES[out_dtype], QUANTIZE_X=quantize_x, **launch_kwargs(config))
         for requant_pass in ((1, 2) if recompute else (0,)):  # pass 2 reads the absmax pass 1 finished
             launch(kernel)[grid](*args, REQUANT_PASS=requant_pass, **meta)
     if not requant:
@@ -151,6 +172,8 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
 def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
               w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None):
     """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32."""
+    if x_scale is None:
+        x_q, x_scale = quantize_per_token_ref(x_q)
     w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
     y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
     out = finish_ref(y, activation, residual, out_dtype, out_scale, gate)

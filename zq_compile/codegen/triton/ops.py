@@ -13,6 +13,8 @@ Every op takes activations with any leading dims ([..., K]) and returns [..., N]
     triton_norm_quantize(x, weight?, bias?, eps, rms, emit_float, quant_scale?) -> (q, scale, y or empty)
     triton_linear_a8(x_q, x_scale, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits,
                      activation, gate?) -> y
+    triton_quantize_linear_a8(x float, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits, activation,
+                              gate?) -> y        (x quantized per token inside the GEMM kernel)
     triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation, out_scale?, gate?) -> (q, scale)
     triton_linear_a16(x, w_q, w_scale, w_zero?, bias?, residual?, w_bits, activation) -> y
 """
@@ -76,6 +78,19 @@ def _linear_a8_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, out_dtyp
     return x_q.new_empty((*x_q.shape[:-1], w_q.shape[0]), dtype=out_dtype)
 
 
+def _quantize_linear_a8(x: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None, bias: Tensor | None,
+                        residual: Tensor | None, out_dtype: torch.dtype, w_bits: int, activation: str,
+                        gate: Tensor | None = None) -> Tensor:
+    y = gemm_a8.gemm_a8(_rows(x), None, w_q, w_scale, w_zero, bias, None if residual is None else _rows(residual),
+                        out_dtype=out_dtype, w_bits=w_bits, activation=activation,
+                        gate=None if gate is None else _rows(gate), launch=_launcher())
+    return y.reshape(*x.shape[:-1], w_q.shape[0])
+
+
+def _quantize_linear_a8_fake(x, w_q, w_scale, w_zero, bias, residual, out_dtype, w_bits, activation, gate=None):
+    return x.new_empty((*x.shape[:-1], w_q.shape[0]), dtype=out_dtype)
+
+
 def _linear_a8_requant(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None,
                        bias: Tensor | None, residual: Tensor | None, float_dtype: torch.dtype, w_bits: int,
                        activation: str, out_scale: Tensor | None = None,
@@ -120,5 +135,6 @@ def _register(name: str, fn, fake):
 triton_quantize_per_token = _register("triton_quantize_per_token", _quantize_per_token, _quantize_per_token_fake)
 triton_norm_quantize = _register("triton_norm_quantize", _norm_quantize, _norm_quantize_fake)
 triton_linear_a8 = _register("triton_linear_a8", _linear_a8, _linear_a8_fake)
+triton_quantize_linear_a8 = _register("triton_quantize_linear_a8", _quantize_linear_a8, _quantize_linear_a8_fake)
 triton_linear_a8_requant = _register("triton_linear_a8_requant", _linear_a8_requant, _linear_a8_requant_fake)
 triton_linear_a16 = _register("triton_linear_a16", _linear_a16, _linear_a16_fake)
