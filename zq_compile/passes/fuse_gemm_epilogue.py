@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from zq_compile.passes.fusion_common import (
-    carry_decision, follow_relabels, record_fallback, record_fusion, rows, static_shape, triton_ops,
+    carry_decision, follow_relabels, record_fallback, record_fusion, rows, run_on_triton, static_shape,
 )
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.schemes.base import inference_only
@@ -294,10 +294,4 @@ def _erase_dead(graph: fx.Graph, last: fx.Node, first: fx.Node) -> None:
 
 
 def run(ctx) -> int:
-    if ctx.target != "triton":
-        return 0
-    linears = list(ctx.gm.graph.find_nodes(op="call_function", target=LINEAR))
-    if not linears:
-        return 0
-    ops = triton_ops()
-    return sum(_fuse_one(ctx, node, ops) for node in linears)
+    return run_on_triton(ctx, lambda graph: graph.find_nodes(op="call_function", target=LINEAR), _fuse_one)

@@ -37,7 +37,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from zq_compile.passes.fusion_common import is_relabel, record_fallback, record_fusion, static_shape, triton_ops
+from zq_compile.passes.fusion_common import is_relabel, record_fallback, record_fusion, run_on_triton, static_shape
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 
 NAME = "fuse_norm_quantize"
@@ -256,10 +256,6 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
 
 
 def run(ctx) -> int:
-    if ctx.target != "triton":
-        return 0
-    quantizes = [n for n in ctx.gm.graph.find_nodes(op="call_function", target=QUANTIZE) if n.args[1] == 8]
-    if not quantizes:
-        return 0
-    ops = triton_ops()
-    return sum(_fuse_one(ctx, q, ops) for q in quantizes)
+    return run_on_triton(
+        ctx, lambda graph: [n for n in graph.find_nodes(op="call_function", target=QUANTIZE) if n.args[1] == 8],
+        _fuse_one)

@@ -31,7 +31,7 @@ import operator
 import torch
 import torch.fx as fx
 
-from zq_compile.passes.fusion_common import carry_decision, record_fallback, record_fusion, triton_ops
+from zq_compile.passes.fusion_common import carry_decision, record_fallback, record_fusion, run_on_triton
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 
 NAME = "fuse_quantize_prologue"
@@ -93,10 +93,4 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
 
 
 def run(ctx) -> int:
-    if ctx.target != "triton":
-        return 0
-    quantizes = list(ctx.gm.graph.find_nodes(op="call_function", target=QUANTIZE))
-    if not quantizes:
-        return 0
-    ops = triton_ops()
-    return sum(_fuse_one(ctx, node, ops) for node in quantizes)
+    return run_on_triton(ctx, lambda graph: graph.find_nodes(op="call_function", target=QUANTIZE), _fuse_one)

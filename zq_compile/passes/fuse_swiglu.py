@@ -30,7 +30,7 @@ import torch.fx as fx
 from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
     _reshaped, _take_quantize_outputs
 from zq_compile.passes.fusion_common import carry_decision, follow_relabels, is_relabel, record_fallback, \
-    record_fusion, static_shape, triton_ops
+    record_fusion, run_on_triton, static_shape
 from zq_compile.passes.graph_utils import annotate, fake_value
 
 NAME = "fuse_swiglu"
@@ -123,11 +123,7 @@ def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
 
 
 def run(ctx) -> int:
-    if ctx.target != "triton":
-        return 0
-    graph = ctx.gm.graph
-    muls = [n for n in graph.nodes if n.op == "call_function" and n.target in MUL and _match(n) is not None]
-    if not muls:
-        return 0
-    ops = triton_ops()
-    return sum(_fuse_one(ctx, m, ops) for m in muls)
+    return run_on_triton(
+        ctx, lambda graph: [n for n in graph.nodes if n.op == "call_function" and n.target in MUL
+                            and _match(n) is not None],
+        _fuse_one)

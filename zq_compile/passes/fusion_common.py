@@ -101,3 +101,16 @@ def triton_ops():
     import zq_compile.codegen.triton.ops  # noqa: F401
 
     return torch.ops.zq
+
+
+def run_on_triton(ctx, candidates, fuse_one) -> int:
+    """The driver of each Triton fusion pass: nothing off target "triton"; else
+    ``fuse_one(ctx, node, ops)`` over ``candidates(graph)`` (listed before any rewrite), the
+    number that fused. The ops are registered only when there is something to fuse."""
+    if ctx.target != "triton":
+        return 0
+    nodes = list(candidates(ctx.gm.graph))
+    if not nodes:
+        return 0
+    ops = triton_ops()
+    return sum(fuse_one(ctx, node, ops) for node in nodes)
