@@ -12,7 +12,7 @@ def test_defaults_are_w8a8_per_channel_symmetric():
 
 def test_json_round_trip():
     c = ZeroQuantConfig(weight_groups=4, symmetric=False, skip=["pooler.*"], disable_passes=["rewrite_linear"],
-                        attention="fp32")
+                        attention="fp32", requant_plan="recompute")
     text = c.to_json()
     assert json.loads(text)["skip"] == ["pooler.*"]
     back = ZeroQuantConfig.from_json(text)
@@ -38,6 +38,7 @@ def test_frozen():
         ({"target": "gpu"}, "target", "auto, cpu, triton, reference"),
         ({"cpu_kernel": "mkl"}, "cpu_kernel", "onednn"),
         ({"attention": "fp16"}, "attention", "auto, bf16, bf16_matmul, fp32"),
+        ({"requant_plan": "fused"}, "requant_plan", "auto, store, recompute"),
         ({"weight_groups": 0}, "weight_groups", "positive int"),
         ({"weight_groups": True}, "weight_groups", "positive int"),
         ({"symmetric": "yes"}, "symmetric", "True, False"),

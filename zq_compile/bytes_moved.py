@@ -73,6 +73,19 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
     return total
 
 
+def requant_plan_of(node: torch.fx.Node, m: int, n: int, k: int) -> str:
+    """The plan a ``zq.triton_linear_a8_requant`` node runs: the one its ``plan`` keyword forces
+    (config ``requant_plan``), else ``runtime.requant_plan``'s choice for its shape."""
+    from zq_compile.codegen.triton.runtime import requant_plan
+
+    plan = node.kwargs.get("plan", "auto")
+    if plan != "auto":
+        return plan
+    gate = node.kwargs.get("gate", node.args[11] if len(node.args) > 11 else None)
+    out = node.args[7].itemsize
+    return requant_plan(m, n, k, out, out if gate is not None else 0)
+
+
 def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     """The GEMMs passes/fuse_gemm_epilogue.py and fuse_quantize_prologue.py emitted (target
     "triton"): activation (int8, or float where the kernel quantizes it) and weight read, the
@@ -81,8 +94,6 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     reads them back ("store") or reads its activation and weight twice ("recompute")."""
     if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
         return 0
-    from zq_compile.codegen.triton.runtime import requant_plan
-
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.triton_quantize_linear_a8.default):
         # the float activation read (it is quantized in the kernel), the weight, residual and output
@@ -99,7 +110,7 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
             inputs = m * k + n * k
             if target is torch.ops.zq.triton_linear_a8.default:
                 total += inputs + m * n * out * (1 if node.args[6] is None else 2)
-            elif requant_plan(m, n, k, out, out if len(node.args) > 11 and node.args[11] is not None else 0) == "store":
+            elif requant_plan_of(node, m, n, k) == "store":
                 total += inputs + m * n * (2 * out + 1)
             else:
                 total += 2 * inputs + m * n

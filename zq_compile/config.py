@@ -19,6 +19,8 @@ ACT_BITS = (8, None)  # None: activations stay in floating point (weight-only)
 TARGETS = ("auto", "cpu", "triton", "reference")
 CPU_KERNELS = ("auto", "onednn", "int_mm")
 ATTENTION = ("auto", "bf16", "bf16_matmul", "fp32")
+#: How a requantizing Triton GEMM gets its rows' absmax (codegen/triton/runtime.requant_plan).
+REQUANT_PLANS = ("auto", "store", "recompute")
 ACTIVATIONS = ("auto", "bf16", "fp32")
 HEADS = ("float", "split", "outliers")
 PIPELINE_RACE = ("auto", "report", "off")
@@ -240,6 +242,10 @@ class ZeroQuantConfig:
         shapes at compile time and emits the most exact one unless another is 10% faster
         (problems under 1 MiB of scores get bf16 flash unraced); "bf16" runs bf16 flash on any
         CPU; "bf16_matmul" our lowering; "fp32" leaves it.
+    requant_plan: target "triton": how a GEMM whose output is quantized again for the next
+        linear gets each row's absmax: "store" writes its float rows and quantizes them in a
+        second kernel, "recompute" runs the int8 GEMM twice (no float rows in memory), "auto"
+        picks by arithmetic per shape (``codegen/triton/runtime.requant_plan``). Same int8 values.
     activations: what fp32 models store between the quantized linears on the cpu target:
         "auto" is bf16 where the CPU has native bf16 (avx512_bf16 / amx_bf16), else fp32;
         "bf16" asks for it (ValueError on a CPU without native bf16); "fp32" keeps fp32. The
@@ -289,6 +295,7 @@ class ZeroQuantConfig:
     target: str = "auto"
     cpu_kernel: str = "auto"
     attention: str = "auto"
+    requant_plan: str = "auto"
     activations: str = "auto"
     smooth: Any = "auto"
     keep_float: Any = "auto"
@@ -321,6 +328,8 @@ class ZeroQuantConfig:
             _fail("cpu_kernel", self.cpu_kernel, ", ".join(CPU_KERNELS))
         if self.attention not in ATTENTION:
             _fail("attention", self.attention, ", ".join(ATTENTION))
+        if self.requant_plan not in REQUANT_PLANS:
+            _fail("requant_plan", self.requant_plan, ", ".join(REQUANT_PLANS))
         if self.activations not in ACTIVATIONS:
             _fail("activations", self.activations, ", ".join(ACTIVATIONS))
         if self.activations == "bf16" and self.target in ("auto", "cpu"):

@@ -45,7 +45,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from zq_compile.backend import prepare  # noqa: E402
-from zq_compile.codegen.triton.runtime import requant_plan  # noqa: E402
+from zq_compile.bytes_moved import requant_plan_of  # noqa: E402
 from zq_compile.config import ZeroQuantConfig  # noqa: E402
 
 FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
@@ -113,9 +113,8 @@ def _kernel_bytes(node: fx.Node) -> tuple[str, int]:
     elif name == "triton_linear_a8_requant":
         q, s = outs
         rows = s.numel()
-        gate = node.args[11] if len(node.args) > 11 else None
         n, k = _val(node.args[2])[0].shape[0], _val(node.args[0])[0].shape[-1]
-        plan = requant_plan(rows, n, k, node.args[7].itemsize, _val(gate)[0].element_size() if gate else 0)
+        plan = requant_plan_of(node, rows, n, k)
         name += f" ({plan})"
         if plan == "store":
             # launch 1 writes the float rows and the row absmax; launch 2 reads both, writes q and s

@@ -301,6 +301,19 @@ def test_swiglu_folds_into_the_gate_and_up_epilogues(smooth):
         assert sqnr_db(m(x), out) > 25
 
 
+@pytest.mark.parametrize("module", ["mlp", "swiglu"])
+def test_requant_plan_from_the_config_reaches_the_kernel(module):
+    """``requant_plan`` forces the plan of every requantizing GEMM (FFN1; SwiGLU's up): 26 tokens
+    would take "store" by the rule; "recompute" gives the same output bit for bit."""
+    torch.manual_seed(0)
+    m, x = (_block() if module == "mlp" else (SwiGLU().eval(), torch.randn(2, 13, 64)))
+    out, code, report = _compile(m, x, requant_plan="recompute")
+    auto, auto_code, _ = _compile(m, x)
+    call = [line for line in code.splitlines() if "zq.triton_linear_a8_requant.default(" in line]
+    assert len(call) == 1 and call[0].rstrip().endswith("'recompute')") and "'recompute'" not in auto_code
+    assert torch.equal(out, auto)
+
+
 def test_swiglu_off_by_name_leaves_silu_in_the_gate_epilogue_only():
     torch.manual_seed(0)
     m = SwiGLU().eval()

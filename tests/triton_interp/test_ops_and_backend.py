@@ -48,6 +48,8 @@ OPCHECKS = {
                                   (*_linear_args(), torch.bfloat16, 8, "silu")),
     "linear_a8_requant_out_scale": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
                                             (*_linear_args(), torch.float32, 8, "gelu_erf", torch.rand(48) + 0.5)),
+    "linear_a8_requant_recompute": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
+                                            (*_linear_args(), torch.float16, 8, "gelu_erf", None, None, "recompute")),
     "linear_a8_requant_gate": lambda: (torch.ops.zq.triton_linear_a8_requant.default,
                                        (*_linear_args(), torch.float32, 8, "none", None, torch.randn(2, 7, 48))),
     "linear_a16": lambda: (torch.ops.zq.triton_linear_a16.default,
@@ -108,7 +110,8 @@ def test_backend_target_triton_runs_the_triton_kernels_and_matches_target_cpu(dt
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_requantizing_gemm_recomputes_past_64_tokens_with_the_same_result(dtype, monkeypatch):
     """90 tokens: FFN1's requantizing GEMM takes the "recompute" plan (no float rows stored);
-    the model's output equals the one with the plan forced to "store", bit for bit."""
+    the model's output equals the one with the plan forced to "store" by the config
+    (``requant_plan``), bit for bit, and each report's GEMM bytes follow its plan."""
     from zq_compile.codegen.triton import gemm_a8
     from zq_compile.codegen.triton.runtime import requant_plan
 
@@ -126,22 +129,23 @@ def test_requantizing_gemm_recomputes_past_64_tokens_with_the_same_result(dtype,
         return real(*args, plan=plan, **kw)
 
     monkeypatch.setattr(gemm_a8, "gemm_a8", spy)
-    c = torch.compile(m, backend="zeroquant", options={"target": "triton"})
     before = len(recent_reports())
     with torch.inference_mode():
-        out = c(x)
-        monkeypatch.setattr(gemm_a8, "gemm_a8", lambda *a, plan=None, **kw: spy(*a, plan="store", **kw))
-        stored = c(x)
-    (report,) = recent_reports()[before:]
+        out = torch.compile(m, backend="zeroquant", options={"target": "triton"})(x)
+        torch._dynamo.reset()
+        stored = torch.compile(m, backend="zeroquant", options={"target": "triton", "requant_plan": "store"})(x)
+    reports = recent_reports()[before:]
     torch._dynamo.reset()
     assert plans == ["recompute", "store"]
     assert torch.equal(out, stored)
-    # the report's GEMM bytes follow the plan: up reads its int8 input and weight twice and
-    # writes int8 only; down reads its int8 input, weight and the residual, writes the output
+    # up reads its int8 input and weight twice and writes int8 only ("recompute"), or writes its
+    # float rows and reads them back ("store"); down reads its int8 input, weight and the
+    # residual, and writes the output
     tokens, size = 90, dtype.itemsize
-    up = 2 * (tokens * 64 + 160 * 64) + tokens * 160
+    inputs = tokens * 64 + 160 * 64
     down = tokens * 160 + 64 * 160 + 2 * tokens * 64 * size
-    assert report.gemm_bytes == up + down
+    assert [r.gemm_bytes for r in reports] == [2 * inputs + tokens * 160 + down,
+                                              inputs + tokens * 160 * (2 * size + 1) + down]
 
 
 def test_dynamic_shapes_compile_once():

@@ -34,7 +34,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from zq_compile.passes.fusion_common import (
-    carry_decision, follow_relabels, record_fallback, record_fusion, rows, run_on_triton, static_shape,
+    carry_decision, follow_relabels, plan_kwargs, record_fallback, record_fusion, rows, run_on_triton, static_shape,
 )
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.schemes.base import inference_only
@@ -266,7 +266,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
             annotate(fused, ctx.fake_mode)
             last.replace_all_uses_with(_reshaped(graph, ctx, fused, out_shape) if out_shape else fused)
         else:
-            fused = graph.call_function(ops.triton_linear_a8_requant.default, (*args, inv_s))
+            fused = graph.call_function(ops.triton_linear_a8_requant.default, (*args, inv_s), plan_kwargs(ctx))
             annotate(fused, ctx.fake_mode)
             consumers, tail = _take_quantize_outputs(ctx, quantize, fused)
     carry_decision(ctx, linear, fused)

@@ -30,7 +30,7 @@ import torch.fx as fx
 from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
     _reshaped, _take_quantize_outputs
 from zq_compile.passes.fusion_common import carry_decision, follow_relabels, is_relabel, record_fallback, \
-    record_fusion, run_on_triton, static_shape
+    plan_kwargs, record_fusion, run_on_triton, static_shape
 from zq_compile.passes.graph_utils import annotate, fake_value
 
 NAME = "fuse_swiglu"
@@ -105,7 +105,7 @@ def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
             mul.replace_all_uses_with(_reshaped(graph, ctx, fused, static_shape(mul)))
         else:
             fused = graph.call_function(ops.triton_linear_a8_requant.default, up_args,
-                                        {"out_scale": inv_s, "gate": g})
+                                        {"out_scale": inv_s, "gate": g, **plan_kwargs(ctx)})
             annotate(fused, ctx.fake_mode)
             consumers, tail = _take_quantize_outputs(ctx, quantize, fused)
     carry_decision(ctx, gate, g)

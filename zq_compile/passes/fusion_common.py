@@ -103,6 +103,12 @@ def triton_ops():
     return torch.ops.zq
 
 
+def plan_kwargs(ctx) -> dict:
+    """The requantizing GEMM's ``plan`` keyword when the config forces one (none for "auto")."""
+    plan = ctx.config.requant_plan
+    return {} if plan == "auto" else {"plan": plan}
+
+
 def run_on_triton(ctx, candidates, fuse_one) -> int:
     """The driver of each Triton fusion pass: nothing off target "triton"; else
     ``fuse_one(ctx, node, ops)`` over ``candidates(graph)`` (listed before any rewrite), the

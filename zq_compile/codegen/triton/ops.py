@@ -15,7 +15,8 @@ Every op takes activations with any leading dims ([..., K]) and returns [..., N]
                      activation, gate?) -> y
     triton_quantize_linear_a8(x float, w_q, w_scale, w_zero?, bias?, residual?, out_dtype, w_bits, activation,
                               gate?) -> y        (x quantized per token inside the GEMM kernel)
-    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation, out_scale?, gate?) -> (q, scale)
+    triton_linear_a8_requant(... same ..., float_dtype, w_bits, activation, out_scale?, gate?, plan) -> (q, scale)
+                             (plan: "auto" | "store" | "recompute", runtime.requant_plan)
     triton_linear_a16(x, w_q, w_scale, w_zero?, bias?, residual?, w_bits, activation) -> y
 """
 
@@ -94,17 +95,18 @@ def _quantize_linear_a8_fake(x, w_q, w_scale, w_zero, bias, residual, out_dtype,
 def _linear_a8_requant(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor | None,
                        bias: Tensor | None, residual: Tensor | None, float_dtype: torch.dtype, w_bits: int,
                        activation: str, out_scale: Tensor | None = None,
-                       gate: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                       gate: Tensor | None = None, plan: str = "auto") -> tuple[Tensor, Tensor]:
     q, s = gemm_a8.gemm_a8(_rows(x_q), x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
                            None if residual is None else _rows(residual), out_dtype=float_dtype, w_bits=w_bits,
                            activation=activation, requant=True, out_scale=out_scale,
-                           gate=None if gate is None else _rows(gate), launch=_launcher())
+                           gate=None if gate is None else _rows(gate), plan=None if plan == "auto" else plan,
+                           launch=_launcher())
     lead = x_q.shape[:-1]
     return q.reshape(*lead, w_q.shape[0]), s.reshape(*lead, 1)
 
 
 def _linear_a8_requant_fake(x_q, x_scale, w_q, w_scale, w_zero, bias, residual, float_dtype, w_bits, activation,
-                            out_scale=None, gate=None):
+                            out_scale=None, gate=None, plan="auto"):
     lead = x_q.shape[:-1]
     return (x_q.new_empty((*lead, w_q.shape[0]), dtype=torch.int8),
             x_q.new_empty((*lead, 1), dtype=torch.float32))
