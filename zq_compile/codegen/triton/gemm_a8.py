@@ -116,10 +116,10 @@ def launch_kwargs(config) -> dict:
 
 def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
             w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None,
-            plan: str | None = None, config=None, launch=identity_launcher):
+            plan: str = "auto", config=None, launch=identity_launcher):
     """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant
     (of y * out_scale, when given: the next linear's smoothing 1/s per feature), by the plan
-    ``plan`` ("store" or "recompute"; default ``runtime.requant_plan``'s choice).
+    ``plan`` ("store", "recompute", or "auto": ``runtime.requant_plan``'s choice for the shape).
 
     With ``x_scale=None``, x_q is the float activation (fp32/fp16/bf16 [M, K]) and the kernel
     quantizes it per token itself (``QUANTIZE_X``), as ``quantize.py`` would, bit for bit."""
@@ -136,9 +136,10 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         raise ValueError(f"out_scale must be ({n},) and comes with requant=True (the scaled rows are only quantized)")
     if gate is not None and gate.shape != (m, n):
         raise ValueError(f"gate {tuple(gate.shape)} must be ({m}, {n})")
-    plan = plan or requant_plan(m, n, k, out_dtype.itemsize, 0 if gate is None else gate.element_size())
-    if plan not in REQUANT_PLANS:
-        raise ValueError(f"plan={plan!r} is not valid; allowed: {', '.join(REQUANT_PLANS)}")
+    if plan not in ("auto", *REQUANT_PLANS):
+        raise ValueError(f"plan={plan!r} is not valid; allowed: auto, {', '.join(REQUANT_PLANS)}")
+    if requant and plan == "auto":  # a plan only means something for a requantizing call
+        plan = requant_plan(m, n, k, out_dtype.itemsize, 0 if gate is None else gate.element_size())
     recompute = requant and plan == "recompute" and m > 0 and n > 0
     out = torch.empty((m, n), dtype=torch.int8 if recompute else out_dtype, device=x_q.device)
     absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None

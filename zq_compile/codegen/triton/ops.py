@@ -99,8 +99,7 @@ def _linear_a8_requant(x_q: Tensor, x_scale: Tensor, w_q: Tensor, w_scale: Tenso
     q, s = gemm_a8.gemm_a8(_rows(x_q), x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
                            None if residual is None else _rows(residual), out_dtype=float_dtype, w_bits=w_bits,
                            activation=activation, requant=True, out_scale=out_scale,
-                           gate=None if gate is None else _rows(gate), plan=None if plan == "auto" else plan,
-                           launch=_launcher())
+                           gate=None if gate is None else _rows(gate), plan=plan, launch=_launcher())
     lead = x_q.shape[:-1]
     return q.reshape(*lead, w_q.shape[0]), s.reshape(*lead, 1)
 
