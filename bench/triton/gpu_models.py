@@ -23,9 +23,7 @@ import copy
 import datetime
 import json
 import os
-import statistics
 import sys
-import time
 
 SMOKE = "--smoke" in sys.argv
 if SMOKE:
@@ -55,19 +53,23 @@ def contenders(model: torch.nn.Module, dtype: torch.dtype, device: str) -> dict:
     return out
 
 
-def timed(fns: dict, runs: int, device: str) -> dict[str, float]:
+def measure(models: dict, accuracy, call, runs: int, device: str, time_key: str) -> dict:
+    """Per contender: its accuracy row (``accuracy(model)``, or the error that kept it from being
+    built) and the median ms of ``call(model)``, interleaved with the others (``zq_compile.timing``),
+    each call followed by a device synchronize; two untimed calls first compile and autotune."""
+    from zq_compile.timing import interleaved_medians
+
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = {name: [] for name in fns}
-    for fn in fns.values():  # compile, autotune, warm up
-        fn(), fn()
-    sync()
-    for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: round(statistics.median(ts), 3) for name, ts in times.items()}
+    rows, fns = {}, {}
+    for name, m in models.items():
+        if isinstance(m, str):
+            rows[name] = {"error": m}
+            continue
+        rows[name] = accuracy(m)
+        fns[name] = lambda m=m: (call(m), sync())
+    for name, ms in interleaved_medians(fns, runs=runs, warmup=2).items():
+        rows[name][time_key] = round(ms, 3)
+    return rows
 
 
 def run_minilm(batch: int, seq: int, runs: int, dtype, device: str) -> dict:
@@ -81,17 +83,12 @@ def run_minilm(batch: int, seq: int, runs: int, dtype, device: str) -> dict:
     with torch.inference_mode():
         ref = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
         inputs = {k: v.to(device) for k, v in enc.items()}
-        rows = {}
-        fns = {}
-        for name, m in contenders(model, dtype, device).items():
-            if isinstance(m, str):
-                rows[name] = {"error": m}
-                continue
+
+        def cosine(m):
             emb = mean_pool(m(**inputs).last_hidden_state.float(), inputs["attention_mask"]).cpu()
-            rows[name] = {"cosine_vs_fp32": round(mean_cosine(ref, emb), 5)}
-            fns[name] = lambda m=m: m(**inputs)
-        for name, ms in timed(fns, runs, device).items():
-            rows[name]["ms"] = ms
+            return {"cosine_vs_fp32": round(mean_cosine(ref, emb), 5)}
+
+        rows = measure(contenders(model, dtype, device), cosine, lambda m: m(**inputs), runs, device, "ms")
     return {"model": "MiniLM-L6 (all-MiniLM-L6-v2, real weights)", "batch": batch, "seq": seq, "rows": rows}
 
 
@@ -106,18 +103,15 @@ def run_smollm2(seq: int, runs: int, dtype, device: str) -> dict:
         return round(float(torch.nn.functional.cross_entropy(logits[0, :-1].float().cpu(), ids[0, 1:]).exp()), 3)
 
     with torch.inference_mode():
-        rows = {"eager fp32": {"perplexity": perplexity(bm.model(input_ids=ids).logits)}}
         dev_ids = ids.to(device)
-        fns = {}
-        for name, m in contenders(bm.model, dtype, device).items():
-            if isinstance(m, str):
-                rows[name] = {"error": m}
-                continue
-            rows[name] = {"perplexity": perplexity(m(input_ids=dev_ids, use_cache=False).logits)}
-            fns[name] = lambda m=m: m(input_ids=dev_ids, use_cache=False)
-        for name, ms in timed(fns, runs, device).items():
-            rows[name]["prefill_ms"] = ms
-    return {"model": bm.note if hasattr(bm, "note") else "SmolLM2-135M", "seq": seq, "rows": rows}
+
+        def prefill(m):
+            return m(input_ids=dev_ids, use_cache=False)
+
+        rows = {"eager fp32": {"perplexity": perplexity(bm.model(input_ids=ids).logits)},
+                **measure(contenders(bm.model, dtype, device), lambda m: {"perplexity": perplexity(prefill(m).logits)},
+                          prefill, runs, device, "prefill_ms")}
+    return {"model": bm.note, "seq": seq, "rows": rows}
 
 
 def main() -> None:
