@@ -83,13 +83,23 @@ def requant_plan_of(node: torch.fx.Node, m: int, n: int, k: int) -> str:
         return plan
     gate = node.kwargs.get("gate", node.args[11] if len(node.args) > 11 else None)
     out = node.args[7].itemsize
-    return requant_plan(m, n, k, out, out if gate is not None else 0)
+    dual = node.kwargs.get("gate_w_q") is not None  # gate + up in one kernel (fuse_gate_up)
+    return requant_plan(m, n, k, out, out if gate is not None else 0, gemms=2 if dual else 1)
+
+
+def _gate_bytes(node: torch.fx.Node, m: int, n: int, k: int, out: int) -> int:
+    """What a fused GEMM reads for SwiGLU's gate: the gate's weight when it computes the gate
+    itself (fuse_gate_up), the stored SiLU(gate) rows when it multiplies by them (fuse_swiglu)."""
+    if node.kwargs.get("gate_w_q") is not None:
+        return n * k
+    return m * n * out if node.kwargs.get("gate") is not None else 0
 
 
 def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     """The GEMMs passes/fuse_gemm_epilogue.py and fuse_quantize_prologue.py emitted (target
-    "triton"): activation (int8, or float where the kernel quantizes it) and weight read, the
-    residual read, the output written in its dtype. A requantizing one writes int8,
+    "triton"): activation (int8, or float where the kernel quantizes it) and weight read (both
+    weights for gate + up in one kernel, else a stored SwiGLU gate), the residual read, the
+    output written in its dtype. A requantizing one writes int8,
     and by its plan (codegen/triton/runtime.requant_plan) either also writes its float rows and
     reads them back ("store") or reads its activation and weight twice ("recompute")."""
     if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
@@ -101,13 +111,14 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
         m = math.prod(size_hint(d) for d in x.shape[:-1])
         n, k = node.args[1].meta["example_value"].shape
         out = node.args[6].itemsize
-        total += m * k * x.element_size() + n * k + m * n * out * (1 if node.args[5] is None else 2)
+        total += m * k * x.element_size() + n * k + m * n * out * (1 if node.args[5] is None else 2) + \
+            _gate_bytes(node, m, n, k, out)
     for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
             m = math.prod(size_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
             n, k = node.args[2].meta["example_value"].shape
             out = node.args[7].itemsize
-            inputs = m * k + n * k
+            inputs = m * k + n * k + _gate_bytes(node, m, n, k, out)
             if target is torch.ops.zq.triton_linear_a8.default:
                 total += inputs + m * n * out * (1 if node.args[6] is None else 2)
             elif requant_plan_of(node, m, n, k) == "store":

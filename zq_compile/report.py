@@ -78,7 +78,7 @@ class CompileReport:
     requantized: int = 0
     #: calibration statistics and accuracy-policy decisions (calibrate/report.py), when run
     calibration: object = None
-    #: Triton fusions applied, per kind (passes/fuse_swiglu.py, fuse_gemm_epilogue.py, fuse_norm_quantize.py)
+    #: Triton fusions applied, per kind (passes/fuse_swiglu.py, fuse_gate_up.py, fuse_gemm_epilogue.py, ...)
     fusions: dict[str, int] = field(default_factory=dict)
     #: "pass: where: why" for each fusion candidate left unfused
     fusion_fallbacks: list[str] = field(default_factory=list)

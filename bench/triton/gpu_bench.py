@@ -8,7 +8,8 @@ so no result exists yet (a run writes bench/results/triton_gpu_<gpu>.json with t
 Each contender is timed with CUDA graphs (triton.testing.do_bench_cudagraph, median), after one
 untimed call that lets autotuners pick their config, so Python launch overhead is excluded
 alike. The requantizing GEMM runs under both of its plans ("store", "recompute";
-``runtime.requant_plan`` picks one from the shape by arithmetic, which this run can check). Columns: microseconds, TOPS (2 M N K / t) for GEMMs, GB/s (bytes that must move / t) for
+``runtime.requant_plan`` picks one from the shape by arithmetic, which this run can check), and
+on SwiGLU layers gate + up run as two launches (fuse_swiglu) and as one kernel (fuse_gate_up). Columns: microseconds, TOPS (2 M N K / t) for GEMMs, GB/s (bytes that must move / t) for
 every kernel; for memory-bound cases (small M, the row kernels) GB/s against the HBM peak is the
 figure of merit. Targets from the issue (H100): W8A8 >= 1.6x over fp16 cuBLAS at M >= 1024, and
 norm + quantize at >= 80% of memory bandwidth.
@@ -100,6 +101,27 @@ def gemm_contenders(m, k, n):
     return out
 
 
+def swiglu_contenders(m, k, n):
+    """SwiGLU's gate and up, requantized for down: the two-launch fold against one kernel."""
+    from zq_compile.codegen.triton import gemm_a8, quantize
+    from zq_compile.quant import quantize_weight
+
+    dev = "cuda"
+    x_q, x_s = quantize.quantize_per_token(torch.randn(m, k, device=dev, dtype=torch.float16))
+    qg, qu = (quantize_weight(torch.randn(n, k, device=dev) / k**0.5) for _ in "gu")
+    kw = dict(out_dtype=torch.float16, requant=True)
+
+    def two_launches():
+        gate = gemm_a8.gemm_a8(x_q, x_s, qg.qdata, qg.scale, out_dtype=torch.float16, activation="silu")
+        return gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, gate=gate, **kw)
+
+    least = m * k + 2 * n * k + m * n + 4 * m  # x once, both weights, int8 rows + scales
+    return {"triton swiglu gate, up: two launches (fuse_swiglu)": (two_launches, least),
+            "triton swiglu gate + up: one kernel (fuse_gate_up)": (
+                lambda: gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, gate_weight=(qg.qdata, qg.scale, None, None),
+                                        **kw), least)}
+
+
 def row_contenders(m, width):
     from zq_compile.codegen.triton import norm_quantize, quantize
 
@@ -135,7 +157,10 @@ def main() -> None:
         if args.quick and model != "llama-7b":
             continue
         for m in ms:
-            for name, (fn, nbytes) in gemm_contenders(m, k, n).items():
+            contenders = gemm_contenders(m, k, n)
+            if layer == "gate_up":
+                contenders.update(swiglu_contenders(m, k, n))
+            for name, (fn, nbytes) in contenders.items():
                 row = {"kind": "gemm", "model": model, "layer": layer, "M": m, "K": k, "N": n, "contender": name}
                 if fn is None:
                     row["error"] = nbytes

@@ -7,7 +7,7 @@ import torch
 import zq_compile
 from zq_compile import ZeroQuantConfig
 from zq_compile.backend import resolve_target
-from zq_compile.codegen.triton.configs import (A8_TILES, A16_TILES, bucket_pruner, gemm_configs, norm_launch,
+from zq_compile.codegen.triton.configs import (A8_DUAL_TILES, A8_TILES, A16_TILES, bucket_pruner, gemm_configs, norm_launch,
                                                row_launch, tile_of)
 from zq_compile.codegen.triton.runtime import device_problem, interpreting, m_bucket
 
@@ -51,6 +51,9 @@ def test_m_buckets(m, bucket):
 def test_pruner_offers_exactly_the_bucket_configs(kind, table, m):
     chosen = bucket_pruner(kind)(gemm_configs(kind), {"M": m})
     assert [tile_of(c) for c in chosen] == table[m_bucket(m)]
+    if kind == "a8":  # gate + up in one kernel: the dual table's bucket
+        dual = bucket_pruner(kind)(gemm_configs(kind), {"M": m}, GATE_GEMM=True)
+        assert [tile_of(c) for c in dual] == A8_DUAL_TILES[m_bucket(m)]
 
 
 @pytest.mark.parametrize("k", [1, 64, 67, 1024, 1500, 11008, 28672])

@@ -1,4 +1,5 @@
-"""The Triton fusion passes (fuse_gemm_epilogue, fuse_norm_quantize, fuse_quantize_prologue, fuse_swiglu) end to end through Inductor
+"""The Triton fusion passes (fuse_gemm_epilogue, fuse_norm_quantize, fuse_quantize_prologue, fuse_swiglu,
+fuse_gate_up) end to end through Inductor
 under the interpreter: what the generated code calls, what the report says, and that the fused
 graph computes what the unfused one does."""
 
@@ -13,7 +14,7 @@ from torch.testing import FileCheck
 from zq_compile import recent_reports
 from zq_compile.metrics import sqnr_db
 
-FUSION_PASSES = ("fuse_swiglu", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
+FUSION_PASSES = ("fuse_swiglu", "fuse_gate_up", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue")
 
 
 class WrittenOutRMSNorm(torch.nn.Module):
@@ -135,7 +136,7 @@ def test_norm_read_elsewhere_also_writes_its_float_output():
     assert sqnr_db(unfused, out) > 60
 
 
-@pytest.mark.parametrize("disabled", ["fuse_gemm_epilogue", "fuse_norm_quantize"])  # fuse_swiglu: below
+@pytest.mark.parametrize("disabled", ["fuse_gemm_epilogue", "fuse_norm_quantize"])  # fuse_swiglu, fuse_gate_up: below
 def test_each_fusion_pass_switches_off_by_name(disabled):
     m, x = _block()
     # without fuse_norm_quantize the norm's quantize would go into the GEMM's prologue instead
@@ -284,21 +285,118 @@ class SwiGLU(torch.nn.Module):
 
 
 @pytest.mark.parametrize("smooth", [False, {"alpha": 0.5}], ids=["plain", "smoothed"])
-def test_swiglu_folds_into_the_gate_and_up_epilogues(smooth):
+def test_swiglu_runs_gate_and_up_in_one_requantizing_kernel(smooth):
     torch.manual_seed(0)
     m = SwiGLU().eval()
     x = torch.randn(2, 13, 64)
     out, code, report = _compile(m, x, smooth=smooth)
+    two, two_code, two_report = _compile(m, x, smooth=smooth, disable_passes=("fuse_gate_up",))
     unfused, _, _ = _compile(m, x, smooth=smooth, disable_passes=FUSION_PASSES)
-    # gate with SiLU, then up times it, requantized for down: no product or quantize kernel
-    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8.default(").check_same("'silu'") \
-        .check("zq.triton_linear_a8_requant.default(").check("zq.triton_linear_a8.default(").run(code)
+    # norm + quantize, one kernel for gate, up, SiLU, product and requantize, then down + residual
+    FileCheck().check("zq.triton_norm_quantize").check("zq.triton_linear_a8_requant.default(") \
+        .check_same("'none'").check("zq.triton_linear_a8.default(").run(code)
+    requant = [line for line in code.splitlines() if "zq.triton_linear_a8_requant.default(" in line]
+    assert len(requant) == 1 and "gate_w_zero=None" in requant[0] and "'silu'" not in code
+    assert code.count("zq.triton_linear_a8.default(") == 1  # down only
     assert "triton_quantize_per_token" not in code and "cpp_fused" not in code
-    assert report.fusions["swiglu"] == 1 and report.pass_counts["fuse_swiglu"] == 1
+    assert report.fusions["swiglu"] == 1 and report.fusions["gate+up"] == 1
+    assert report.pass_counts["fuse_swiglu"] == 1 and report.pass_counts["fuse_gate_up"] == 1
     assert all(d.fused for d in report.quantized) and not report.fusion_fallbacks
+    assert sum("gate+up" in d.fused for d in report.quantized) == 2  # gate and up
+    # with fuse_gate_up off: the two-launch fold (gate GEMM with SiLU, up reading it)
+    FileCheck().check("zq.triton_linear_a8.default(").check_same("'silu'") \
+        .check("zq.triton_linear_a8_requant.default(").check_same("gate_w_q=None").run(two_code)
+    assert "gate+up" not in two_report.fusions and two_report.disabled_passes == ["fuse_gate_up"]
+    assert torch.equal(out, two)  # SiLU(gate) rounded as the gate GEMM stores it: bit for bit
+    # the report's GEMM bytes: x read once less, SiLU(gate) (26 x 96 fp32) neither written nor read
+    assert two_report.gemm_bytes - report.gemm_bytes == 26 * 64 + 2 * 26 * 96 * 4
     assert sqnr_db(unfused, out) > 60
     with torch.inference_mode():
         assert sqnr_db(m(x), out) > 25
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_swiglu_runs_one_kernel_bit_for_bit(dtype):
+    torch.manual_seed(0)
+    m = SwiGLU().to(dtype).eval()
+    x = torch.randn(2, 13, 64, dtype=dtype)
+    out, code, report = _compile(m, x)
+    two, _, _ = _compile(m, x, disable_passes=("fuse_gate_up",))
+    assert report.fusions["gate+up"] == 1 and "'silu'" not in code and out.dtype == dtype
+    assert torch.equal(out, two)
+
+
+def test_swiglu_product_read_as_float_also_takes_one_kernel():
+    """The product read by something besides down: the dual kernel writes it in float."""
+    torch.manual_seed(0)
+    m = SwiGLUSide().eval()
+    x = torch.randn(2, 13, 64)
+    out, code, report = _compile(m, x)
+    two, _, _ = _compile(m, x, disable_passes=("fuse_gate_up",))
+    assert report.fusions["gate+up"] == 1 and "'silu'" not in code
+    # the dual kernel writing the float product, then down quantizing it in its prologue
+    FileCheck().check("zq.triton_linear_a8.default(").check_same("'none', None, arg") \
+        .check("zq.triton_quantize_linear_a8.default(").run(code)
+    assert code.count("zq.triton_linear_a8.default(") == 1 and "triton_linear_a8_requant" not in code
+    torch.testing.assert_close(out, two, rtol=0, atol=0)
+
+
+class SwiGLUSide(SwiGLU):
+    def forward(self, x):
+        h = self.norm(x)
+        p = F.silu(self.gate(h)) * self.up(h)
+        return x + self.down(p), p.sum(-1)
+
+
+def _pair_graph(gate_groups=3, gate_readers=1):
+    """A graph as fuse_swiglu leaves it: gate GEMM with SiLU, the up GEMM reading it."""
+    from zq_compile.config import ZeroQuantConfig
+    from zq_compile.passes.context import PassContext
+    from zq_compile.report import CompileReport
+
+    ops = torch.ops.zq
+    graph = torch.fx.Graph()
+    vals = {"x_q": torch.zeros(13, 64, dtype=torch.int8), "x_s": torch.ones(13, 1),
+            "wg": torch.zeros(96, 64, dtype=torch.int8), "sg": torch.ones(gate_groups),
+            "wu": torch.zeros(96, 64, dtype=torch.int8), "su": torch.ones(3)}
+    ph = {}
+    for name, v in vals.items():
+        ph[name] = graph.placeholder(name)
+        ph[name].meta["val"] = v
+    g = graph.call_function(ops.triton_linear_a8.default,
+                            (ph["x_q"], ph["x_s"], ph["wg"], ph["sg"], None, None, None, torch.float32, 8, "silu"))
+    up = graph.call_function(ops.triton_linear_a8.default,
+                             (ph["x_q"], ph["x_s"], ph["wu"], ph["su"], None, None, None, torch.float32, 8, "none"),
+                             {"gate": g})
+    outs = [up] + [graph.call_function(torch.neg, (g,)) for _ in range(gate_readers - 1)]
+    graph.output(tuple(outs))
+    config = ZeroQuantConfig(target="triton")
+    gm = torch.fx.GraphModule(torch.nn.Module(), graph)
+    ctx = PassContext(gm, list(vals.values()), config, CompileReport(config=config.to_dict()), "triton")
+    return ctx, g, up
+
+
+@pytest.mark.parametrize("gate_groups, gate_readers, reason", [
+    (3, 1, None),
+    (2, 1, "weight groups differ (2 and 3 scales)"),
+    (3, 2, "SiLU(gate) is read by 2 nodes"),
+], ids=["merged", "groups_differ", "gate_read_twice"])
+def test_gate_up_merges_only_matching_pairs_and_says_why_not(gate_groups, gate_readers, reason):
+    from zq_compile.passes import fuse_gate_up
+    from zq_compile.passes.fusion_common import triton_ops
+
+    triton_ops()
+    ctx, g, up = _pair_graph(gate_groups, gate_readers)
+    merged = fuse_gate_up.run(ctx)
+    if reason is None:
+        assert merged == 1 and ctx.report.fusions == {"gate+up": 1} and not ctx.report.fusion_fallbacks
+        assert g not in ctx.gm.graph.nodes and "gate" not in up.kwargs
+        assert up.kwargs["gate_w_q"].name == "wg" and up.kwargs["gate_w_scale"].name == "sg"
+        assert up.kwargs["gate_w_zero"] is None and up.kwargs["gate_bias"] is None
+    else:
+        assert merged == 0 and not ctx.report.fusions and up.kwargs == {"gate": g}
+        (why,) = ctx.report.fusion_fallbacks
+        assert why.startswith("fuse_gate_up: ") and reason in why
 
 
 @pytest.mark.parametrize("module", ["mlp", "swiglu"])
@@ -310,7 +408,7 @@ def test_requant_plan_from_the_config_reaches_the_kernel(module):
     out, code, report = _compile(m, x, requant_plan="recompute")
     auto, auto_code, _ = _compile(m, x)
     call = [line for line in code.splitlines() if "zq.triton_linear_a8_requant.default(" in line]
-    assert len(call) == 1 and call[0].rstrip().endswith("'recompute')") and "'recompute'" not in auto_code
+    assert len(call) == 1 and "'recompute'" in call[0] and "'recompute'" not in auto_code
     assert torch.equal(out, auto)
 
 

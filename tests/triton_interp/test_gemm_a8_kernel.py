@@ -9,7 +9,7 @@ import torch
 
 from tests.triton_interp.helpers import DTYPES, EPILOGUE_TOL, MS, generator, special_rows
 from zq_compile.codegen.triton import gemm_a8, quantize
-from zq_compile.codegen.triton.configs import A8_TILES, float_x_fits, gemm_tiles, to_config
+from zq_compile.codegen.triton.configs import A8_DUAL_TILES, A8_TILES, float_x_fits, gemm_tiles, to_config
 from zq_compile.codegen.triton.runtime import REQUANT_PLANS, m_bucket, requant_plan
 from zq_compile.quant import quantize_per_token_ref, quantize_weight
 
@@ -103,6 +103,85 @@ def test_gate_multiplies_after_the_activation(requant):
         torch.testing.assert_close(gemm_a8.gemm_a8(*args, **kw), plain * gate, rtol=1e-6, atol=1e-6)
 
 
+def _gate_up(m, w_bits, symmetric, dtype, gate_bias=True, k=67):
+    """(x_q, x_s, up weight, gate_weight) for one SwiGLU GEMM pair on one quantized x."""
+    args = _problem(m, k, 48, 3, w_bits, symmetric, dtype, bias=False)
+    g = generator("gate-weight", m, w_bits, symmetric, str(dtype), k)
+    qg = quantize_weight(torch.randn(48, k, generator=g) / k**0.5, bits=w_bits, groups=3, symmetric=symmetric)
+    bias = torch.randn(48, generator=g).to(dtype) if gate_bias else None
+    return args[:5], (qg.qdata, qg.scale, qg.zero_point, bias)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("w_bits", [8, 4])
+@pytest.mark.parametrize("m", MS)
+def test_gate_gemm_in_the_same_kernel_is_the_two_launch_fold(m, w_bits, symmetric, out_dtype):
+    """gate_weight (GATE_GEMM, passes/fuse_gate_up.py): x read once, two accumulators; the
+    product equals the gate GEMM's stored SiLU output times the up GEMM's, bit for bit, float
+    or requantized by either plan, and the reference within the epilogue's rounding."""
+    (x_q, x_s, w_q, w_s, w_z), gw = _gate_up(m, w_bits, symmetric, out_dtype)
+    kw = dict(out_dtype=out_dtype, w_bits=w_bits)
+    gate = gemm_a8.gemm_a8(x_q, x_s, *gw, activation="silu", **kw)
+    got = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, **kw)
+    assert torch.equal(got, gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate=gate, **kw))
+    want = gemm_a8.reference(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, **kw)
+    # two roundings to the output format (the gate, then the product): twice the one-GEMM tolerance
+    tol = {name: 2 * value for name, value in EPILOGUE_TOL[out_dtype].items()}
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    for plan in REQUANT_PLANS:
+        q, s = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, requant=True, plan=plan, **kw)
+        own_q, own_s = quantize_per_token_ref(got)
+        assert torch.equal(q, own_q) and torch.equal(s, own_s), plan
+
+
+@pytest.mark.parametrize("tile", gemm_tiles("a8_dual"), ids=lambda t: "x".join(map(str, t)))
+def test_every_dual_config_computes_the_two_launch_fold(tile):
+    """Each config of the dual table (no autotuner): rows, columns and K masked, two column
+    tiles, int4 weights with zero points (both accumulators, one row sum)."""
+    m = 67 if tile[0] <= 64 else 131
+    n = 5 * (tile[1] // 5 + 3)
+    k = 67 + tile[2]
+    g = generator("dual-tile", tile)
+    x_q, x_s = quantize_per_token_ref(torch.randn(m, k, generator=g))
+    qu, qg = (quantize_weight(torch.randn(n, k, generator=g) / 8, bits=4, groups=5, symmetric=False) for _ in "ug")
+    gw = (qg.qdata, qg.scale, qg.zero_point, torch.randn(n, generator=g))
+    kw = dict(out_dtype=torch.float32, w_bits=4, config=to_config(tile))
+    got = gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, qu.zero_point, gate_weight=gw, **kw)
+    gate = gemm_a8.gemm_a8(x_q, x_s, *gw, activation="silu", **kw)
+    assert torch.equal(got, gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, qu.zero_point, gate=gate, **kw))
+    q, s = gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, qu.zero_point, gate_weight=gw, requant=True,
+                           plan="recompute", **kw)
+    assert torch.equal(q, quantize_per_token_ref(got)[0]) and torch.equal(s, quantize_per_token_ref(got)[1])
+
+
+def test_dual_calls_tune_from_the_dual_table():
+    """GATE_GEMM is part of the autotune key: a dual call does not reuse the plain GEMM's tile."""
+    kernel = gemm_a8.gemm_a8_kernel
+    kernel.cache.clear()
+    (x_q, x_s, w_q, w_s, w_z), gw = _gate_up(200, 8, True, torch.float16, k=64)
+    gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float16)
+    gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, out_dtype=torch.float16)
+    tiles = {key[:2]: (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for key, c in kernel.cache.items()}
+    assert tiles == {(2, False): A8_TILES[2][0][:2], (2, True): A8_DUAL_TILES[2][0][:2]}
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(gate=torch.ones(13, 48)), "exclude each other"),
+    (dict(g_q=torch.zeros(48, 66, dtype=torch.int8)), "must match the up weight"),
+    (dict(g_s=torch.ones(4)), "the up weight's groups"),
+    (dict(g_z=torch.zeros(3, dtype=torch.int32)), "zero points"),
+    (dict(g_b=torch.ones(5)), "gate bias"),
+])
+def test_bad_gate_weights_raise(change, match):
+    (x_q, x_s, w_q, w_s, w_z), (g_q, g_s, g_z, g_b) = _gate_up(13, 8, True, torch.float32)
+    a = dict(g_q=g_q, g_s=g_s, g_z=g_z, g_b=g_b, gate=None)
+    a.update(change)
+    with pytest.raises(ValueError, match=match):
+        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, gate=a["gate"],
+                        gate_weight=(a["g_q"], a["g_s"], a["g_z"], a["g_b"]))
+
+
 @pytest.mark.parametrize("out_dtype", DTYPES)
 def test_recomputed_requant_on_zero_nan_and_inf_rows(out_dtype):
     """The recompute plan quantizes in the GEMM's second pass from the first pass's absmax: the
@@ -133,6 +212,9 @@ def test_requant_plan_follows_the_bytes():
     assert requant_plan(256, 1536, 576, 2, gate_bytes=2) == "store"  # SmolLM2's up, fp16 gate
     assert requant_plan(2048, 11008, 4096, 2) == "store"  # Llama-7B: the GEMM costs more than the rows
     assert requant_plan(64, 1536, 384, 4) == "store"  # bucket 1: the weight read twice
+    # gate and up in one kernel recompute both GEMMs: SmolLM2's fp16 rows are not worth 4K ops
+    assert requant_plan(256, 1536, 576, 2, gemms=2) == "store" and requant_plan(256, 1536, 576, 4, gemms=2) == "store"
+    assert requant_plan(4096, 1536, 384, 4, gemms=2) == "recompute"  # 4 * 384 <= 256 * 8
     args = _problem(13, 67, 48, 3, 8, True, torch.float32)
     with pytest.raises(ValueError, match="plan='fused'"):
         gemm_a8.gemm_a8(*args, out_dtype=torch.float32, requant=True, plan="fused")

@@ -1,6 +1,6 @@
-"""What the Triton fusion passes (``fuse_swiglu``, ``fuse_gemm_epilogue``, ``fuse_norm_quantize``)
-share: which nodes between two fused ops only relabel data, and how a fusion or its fallback is
-recorded.
+"""What the Triton fusion passes (``fuse_swiglu``, ``fuse_gate_up``, ``fuse_gemm_epilogue``,
+``fuse_norm_quantize``, ``fuse_quantize_prologue``) share: which nodes between two fused ops only
+relabel data, and how a fusion or its fallback is recorded.
 
 A fusion moves work into a kernel that sees its operands as [rows, features]: the ops that may
 sit between the fused producer and consumer are those that change neither values nor the last

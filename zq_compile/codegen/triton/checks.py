@@ -49,6 +49,14 @@ FUSED_EPILOGUES = {
                                 REQUANT=False, QUANTIZE_X=True),
     "swiglu-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
                                       REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True, HAS_GATE=True),
+    # fuse_gate_up: gate and up in one kernel (two accumulators; the dual tile table), float
+    # product, requantized for a smoothed down projection, and the recompute plan's second pass
+    "gate_up": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False, REQUANT=False,
+                    GATE_GEMM=True),
+    "gate_up-requant-smoothed": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                                     REQUANT=True, HAS_OUT_SCALE=True, GATE_GEMM=True),
+    "gate_up-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                                       REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True, GATE_GEMM=True),
 }
 
 
@@ -99,13 +107,16 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
         sig.update(x_ptr="*i8", x_scale_ptr="*fp32", absmax_ptr="*i32", c_ptr=DTYPE[out], gate_ptr=DTYPE[out],
-                   q_scale_ptr="*fp32", stride_gm="i32")
+                   q_scale_ptr="*fp32", stride_gm="i32", gw_ptr=sig["w_ptr"], gw_scale_ptr="*fp32",
+                   gw_zero_ptr="*i32", gate_bias_ptr=DTYPE[out])
         ce["stride_gn"] = 1
         ce.setdefault("REQUANT", epilogue == "all")
         ce.setdefault("HAS_OUT_SCALE", epilogue == "all")
         ce.setdefault("HAS_GATE", epilogue == "all")
         ce.setdefault("REQUANT_PASS", 0)
         ce.setdefault("QUANTIZE_X", False)
+        ce.setdefault("GATE_GEMM", False)
+        ce.setdefault("GATE_HAS_BIAS", False)
         if ce["QUANTIZE_X"]:  # x is the float activation, in the output's dtype
             sig["x_ptr"] = DTYPE[out]
         ce["FLOAT"] = out
@@ -135,8 +146,11 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
         variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
     if kind == "a8":  # the fused epilogues the backend emits, always: they are what runs
         variants += [(8, ep, act) for ep in FUSED_EPILOGUES]
-    # a float activation (QUANTIZE_X, fp32 here) runs only the tiles the autotuner keeps for it
-    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles
+    # a float activation (QUANTIZE_X, fp32 here) runs only the tiles the autotuner keeps for it;
+    # the gate + up kernel (GATE_GEMM) only its own table's
+    dual_tiles = gemm_tiles("a8_dual") if kind == "a8" else []
+    return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants
+            for t in (dual_tiles if FUSED_EPILOGUES.get(ep, {}).get("GATE_GEMM") else tiles)
             if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X") or float_x_fits(t, 4)]
 
 

@@ -30,6 +30,16 @@ A8_TILES: dict[int, list[Tile]] = {
     3: [(128, 128, 64, 8, 4), (128, 128, 128, 8, 3), (128, 128, 64, 8, 3), (64, 256, 64, 8, 3)],
 }
 
+#: gemm_a8 with GATE_GEMM (SwiGLU's gate and up in one kernel, passes/fuse_gate_up.py): two int32
+#: accumulators and two weight tiles per K step, so each tile holds half the columns of the plain
+#: GEMM's at the same rows. Kept only what the static checks pass (``DROPPED``, "a8_dual").
+A8_DUAL_TILES: dict[int, list[Tile]] = {
+    0: [(16, 64, 128, 4, 3), (16, 32, 256, 4, 4), (16, 128, 128, 4, 4)],
+    1: [(32, 64, 128, 4, 4), (64, 64, 128, 4, 4), (32, 128, 64, 4, 4)],
+    2: [(64, 64, 128, 4, 4), (64, 128, 64, 8, 3), (128, 64, 64, 8, 3)],
+    3: [(128, 64, 64, 8, 4), (64, 128, 64, 8, 3), (64, 256, 64, 8, 3)],
+}
+
 #: Weight-only GEMMs are for small M (decode); larger M should quantize activations instead,
 #: but every bucket has configs so the op is correct at any M.
 A16_TILES: dict[int, list[Tile]] = {
@@ -57,6 +67,8 @@ DROPPED: dict[tuple[str, Tile], str] = {
     ("a8", (128, 256, 128, 8, 3)): "sm_80 w8-bias: REG 255 STACK 648; sm_90 w4-all: REG 255 STACK 472",
     ("a8", (256, 128, 64, 8, 3)): "sm_80 w8-bias: REG 255 STACK 536; sm_90 w4-all: REG 255 STACK 496",
     ("a8", (256, 128, 128, 8, 3)): "sm_80 w8-bias: REG 255 STACK 648; sm_90 w4-all: REG 255 STACK 576",
+    ("a8_dual", (128, 128, 64, 8, 3)): "sm_80 gate_up: REG 255 STACK 112; gate_up-requant-smoothed: STACK 136",
+    ("a8_dual", (128, 128, 64, 8, 4)): "sm_80 gate_up: REG 255 STACK 112; gate_up-requant-smoothed: STACK 136",
     ("a16", (16, 32, 128, 4, 4)): "sm_90 w4-all: REG 96 STACK 8",
     ("a16", (16, 64, 256, 4, 3)): "sm_90 w8-bias: REG 96 STACK 8",
     ("a16", (16, 128, 64, 4, 4)): "sm_80 w8-all: REG 80 STACK 16",
@@ -66,7 +78,9 @@ DROPPED: dict[tuple[str, Tile], str] = {
 }
 
 GROUP_M = 8
-TABLES = {"a8": A8_TILES, "a16": A16_TILES}
+TABLES = {"a8": A8_TILES, "a8_dual": A8_DUAL_TILES, "a16": A16_TILES}
+#: The tables each kernel's autotuner holds (gemm_a8 serves both of its own; the call picks one).
+KERNEL_TABLES = {"a8": ("a8", "a8_dual"), "a16": ("a16",)}
 
 
 def to_config(tile: Tile) -> triton.Config:
@@ -81,46 +95,51 @@ def tile_of(config: triton.Config) -> Tile:
 
 
 def gemm_tiles(kind: str) -> list[Tile]:
-    """Every tile of one GEMM kernel, each once, bucket order."""
+    """Every tile of one table ("a8", "a8_dual", "a16"), each once, bucket order."""
     seen: list[Tile] = []
     for tiles in TABLES[kind].values():
         seen += [t for t in tiles if t not in seen]
     return seen
 
 
-def gemm_configs(kind: str) -> list[triton.Config]:
-    """The autotune config list of one GEMM kernel ("a8" or "a16")."""
-    return [to_config(t) for t in gemm_tiles(kind)]
+def gemm_configs(kernel: str) -> list[triton.Config]:
+    """The autotune config list of one GEMM kernel ("a8" or "a16"): its tables' tiles, each once."""
+    seen: list[Tile] = []
+    for kind in KERNEL_TABLES[kernel]:
+        seen += [t for t in gemm_tiles(kind) if t not in seen]
+    return [to_config(t) for t in seen]
 
 
 #: Shared memory a float-input tile's pipeline may take (below sm_80's 163 KiB per block).
 FLOAT_X_SMEM = 160 * 1024
 
 
-def float_x_fits(tile: Tile, x_bytes: int) -> bool:
+def float_x_fits(tile: Tile, x_bytes: int, weights: int = 1) -> bool:
     """Whether an int8-GEMM tile still fits shared memory when its activation arrives as float
     (``gemm_a8``'s QUANTIZE_X prologue: x_bytes per element instead of 1), estimated as the
     stages' x and weight tiles. The static check builds only the tiles this keeps: the one it
-    drops, 128x128x128 at 3 stages with fp32 x, took 176 KiB on sm_80."""
+    drops, 128x128x128 at 3 stages with fp32 x, took 176 KiB on sm_80. ``weights``: weight
+    tiles per K step (2 with GATE_GEMM)."""
     bm, bn, bk, _, stages = tile
-    return stages * (bm * bk * x_bytes + bk * bn) <= FLOAT_X_SMEM
+    return stages * (bm * bk * x_bytes + weights * bk * bn) <= FLOAT_X_SMEM
 
 
 def bucket_pruner(kind: str):
-    """``early_config_prune`` for the autotuner: only the configs of the call's M bucket (for a
-    float activation quantized in the kernel, only those that fit shared memory with it).
+    """``early_config_prune`` for the autotuner: only the configs of the call's M bucket, from
+    the dual table when the call computes the gate too (GATE_GEMM; for a float activation
+    quantized in the kernel, only those that fit shared memory with it).
 
     Under the interpreter only the bucket's first config is kept: timing numpy says nothing about
     a GPU, and one config means the autotuner runs the kernel once instead of benchmarking.
     """
-    table = TABLES[kind]
-
     def prune(configs, named_args, **kwargs):
+        dual = bool(kwargs.get("GATE_GEMM"))
+        table = TABLES["a8_dual" if dual else kind]
         by_tile = {tile_of(c): c for c in configs}
         x = named_args.get("x_ptr")
         x_bytes = x.element_size() if kind == "a8" and isinstance(x, torch.Tensor) else 1
         chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])]  # bucket order
-                  if t in by_tile and (x_bytes == 1 or float_x_fits(t, x_bytes))]
+                  if t in by_tile and (x_bytes == 1 or float_x_fits(t, x_bytes, 1 + dual))]
         return chosen[:1] if interpreting() else chosen
 
     return prune

@@ -10,8 +10,10 @@ ones), with g(n) = n // GROUP_N the weight group of output row n:
     y = y + bias[n]                                       HAS_BIAS
     y = act(y)                                            ACTIVATION: none, gelu_erf, gelu_tanh, silu,
                                                           tanh (BERT's pooler)
-    y = y * gate[m, n]                                    HAS_GATE: SwiGLU's SiLU(gate), computed by
-                                                          the gate GEMM (passes/fuse_swiglu.py)
+    y = y * gate[m, n]                                    HAS_GATE: SwiGLU's SiLU(gate), written by
+                                                          the gate GEMM (passes/fuse_swiglu.py) or
+                                                          computed beside y by the same kernel
+                                                          (gemm_a8's GATE_GEMM, passes/fuse_gate_up.py)
     y = y + residual[m, n]                                HAS_RESIDUAL
     out[m, n] = y in out's dtype                          fp32 / fp16 / bf16
     out[m, n] = out[m, n] * c[n] in out's dtype           HAS_OUT_SCALE: outlier smoothing's 1/s of the
@@ -86,18 +88,9 @@ def round_to(y, FLOAT: tl.constexpr):
 
 
 @triton.jit
-def gemm_epilogue(
-    acc, x_sum, offs_m, offs_n,
-    x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
-    M, N, GROUP_N,
-    stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
-    HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
-    HAS_GATE: tl.constexpr, REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr,
-):
-    m_ok = offs_m < M
-    n_ok = offs_n < N
-    mask = m_ok[:, None] & n_ok[None, :]
+def dequantize(acc, x_sum, offs_n, n_ok, x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, GROUP_N,
+               HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The accumulator tile as fp32 values: scales, zero point, bias (the first lines above)."""
     groups = offs_n // GROUP_N
     w_scale = tl.load(w_scale_ptr + groups, mask=n_ok, other=0.0)
     y = acc.to(tl.float32) * w_scale[None, :]
@@ -108,11 +101,41 @@ def gemm_epilogue(
         y = y * x_scale[:, None]
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    return y
+
+
+@triton.jit
+def load_tile(ptr, offs_m, offs_n, stride_m, stride_n, M, N):
+    """A [BLOCK_M, BLOCK_N] tile of a [M, N] tensor as fp32 (0 outside)."""
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    t = tl.load(ptr + offs_m.to(tl.int64)[:, None] * stride_m + offs_n[None, :] * stride_n, mask=mask, other=0.0)
+    return t.to(tl.float32)
+
+
+@triton.jit
+def gemm_epilogue(
+    acc, x_sum, offs_m, offs_n,
+    x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, gate, q_scale_ptr,
+    M, N, GROUP_N,
+    stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
+    HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
+    HAS_GATE: tl.constexpr, REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr, GATE_GEMM: tl.constexpr,
+):
+    """The SiLU(gate) tile: with HAS_GATE loaded from ``gate_ptr`` here, after the activation
+    (loaded earlier, it stayed live through the dequantize and made a tile spill); with
+    GATE_GEMM the fp32 tile ``gate`` the caller's second GEMM computed. Neither: not read."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    mask = m_ok[:, None] & n_ok[None, :]
+    y = dequantize(acc, x_sum, offs_n, n_ok, x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, GROUP_N,
+                   HAS_X_SCALE, HAS_ZERO, HAS_BIAS)
     y = activation(y, ACTIVATION)
     m64 = offs_m.to(tl.int64)
-    if HAS_GATE:
-        gate = tl.load(gate_ptr + m64[:, None] * stride_gm + offs_n[None, :] * stride_gn, mask=mask, other=0.0)
-        y = y * gate.to(tl.float32)
+    if GATE_GEMM:
+        y = y * gate
+    elif HAS_GATE:
+        y = y * load_tile(gate_ptr, offs_m, offs_n, stride_gm, stride_gn, M, N)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + m64[:, None] * stride_rm + offs_n[None, :] * stride_rn, mask=mask, other=0.0)
         y = y + res.to(tl.float32)

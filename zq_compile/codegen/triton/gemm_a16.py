@@ -67,9 +67,9 @@ def gemm_a16_kernel(
 
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
-        w_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, w_scale_ptr, w_scale_ptr, w_scale_ptr,
+        w_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, w_scale_ptr, w_scale_ptr, w_scale_ptr, 0.0,
         w_scale_ptr, M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, 0, 0,
-        False, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, False, False, False, 0, "out",
+        False, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, False, False, False, 0, "out", False,
     )
 
 

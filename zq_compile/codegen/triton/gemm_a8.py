@@ -14,6 +14,11 @@ by 4 * (k % 2), then sign-extends the nibble; memory traffic for the weight is h
 is the same int8 tensor-core instruction. Program order, tile pointers and the unpacking are
 shared with the weight-only GEMM (``tiles.py``).
 
+With GATE_GEMM (SwiGLU, ``passes/fuse_gate_up.py``) the kernel also takes the gate's weight
+(same layout as W): every K step feeds the one x tile to two dots, and the epilogue multiplies
+y by SiLU of the gate accumulator's dequantized tile, rounded to the float dtype as the gate
+GEMM's own launch would store it. Its tiles come from a table of their own (two accumulators).
+
 Reference: the exact int32 CPU reference kernel (``codegen/cpu/kernels.py``) followed by
 ``epilogue.finish_ref``; requantized outputs by ``quantize_per_token_ref`` of the float output.
 A requantizing call is two launches, by one of two plans (``epilogue.py``, ``runtime.requant_plan``):
@@ -30,29 +35,34 @@ import triton.language as tl
 from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
 from zq_compile.codegen.triton.common import abs_bits, bits_to_float, quantize_values, reciprocal, scale_from_absmax
-from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, QMAX, check_epilogue_args, finish_ref, gemm_epilogue
+from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, QMAX, activation, check_epilogue_args, dequantize, \
+    finish_ref, gemm_epilogue, round_to
 from zq_compile.codegen.triton.quantize import quantize_per_token
 from zq_compile.codegen.triton.runtime import REQUANT_PLANS, identity_launcher, m_bucket, requant_plan
 from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
 from zq_compile.quant import quantize_per_token_ref, unpack_int4
 
 
-@triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET"],
+@triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET", "GATE_GEMM"],
                  prune_configs_by={"early_config_prune": bucket_pruner("a8")})
 @triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
 def gemm_a8_kernel(
     x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
-    q_scale_ptr, M, N, K, group_n,
+    q_scale_ptr, gw_ptr, gw_scale_ptr, gw_zero_ptr, gate_bias_ptr, M, N, K, group_n,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
     M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
     W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_GATE: tl.constexpr,
     REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr, QUANTIZE_X: tl.constexpr,
+    GATE_GEMM: tl.constexpr, GATE_HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
     x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k[None, :] * stride_xk
     w_ptrs, shifts = weight_tile_ptrs(w_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
+    if GATE_GEMM:  # the gate weight has the up weight's layout (checked by the wrapper)
+        gw_ptrs, _ = weight_tile_ptrs(gw_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
+        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
 
     if QUANTIZE_X:
         # x is float: each row's absmax first (a pass over K), then the main loop quantizes
@@ -74,6 +84,9 @@ def gemm_a8_kernel(
             a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
         b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS)
         acc = tl.dot(a, b, acc)
+        if GATE_GEMM:  # the same activation tile, a second weight: x is read once for both
+            acc_g = tl.dot(a, load_weight_tile(gw_ptrs, shifts, k_ok, W_BITS), acc_g)
+            gw_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
         if HAS_ZERO:
             x_sum += tl.sum(a.to(tl.int32), axis=1)
         x_ptrs += BLOCK_K * stride_xk
@@ -81,11 +94,19 @@ def gemm_a8_kernel(
 
     if not QUANTIZE_X:  # loaded after the loop: live through it, it made two tiles spill
         x_scale = tl.load(x_scale_ptr + offs_m, mask=offs_m < M, other=0.0)
+    gate = 0.0
+    if GATE_GEMM:
+        # SiLU(gate) as the gate GEMM's own launch would store it (rounded to the float dtype),
+        # so the product equals the two-launch fold's bit for bit
+        gate = dequantize(acc_g, x_sum, offs_n, offs_n < N, x_scale, gw_scale_ptr, gw_zero_ptr, gate_bias_ptr,
+                          group_n, True, HAS_ZERO, GATE_HAS_BIAS)
+        gate = round_to(activation(gate, "silu"), FLOAT).to(tl.float32)
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
-        x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, q_scale_ptr,
+        x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, gate, q_scale_ptr,
         M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
         True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE, REQUANT_PASS, FLOAT,
+        GATE_GEMM,
     )
 
 
@@ -114,15 +135,37 @@ def launch_kwargs(config) -> dict:
     return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
+def check_gate_weight(gate_weight, w_q, w_scale, w_zero, n: int) -> None:
+    """The gate GEMM's (w_q, w_scale, w_zero, bias) must share the up weight's layout: the
+    kernel walks both with one set of strides, groups and zero-point handling."""
+    if not (isinstance(gate_weight, tuple) and len(gate_weight) == 4):
+        raise ValueError("gate_weight must be (w_q, w_scale, w_zero, bias)")
+    g_q, g_s, g_z, g_b = gate_weight
+    if g_q.dtype != w_q.dtype or g_q.shape != w_q.shape or g_q.stride() != w_q.stride():
+        raise ValueError(f"gate weight {g_q.dtype} {tuple(g_q.shape)} strides {g_q.stride()} must match the up "
+                         f"weight's {w_q.dtype} {tuple(w_q.shape)} strides {w_q.stride()}")
+    if g_s.dtype != torch.float32 or g_s.shape != w_scale.shape:
+        raise ValueError(f"gate w_scale must be fp32 {tuple(w_scale.shape)} (the up weight's groups), "
+                         f"got {g_s.dtype} {tuple(g_s.shape)}")
+    if (g_z is None) != (w_zero is None) or (g_z is not None and (g_z.shape != w_zero.shape or g_z.dtype != torch.int32)):
+        raise ValueError("gate and up weights must both have int32 zero points per group, or neither")
+    if g_b is not None and g_b.shape != (n,):
+        raise ValueError(f"gate bias {tuple(g_b.shape)} must be ({n},)")
+
+
 def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
             w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None,
-            plan: str = "auto", config=None, launch=identity_launcher):
+            gate_weight=None, plan: str = "auto", config=None, launch=identity_launcher):
     """x_q int8 [M, K] -> y [M, N] in out_dtype, or (q int8 [M, N], scale fp32 [M, 1]) if requant
     (of y * out_scale, when given: the next linear's smoothing 1/s per feature), by the plan
     ``plan`` ("store", "recompute", or "auto": ``runtime.requant_plan``'s choice for the shape).
 
     With ``x_scale=None``, x_q is the float activation (fp32/fp16/bf16 [M, K]) and the kernel
-    quantizes it per token itself (``QUANTIZE_X``), as ``quantize.py`` would, bit for bit."""
+    quantizes it per token itself (``QUANTIZE_X``), as ``quantize.py`` would, bit for bit.
+
+    ``gate_weight=(w_q, w_scale, w_zero, bias)`` (SwiGLU's gate, with the up weight's layout):
+    the kernel also computes SiLU(x W_gate^T + b) per tile and multiplies by it (``GATE_GEMM``),
+    as ``gate=`` would with that tensor stored first, bit for bit."""
     quantize_x = x_scale is None
     if x_q.dim() != 2 or (x_q.dtype not in FLOAT_NAMES if quantize_x else x_q.dtype != torch.int8):
         want = "fp32/fp16/bf16 (x_scale=None: quantized in the kernel)" if quantize_x else "int8"
@@ -136,10 +179,15 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         raise ValueError(f"out_scale must be ({n},) and comes with requant=True (the scaled rows are only quantized)")
     if gate is not None and gate.shape != (m, n):
         raise ValueError(f"gate {tuple(gate.shape)} must be ({m}, {n})")
+    if gate_weight is not None:
+        if gate is not None:
+            raise ValueError("gate and gate_weight exclude each other (the gate is read, or computed here)")
+        check_gate_weight(gate_weight, w_q, w_scale, w_zero, n)
     if plan not in ("auto", *REQUANT_PLANS):
         raise ValueError(f"plan={plan!r} is not valid; allowed: auto, {', '.join(REQUANT_PLANS)}")
     if requant and plan == "auto":  # a plan only means something for a requantizing call
-        plan = requant_plan(m, n, k, out_dtype.itemsize, 0 if gate is None else gate.element_size())
+        plan = requant_plan(m, n, k, out_dtype.itemsize, 0 if gate is None else gate.element_size(),
+                            gemms=1 if gate_weight is None else 2)
     recompute = requant and plan == "recompute" and m > 0 and n > 0
     out = torch.empty((m, n), dtype=torch.int8 if recompute else out_dtype, device=x_q.device)
     absmax = torch.zeros((m,), dtype=torch.int32, device=x_q.device) if requant else None
@@ -153,6 +201,8 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
                 absmax if absmax is not None else x_scale,
                 out_scale.contiguous() if out_scale is not None else w_scale, gate if gate is not None else out,
                 q_scale if q_scale is not None else x_scale,
+                *(gate_weight[i] if gate_weight is not None and gate_weight[i] is not None else w_scale
+                  for i in range(4)),
                 m, n, k, n // w_scale.numel(),
                 x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
                 *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
@@ -160,7 +210,8 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
         meta = dict(M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
                     ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
                     HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None,
-                    FLOAT=FLOAT_NAMES[out_dtype], QUANTIZE_X=quantize_x, **launch_kwargs(config))
+                    FLOAT=FLOAT_NAMES[out_dtype], QUANTIZE_X=quantize_x, GATE_GEMM=gate_weight is not None,
+                    GATE_HAS_BIAS=gate_weight is not None and gate_weight[3] is not None, **launch_kwargs(config))
         for requant_pass in ((1, 2) if recompute else (0,)):  # pass 2 reads the absmax pass 1 finished
             launch(kernel)[grid](*args, REQUANT_PASS=requant_pass, **meta)
     if not requant:
@@ -171,10 +222,14 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
 
 
 def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *, out_dtype,
-              w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None):
-    """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32."""
+              w_bits: int = 8, activation: str = "none", requant: bool = False, out_scale=None, gate=None,
+              gate_weight=None):
+    """The same computation in PyTorch: exact int32 GEMM, then the epilogue in fp32 (with
+    ``gate_weight``, the gate GEMM first, stored in out_dtype as its own launch would)."""
     if x_scale is None:
         x_q, x_scale = quantize_per_token_ref(x_q)
+    if gate_weight is not None:
+        gate = reference(x_q, x_scale, *gate_weight, out_dtype=out_dtype, w_bits=w_bits, activation="silu")
     w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
     y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
     out = finish_ref(y, activation, residual, out_dtype, out_scale, gate)

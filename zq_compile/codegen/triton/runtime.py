@@ -84,18 +84,19 @@ INT8_OPS_PER_BYTE = 256
 REQUANT_PLANS = ("store", "recompute")
 
 
-def requant_plan(m: int, n: int, k: int, float_bytes: int, gate_bytes: int = 0) -> str:
+def requant_plan(m: int, n: int, k: int, float_bytes: int, gate_bytes: int = 0, gemms: int = 1) -> str:
     """How a requantizing GEMM (``gemm_a8.py``) gets each row's absmax before quantizing it:
     "store" (write the float rows, read them back once) or "recompute" (run the int8 GEMM twice,
     the second time quantizing in the epilogue, no float rows in memory).
 
     Per output value, recomputing saves the float write and read (2 * float_bytes) and costs 2K
     more int8 operations, plus a second read of the SwiGLU gate (gate_bytes) if there is one;
-    the activation and weight tiles, read again right after, are taken to come from L2. Small
+    the activation and weight tiles, read again right after, are taken to come from L2. A kernel
+    that also computes SwiGLU's gate (``gemms=2``) recomputes both GEMMs: 4K operations. Small
     M keeps "store": there the second pass would be a second read of the whole weight. M enters
     by its autotune bucket only (``m_bucket``), so the choice adds no guard of its own on M.
     """
     saved = 2 * float_bytes - gate_bytes
     if m_bucket(m) < 2 or saved <= 0:
         return "store"
-    return "recompute" if 2 * k <= INT8_OPS_PER_BYTE * saved else "store"
+    return "recompute" if 2 * k * gemms <= INT8_OPS_PER_BYTE * saved else "store"
