@@ -5,6 +5,7 @@ fp32 eager, torch.compile fp32 (Inductor), and zeroquant presets with and withou
 
     .venv/bin/python bench/memory_release.py                       # w8a8, with and without release
     .venv/bin/python bench/memory_release.py --presets w8a8 w4/8a8
+    .venv/bin/python bench/memory_release.py --presets w8a8 w4/8a8 --release-only
 
 Per process: import everything, trim the heap, note RSS ("base"); load the model (real weights,
 fp32); build the contender in place; drop the script's own references; one forward of batch 1 x
@@ -27,6 +28,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -49,17 +51,20 @@ def probe(contender: str, seq: int) -> dict:
         fn = model
     elif contender == "inductor fp32":
         fn = torch.compile(model)
-    else:  # "zeroquant <preset>[ release]"
-        _, preset, *release = contender.split()
-        config = zq_compile.ZeroQuantConfig(preset=preset, release_float_weights=bool(release))
+    else:  # "zeroquant <preset>[ release][ in-process]"
+        _, preset, *flags = contender.split()
+        config = zq_compile.ZeroQuantConfig(preset=preset, release_float_weights="release" in flags,
+                                            isolate_codegen=False if "in-process" in flags else "auto")
         fn = zq_compile.compile(model, config)
     del model
+    start = time.perf_counter()
     with torch.inference_mode():
         fn(input_ids=ids, use_cache=False)
+    first_call_s = time.perf_counter() - start
     _trim()
     steady = _status_kib("VmRSS")
     return {"base_mib": base / 1024, "loaded_mib": (loaded - base) / 1024,
-            "steady_mib": (steady - base) / 1024, "rss_mib": steady / 1024}
+            "steady_mib": (steady - base) / 1024, "rss_mib": steady / 1024, "first_call_s": first_call_s}
 
 
 def run(contender: str, seq: int, cache_dir: str | None = None) -> dict:
@@ -82,6 +87,7 @@ def cold_and_warm(contender: str, seq: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=["w8a8"])
+    p.add_argument("--release-only", action="store_true", help="only the presets with release_float_weights")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -89,16 +95,19 @@ def main(argv=None) -> int:
         print("ZQ_MEMORY " + json.dumps(probe(a.one, a.seq)), flush=True)
         return 0
     contenders = ["eager fp32", "inductor fp32"]
-    contenders += [f"zeroquant {p}{suffix}" for p in a.presets for suffix in ("", " release")]
+    # --release-only also runs each with isolate_codegen=False ("in-process"), what "auto" replaced
+    suffixes = (" release", " release in-process") if a.release_only else ("", " release")
+    contenders += [f"zeroquant {p}{suffix}" for p in a.presets for suffix in suffixes]
     results = {}
     print(f"SmolLM2-135M, batch 1 x {a.seq} tokens, one forward; MiB of RSS over the import baseline, "
           "each in a fresh process; Inductor's cache cold, then warm")
-    print(f"{'contender':26s} {'cold':>7s} {'warm':>7s}   vs eager (cold, warm)   vs inductor (cold, warm)")
+    print(f"{'contender':36s} {'cold':>7s} {'warm':>7s}   vs eager (cold, warm)   vs inductor (cold, warm)"
+          "   first call s (cold, warm)")
     for c in contenders:
         r = results[c] = cold_and_warm(c, a.seq)
         errors = [f"{state}: {r[state]['error']}" for state in ("cold", "warm") if "error" in r[state]]
         if errors:
-            print(f"{c:26s} failed: {'; '.join(errors)}", flush=True)
+            print(f"{c:36s} failed: {'; '.join(errors)}", flush=True)
             continue
         cells = ""
         for ref in ("eager fp32", "inductor fp32"):
@@ -108,7 +117,8 @@ def main(argv=None) -> int:
                 continue
             ratio = [r[state]["steady_mib"] / base[state]["steady_mib"] for state in ("cold", "warm")]
             cells += f"   {ratio[0]:9.2f}x {ratio[1]:9.2f}x"
-        print(f"{c:26s} {r['cold']['steady_mib']:7.0f} {r['warm']['steady_mib']:7.0f}{cells}", flush=True)
+        cells += f"   {r['cold']['first_call_s']:9.1f} {r['warm']['first_call_s']:9.1f}"
+        print(f"{c:36s} {r['cold']['steady_mib']:7.0f} {r['warm']['steady_mib']:7.0f}{cells}", flush=True)
     print("ZQ_MEMORY_RESULTS " + json.dumps(results))
     return 0
 

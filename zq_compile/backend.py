@@ -18,8 +18,7 @@ import torch
 import torch.fx as fx
 
 import zq_compile.ops  # noqa: F401  (registers the zq ops before any graph uses them)
-from zq_compile import store
-from zq_compile import debug
+from zq_compile import codegen_child, debug, store
 from zq_compile.binding import WeightBinding, keep_merged_rows
 from zq_compile.bytes_moved import counting_inductor_bytes, gemm_bytes
 from zq_compile.config import ZeroQuantConfig
@@ -116,16 +115,27 @@ def zeroquant_backend(
         prepared.report.note(lkd_note)
     if on_prepared is not None:
         on_prepared(gm, example_inputs, prepared)
-    prepared.report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)
-    with counting_inductor_bytes(prepared.report):
-        compiled = compile_fx(
-            prepared.gm,
-            list(example_inputs) + _static_fakes(prepared.constants),
-            config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": PostGradPasses(
-                                config.disable_passes, prepared.report.pass_counts),
-                            **(list_mode_options(mode) if mode else {})},
-            decompositions=decompositions_for(prepared.kernel),
-        )
+    report = prepared.report
+    report.gemm_bytes = gemm_bytes(prepared.gm, prepared.kernel.name)
+    inputs = list(example_inputs) + _static_fakes(prepared.constants)
+
+    def inductor(counted_report, pass_counts, **patches):
+        with counting_inductor_bytes(counted_report):
+            return compile_fx(
+                prepared.gm, inputs,
+                config_patches={**INDUCTOR_PATCHES, "post_grad_custom_pre_pass": PostGradPasses(
+                                    config.disable_passes, pass_counts),
+                                **(list_mode_options(mode) if mode else {}), **patches},
+                decompositions=decompositions_for(prepared.kernel),
+            )
+
+    why_not = codegen_child.why_not(config, report.target)
+    if why_not is None:
+        compiled = codegen_child.compile_isolated(
+            lambda: _child_compile(inductor), lambda: inductor(report, report.pass_counts), report)
+    else:
+        report.codegen = f"in this process ({why_not})"
+        compiled = inductor(report, report.pass_counts)
     if config.release_float_weights:  # only now: a failed compile must leave the model whole
         _release_float_weights(prepared)
     result = _append_constants(compiled, prepared)
@@ -135,6 +145,16 @@ def zeroquant_backend(
     if report_sink is not None:
         report_sink.append(prepared.report)
     return result
+
+
+def _child_compile(inductor) -> dict:
+    """The forked child's compile (``codegen_child.py``): Inductor in-process, what only a
+    code-generating compile measures sent back."""
+    scratch = CompileReport(config={})
+    counts: dict = {}
+    inductor(scratch, counts, compile_threads=1)
+    return {"inductor_bytes": scratch.inductor_bytes, "inductor_kernels": scratch.inductor_kernels,
+            "pass_counts": counts}
 
 
 def _race_float_pipeline(gm, example_inputs: list, config: ZeroQuantConfig, prepared: Prepared, int8_fn):

@@ -282,6 +282,11 @@ class ZeroQuantConfig:
         grad mode on or dynamic shapes are not raced (the report says why).
     pipeline_race_min_gflop: graphs with fewer GFLOP of linears per call than this are not
         raced (compiling the float pipeline costs seconds). Default 8.
+    isolate_codegen: run Inductor's code generation in a forked child process
+        (``codegen_child.py``) so that its garbage does not stay resident here: True, False, or
+        "auto" (the default: True with release_float_weights, the memory-first setting).
+        Target "cpu" on Linux with Inductor's FX graph cache on; elsewhere the report says why
+        it compiled in process. Costs the child's compile time on top of a cache load.
     """
 
     preset: str = "w8a8"
@@ -306,6 +311,7 @@ class ZeroQuantConfig:
     lkd: LkdConfig | None = None
     pipeline_race: str = "auto"
     pipeline_race_min_gflop: float = 8.0
+    isolate_codegen: Any = "auto"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -354,6 +360,8 @@ class ZeroQuantConfig:
         m = self.pipeline_race_min_gflop
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not m >= 0 or m == float("inf"):
             _fail("pipeline_race_min_gflop", m, "a finite number >= 0 (GFLOP of linears per call)")
+        if not (isinstance(self.isolate_codegen, bool) or self.isolate_codegen == "auto"):
+            _fail("isolate_codegen", self.isolate_codegen, "auto, True, False")
         if self.version != CONFIG_VERSION:
             _fail("version", self.version, str(CONFIG_VERSION))
         from zq_compile.lowering import POST_GRAD_PASSES

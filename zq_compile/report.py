@@ -72,6 +72,8 @@ class CompileReport:
     #: what runs and why: "int8", "int8 (not raced: ...)", or the float pipeline that won the
     #: pipeline race with its margin (pipeline_race.py)
     pipeline: str = ""
+    #: where Inductor generated this graph's code and why (codegen_child.py, isolate_codegen)
+    codegen: str = ""
     #: the pipeline's name alone: "int8", or the float pipeline's label ("bf16+freezing", ...)
     runs: str = "int8"
     #: times the graph met float weights it was not compiled with and quantized them (binding.py)
@@ -140,6 +142,8 @@ class CompileReport:
             lines.append(f"  activations: {self.activations}")
         if self.pipeline:
             lines.append(f"  pipeline: {self.pipeline}")
+        if self.codegen:
+            lines.append(f"  codegen: {self.codegen}")
         lines.extend(f"  race: {r}" for r in self.races)
         if self.decisions or self.inductor_bytes:
             lines.append(f"  bytes per forward: {self.bytes_text()}")
