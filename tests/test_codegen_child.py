@@ -50,6 +50,14 @@ def test_auto_isolates_with_release_float_weights_only():
     assert ref.codegen == "in this process (target 'reference': only target 'cpu' forks (a forked child cannot use CUDA))"
 
 
+def test_max_autotune_compiles_in_process():
+    config = ZeroQuantConfig(isolate_codegen=True)
+    from torch._inductor import list_mode_options
+
+    assert "max-autotune" in codegen_child.why_not(config, "cpu", list_mode_options("max-autotune"))
+    assert codegen_child.why_not(config, "cpu", list_mode_options("reduce-overhead")) is None
+
+
 def test_a_failing_child_leaves_the_compile_to_this_process(monkeypatch):
     def broken(inductor):
         raise RuntimeError("codegen exploded")

@@ -129,7 +129,7 @@ def zeroquant_backend(
                 decompositions=decompositions_for(prepared.kernel),
             )
 
-    why_not = codegen_child.why_not(config, report.target)
+    why_not = codegen_child.why_not(config, report.target, list_mode_options(mode) if mode else None)
     if why_not is None:
         compiled = codegen_child.compile_isolated(
             lambda: _child_compile(inductor), lambda: inductor(report, report.pass_counts), report)

@@ -12,13 +12,15 @@ pass counts) and exits; this process then compiles the same graph and is served 
 as after a restart.
 
 Costs and limits: the compile takes the child's time plus a cache load (the report gives the
-child's seconds). Linux only (fork), target "cpu" only (a forked child cannot use CUDA), and only
-with Inductor's FX graph cache on. The child runs one torch thread and Inductor's in-process
-compile (``compile_threads=1``): a fork copies no threads, so it must not wait on the parent's
-OpenMP pool (libgomp would hang) or compile workers; Inductor still generates code for this
-process's thread count, which is part of its cache key. A child that fails, or runs past ``CHILD_TIMEOUT_S`` (killed),
-changes nothing: the graph compiles here as without the option, and the report says why. A
-graph the cache does not serve is compiled here anyway; the report says so too.
+child's seconds). Linux only (fork), target "cpu" only (a forked child cannot use CUDA), only
+with Inductor's FX graph cache on, and not under a max-autotune mode (which times kernels while
+compiling). The child runs one torch thread and Inductor's in-process compile
+(``compile_threads=1``): a fork copies no threads, so it must not wait on the parent's OpenMP
+pool (libgomp would hang) or compile workers; Inductor still generates code for this process's
+thread count, which is part of its cache key. A child that fails, or runs past
+``CHILD_TIMEOUT_S`` (killed), changes nothing: the graph compiles here as without the option,
+and the report says why. A graph the cache does not serve is compiled here anyway; the report
+says so too.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ import torch
 CHILD_TIMEOUT_S = 1800.0
 
 
-def why_not(config, target: str) -> str | None:
-    """None if this compile should run Inductor's code generation in a child, else why not."""
+def why_not(config, target: str, inductor_options: dict | None = None) -> str | None:
+    """None if this compile should run Inductor's code generation in a child, else why not
+    (``inductor_options``: what the torch.compile mode sets)."""
     setting = config.isolate_codegen
     if setting is False:
         return "isolate_codegen=False"
@@ -47,6 +50,9 @@ def why_not(config, target: str) -> str | None:
         return f"target {target!r}: only target 'cpu' forks (a forked child cannot use CUDA)"
     if not sys.platform.startswith("linux"):
         return f"needs fork(), used here on Linux only (this is {sys.platform})"
+    if any(k.startswith("max_autotune") and v for k, v in (inductor_options or {}).items()):
+        # its timings would be taken on the child's one thread and baked into the cached graph
+        return "a max-autotune mode times kernels while compiling, which a one-thread child cannot do for us"
     from torch._inductor import config as inductor_config
 
     if not inductor_config.fx_graph_cache:
