@@ -4,9 +4,10 @@ The backend hands ``quantize_per_token`` and ``linear`` to AOT autograd as decom
 ``zq::quantize_per_token`` and ``zq::linear_w8a8``: the graph then calls the Triton per-token
 quantize kernel and the W8A8 GEMM whose epilogue applies both scales and the bias, so neither the
 int32 accumulator nor a dequantized tensor is ever written to memory. That is the unfused
-emission: on target "triton" the fusion passes (``passes/fuse_swiglu.py``,
-``fuse_gemm_epilogue.py``, ``fuse_norm_quantize.py``) first replace what they can with the
-fused ``zq.triton_*`` ops directly (norm + quantize, activation / residual / requantize epilogues).
+emission: on target "triton" the fusion passes (``passes/fuse_swiglu.py``, ``fuse_gate_up.py``,
+``fuse_gemm_epilogue.py``, ``fuse_norm_quantize.py``, ``fuse_quantize_prologue.py``) first replace
+what they can with the fused ``zq.triton_*`` ops directly (norm + quantize, activation / residual
+/ requantize epilogues, gate + up in one kernel, quantizing prologues).
 
 ``select_triton_kernel`` runs a small self-test against the exact reference on the device it will
 serve (once per device and process) and says why the kernel was chosen, or why it cannot run.
