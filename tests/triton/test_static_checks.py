@@ -86,8 +86,12 @@ def test_float_input_tiles_are_checked_and_the_dropped_one_does_not_fit():
     ``float_x_fits`` keeps: each bucket keeps one, all of them are in the checked matrix, and
     the tile it drops for fp32 input really overflows sm_80's shared memory."""
     kept = {t for t in gemm_tiles("a8") if float_x_fits(t, 4)}
-    checked = {s.tile for s, _ in FAST if s.kernel == "gemm_a8" and "quantize_x" in s.variant}
+    checked = {s.tile for s, _ in FAST if s.kernel == "gemm_a8" and "quantize_x" in s.variant
+               and not s.constexprs["GATE_GEMM"]}
     assert checked == kept
+    # the gate + up kernel quantizing its input: the dual tiles that fit with two weight tiles
+    dual_kept = {t for t in gemm_tiles("a8_dual") if float_x_fits(t, 4, 2)}
+    assert dual_kept and dual_kept == {s.tile for s, _ in FAST if "quantize_x" in s.variant and s.constexprs["GATE_GEMM"]}
     assert all(any(float_x_fits(t, 4) for t in tiles) for tiles in TABLES["a8"].values())
     (dropped,) = set(gemm_tiles("a8")) - kept
     spec = checks.gemm_spec("gemm_a8", dropped, 8, "quantize_x-residual", "int8")

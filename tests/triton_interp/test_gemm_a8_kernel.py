@@ -238,6 +238,20 @@ def test_quantizing_prologue_is_quantize_then_gemm(m, out_dtype):
     torch.testing.assert_close(got.float(), ref.float(), equal_nan=True, **EPILOGUE_TOL[out_dtype])
 
 
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_quantizing_prologue_with_the_gate_gemm_is_quantize_then_dual(out_dtype):
+    """QUANTIZE_X and GATE_GEMM together (fuse_quantize_prologue after fuse_gate_up): one float
+    read of x for both dots, bit for bit the quantize kernel followed by the dual GEMM."""
+    g = generator("prologue-dual", str(out_dtype))
+    x = special_rows(torch.randn(67, 67, generator=g) * 3).to(out_dtype)
+    qu, qg = (quantize_weight(torch.randn(48, 67, generator=g) / 8, groups=3) for _ in "ug")
+    gw = (qg.qdata, qg.scale, None, torch.randn(48, generator=g).to(out_dtype))
+    got = gemm_a8.gemm_a8(x, None, qu.qdata, qu.scale, gate_weight=gw, out_dtype=out_dtype)
+    x_q, x_s = quantize.quantize_per_token(x)
+    want = gemm_a8.gemm_a8(x_q, x_s, qu.qdata, qu.scale, gate_weight=gw, out_dtype=out_dtype)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+
+
 def test_quantizing_prologue_wants_a_float_input():
     x_q, _, w_q, w_s, *_ = _problem(13, 67, 48, 3, 8, True, torch.float32)
     with pytest.raises(ValueError, match="x_scale=None"):

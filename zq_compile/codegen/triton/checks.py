@@ -57,6 +57,10 @@ FUSED_EPILOGUES = {
                                      REQUANT=True, HAS_OUT_SCALE=True, GATE_GEMM=True),
     "gate_up-recompute-quantize": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
                                        REQUANT=True, REQUANT_PASS=2, HAS_OUT_SCALE=True, GATE_GEMM=True),
+    # the same kernel quantizing its float input (fuse_quantize_prologue after fuse_gate_up,
+    # where no norm kernel quantizes it): fp32 x and two weight tiles per stage
+    "quantize_x-gate_up": dict(HAS_ZERO=False, HAS_BIAS=False, ACTIVATION="none", HAS_RESIDUAL=False,
+                               REQUANT=False, QUANTIZE_X=True, GATE_GEMM=True),
 }
 
 
@@ -151,7 +155,8 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     dual_tiles = gemm_tiles("a8_dual") if kind == "a8" else []
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants
             for t in (dual_tiles if FUSED_EPILOGUES.get(ep, {}).get("GATE_GEMM") else tiles)
-            if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X") or float_x_fits(t, 4)]
+            if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X")
+            or float_x_fits(t, 4, 1 + FUSED_EPILOGUES[ep].get("GATE_GEMM", False))]
 
 
 def row_specs(full: bool = False) -> list[Spec]:
