@@ -14,7 +14,7 @@ and more row widths. The builds are compiled in parallel once per module; each t
 import pytest
 
 from zq_compile.codegen.triton import checks
-from zq_compile.codegen.triton.configs import DROPPED, TABLES, float_x_fits, gemm_tiles
+from zq_compile.codegen.triton.configs import DROPPED, KGROUP_SIZES, TABLES, float_x_fits, gemm_tiles, kgroup_tile
 from zq_compile.codegen.triton.runtime import interpreting
 
 pytestmark = pytest.mark.skipif(interpreting(), reason="AOT compilation needs compiled (not interpreted) kernels")
@@ -62,9 +62,18 @@ def test_every_autotune_config_is_in_the_checked_matrix(kind):
     up kernel's, the plain one with every other)."""
     dual = kind == "a8_dual"
     checked = {s.tile for s, _ in FAST if s.kernel == f"gemm_{kind.removesuffix('_dual')}"
-               and s.constexprs.get("GATE_GEMM", False) == dual}
+               and s.constexprs.get("GATE_GEMM", False) == dual and not s.constexprs.get("K_GROUP")}
     assert set(gemm_tiles(kind)) == checked
     assert all(t for t in TABLES[kind].values()), "every M bucket needs at least one config"
+
+
+@pytest.mark.parametrize("k_group", KGROUP_SIZES)
+def test_every_kgroup_tile_is_in_the_checked_matrix(k_group):
+    """INT4 K groups run the a16 tiles with BLOCK_K cut to the group (what the pruner hands the
+    autotuner): each cut tile is built with both K-group epilogues."""
+    for variant in ("w4-kgroup-bias-fp16", "w4-kgroup-all-bf16"):
+        checked = {s.tile for s, _ in FAST if s.kernel == "gemm_a16" and s.variant == variant}
+        assert {kgroup_tile(t, k_group) for t in gemm_tiles("a16")} <= checked, variant
 
 
 def test_dropped_configs_are_not_in_use():

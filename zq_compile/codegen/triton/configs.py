@@ -14,6 +14,8 @@ autotuner times the bucket's configs on first use.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -124,10 +126,29 @@ def float_x_fits(tile: Tile, x_bytes: int, weights: int = 1) -> bool:
     return stages * (bm * bk * x_bytes + weights * bk * bn) <= FLOAT_X_SMEM
 
 
+#: The K-group sizes the static checks build gemm_a16 for (the INT4 sizes the backend uses,
+#: ``quant.kgroups.INT4_GROUP_SIZES``); any multiple of 16 runs correctly.
+KGROUP_SIZES = (128, 64, 32)
+
+
+def kgroup_tile(tile: Tile, k_group: int) -> Tile:
+    """gemm_a16's tile for INT4 blocks of ``k_group`` inputs: BLOCK_K cut to divide the group
+    (one block scale per K step; a power of two, so the gcd)."""
+    if not k_group:
+        return tile
+    bm, bn, bk, warps, stages = tile
+    return (bm, bn, math.gcd(bk, k_group), warps, stages)
+
+
+def kgroup_config(config: triton.Config, k_group: int) -> triton.Config:
+    return config if not k_group else to_config(kgroup_tile(tile_of(config), k_group))
+
+
 def bucket_pruner(kind: str):
     """``early_config_prune`` for the autotuner: only the configs of the call's M bucket, from
     the dual table when the call computes the gate too (GATE_GEMM; for a float activation
-    quantized in the kernel, only those that fit shared memory with it).
+    quantized in the kernel, only those that fit shared memory with it); for gemm_a16 on INT4
+    K groups (K_GROUP), with BLOCK_K cut by ``kgroup_tile``.
 
     Under the interpreter only the bucket's first config is kept: timing numpy says nothing about
     a GPU, and one config means the autotuner runs the kernel once instead of benchmarking.
@@ -140,6 +161,12 @@ def bucket_pruner(kind: str):
         x_bytes = x.element_size() if kind == "a8" and isinstance(x, torch.Tensor) else 1
         chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])]  # bucket order
                   if t in by_tile and (x_bytes == 1 or float_x_fits(t, x_bytes, 1 + dual))]
+        k_group = kwargs.get("K_GROUP", 0)
+        if k_group:  # cut BLOCK_K to the group; two tiles may become one
+            cut = {}
+            for c in chosen:
+                cut.setdefault(kgroup_tile(tile_of(c), k_group), kgroup_config(c, k_group))
+            chosen = list(cut.values())
         return chosen[:1] if interpreting() else chosen
 
     return prune

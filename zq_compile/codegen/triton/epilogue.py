@@ -89,11 +89,16 @@ def round_to(y, FLOAT: tl.constexpr):
 
 @triton.jit
 def dequantize(acc, x_sum, offs_n, n_ok, x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, GROUP_N,
-               HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """The accumulator tile as fp32 values: scales, zero point, bias (the first lines above)."""
+               HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
+               HAS_W_SCALE: tl.constexpr):
+    """The accumulator tile as fp32 values: scales, zero point, bias (the first lines above).
+    Without HAS_W_SCALE the weight was dequantized in the K loop (gemm_a16's INT4 K groups,
+    whose scale changes along K) and the accumulator is already in real units."""
     groups = offs_n // GROUP_N
-    w_scale = tl.load(w_scale_ptr + groups, mask=n_ok, other=0.0)
-    y = acc.to(tl.float32) * w_scale[None, :]
+    y = acc.to(tl.float32)
+    if HAS_W_SCALE:
+        w_scale = tl.load(w_scale_ptr + groups, mask=n_ok, other=0.0)
+        y = y * w_scale[None, :]
     if HAS_ZERO:
         zero_corr = w_scale * tl.load(w_zero_ptr + groups, mask=n_ok, other=0).to(tl.float32)
         y = y - x_sum.to(tl.float32)[:, None] * zero_corr[None, :]
@@ -121,6 +126,7 @@ def gemm_epilogue(
     HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
     ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr,
     HAS_GATE: tl.constexpr, REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr, GATE_GEMM: tl.constexpr,
+    HAS_W_SCALE: tl.constexpr,
 ):
     """The SiLU(gate) tile: with HAS_GATE loaded from ``gate_ptr`` here, after the activation
     (loaded earlier, it stayed live through the dequantize and made a tile spill); with
@@ -129,7 +135,7 @@ def gemm_epilogue(
     n_ok = offs_n < N
     mask = m_ok[:, None] & n_ok[None, :]
     y = dequantize(acc, x_sum, offs_n, n_ok, x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, GROUP_N,
-                   HAS_X_SCALE, HAS_ZERO, HAS_BIAS)
+                   HAS_X_SCALE, HAS_ZERO, HAS_BIAS, HAS_W_SCALE)
     y = activation(y, ACTIVATION)
     m64 = offs_m.to(tl.int64)
     if GATE_GEMM:

@@ -99,14 +99,14 @@ def gemm_a8_kernel(
         # SiLU(gate) as the gate GEMM's own launch would store it (rounded to the float dtype),
         # so the product equals the two-launch fold's bit for bit
         gate = dequantize(acc_g, x_sum, offs_n, offs_n < N, x_scale, gw_scale_ptr, gw_zero_ptr, gate_bias_ptr,
-                          group_n, True, HAS_ZERO, GATE_HAS_BIAS)
+                          group_n, True, HAS_ZERO, GATE_HAS_BIAS, True)
         gate = round_to(activation(gate, "silu"), FLOAT).to(tl.float32)
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
         x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, gate, q_scale_ptr,
         M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
         True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE, REQUANT_PASS, FLOAT,
-        GATE_GEMM,
+        GATE_GEMM, True,
     )
 
 
