@@ -4,7 +4,8 @@
 
 No activation quantization: the GEMM reads the narrow weight and the float activation. Memory-
 bound decoding gains most (the weight's bytes are the cost). ``kernel`` is the weight-only GEMM
-raced for the graph's M regime (``codegen/cpu/weight_only.py``).
+raced for the graph's M regime (``codegen/cpu/weight_only.py``); on target "triton" it is
+always the Triton GEMM (``codegen/triton/weight_only.py``).
 """
 
 from __future__ import annotations
@@ -65,11 +66,15 @@ class WeightOnly(SchemeHandler):
         k = width * 2 if self.bits == 4 else width  # INT4 widths here are multiples of 32
         group_size = k // fake_value(w_s).shape[1] if self.bits == 4 else 0
         regime = regime_of(x_val)
-        choice = select_wo_kernel(regime, self.bits, "reference" if ctx.target == "reference" else "auto")
-        kernel, reason = choice.kernel, choice.reason
+        if ctx.target == "triton":  # one GPU kernel for every M (its autotuner picks tiles per M)
+            kernel, reason = "triton", "target 'triton'"
+        else:
+            choice = select_wo_kernel(regime, self.bits, "reference" if ctx.target == "reference" else "auto")
+            kernel, reason = choice.kernel, choice.reason
+        choice_name = kernel
         why = WO_KERNELS[kernel].unavailable_reason(self.bits, n, k, group_size)
         if why:
-            kernel, reason = "dequant", f"{choice.kernel} cannot take {n}x{k}: {why}"
+            kernel, reason = "dequant", f"{choice_name} cannot take {n}x{k}: {why}"
         note_kernel(ctx, f"{self.name} (INT{self.bits} weight-only)", regime, kernel, reason)
         y = ctx.gm.graph.call_function(
             torch.ops.zq.linear_wo.default,

@@ -201,7 +201,15 @@ class AtenWo(WoKernel):
         return _finish(y, x, bias, out_dtype)
 
 
-WO_KERNELS: dict[str, WoKernel] = {k.name: k for k in (AtenWo(), DequantWo(), DequantBf16Wo(), ReferenceWo())}
+def _triton_wo() -> WoKernel:
+    from zq_compile.codegen.triton.weight_only import TritonWo
+
+    return TritonWo()
+
+
+#: "triton" is named by target "triton" only, never raced here (not in AUTO_ORDER).
+WO_KERNELS: dict[str, WoKernel] = {k.name: k for k in (AtenWo(), DequantWo(), DequantBf16Wo(), ReferenceWo(),
+                                                         _triton_wo())}
 AUTO_ORDER = ("aten", "dequant", "dequant_bf16")
 #: A later kernel must beat the ones before it by this factor (noise on a shared machine).
 RACE_MARGIN = 0.9
