@@ -14,7 +14,8 @@ and more row widths. The builds are compiled in parallel once per module; each t
 import pytest
 
 from zq_compile.codegen.triton import checks
-from zq_compile.codegen.triton.configs import DROPPED, KGROUP_SIZES, TABLES, float_x_fits, gemm_tiles, kgroup_tile
+from zq_compile.codegen.triton.configs import (DROPPED, KGROUP_SIZES, TABLES, float_x_fits, gemm_tiles, kgroup_tile,
+                                              tile_of)
 from zq_compile.codegen.triton.runtime import interpreting
 
 pytestmark = pytest.mark.skipif(interpreting(), reason="AOT compilation needs compiled (not interpreted) kernels")
@@ -68,17 +69,35 @@ def test_every_autotune_config_is_in_the_checked_matrix(kind):
 
 
 @pytest.mark.parametrize("k_group", KGROUP_SIZES)
-def test_every_kgroup_tile_is_in_the_checked_matrix(k_group):
-    """INT4 K groups run the a16 tiles with BLOCK_K cut to the group (what the pruner hands the
-    autotuner): each cut tile is built with both K-group epilogues."""
-    for variant in ("w4-kgroup-bias-fp16", "w4-kgroup-all-bf16"):
-        checked = {s.tile for s, _ in FAST if s.kernel == "gemm_a16" and s.variant == variant}
-        assert {kgroup_tile(t, k_group) for t in gemm_tiles("a16")} <= checked, variant
+@pytest.mark.parametrize("kind, variants", [("a16", ("w4-kgroup-bias-fp16", "w4-kgroup-all-bf16")),
+                                            ("a8", ("w4-kgroup-bias-int8", "w4-kgroup-all-int8"))])
+def test_every_kgroup_tile_is_in_the_checked_matrix(kind, variants, k_group):
+    """INT4 K groups run the plain table's tiles with BLOCK_K cut to the group (what the pruner
+    hands the autotuner): each cut tile is built with both K-group epilogues."""
+    for variant in variants:
+        checked = {s.tile for s, _ in FAST if s.kernel == f"gemm_{kind}" and s.variant == variant}
+        wanted = {kgroup_tile(t, k_group) for t in gemm_tiles(kind)} - {t for (k, t) in DROPPED if k == f"{kind}_kgroup"}
+        assert wanted and wanted <= checked, variant
+
+
+def test_the_pruner_never_hands_a_dropped_kgroup_tile():
+    from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
+
+    prune = bucket_pruner("a8")
+    for m in (1, 50, 200, 4000):
+        for k_group in KGROUP_SIZES:
+            kept = {tile_of(c) for c in prune(gemm_configs("a8"), {"M": m}, K_GROUP=k_group)}
+            assert kept and not {t for (k, t) in DROPPED if k == "a8_kgroup"} & kept
+            assert all(k_group % t[2] == 0 for t in kept)
 
 
 def test_dropped_configs_are_not_in_use():
     for (kind, tile), reason in DROPPED.items():
-        assert tile not in gemm_tiles(kind) and reason
+        if kind.endswith("_kgroup"):  # a cut tile: neither built by the checks nor handed out by the pruner
+            gemm = kind.removesuffix("_kgroup")
+            assert tile not in checks.kgroup_tiles(gemm, gemm_tiles(gemm)) and reason
+        else:
+            assert tile not in gemm_tiles(kind) and reason
 
 
 def test_the_check_catches_a_spilling_tile():

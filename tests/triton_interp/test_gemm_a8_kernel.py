@@ -347,3 +347,88 @@ def test_bad_arguments_raise(change, match):
     with pytest.raises(ValueError, match=match):
         gemm_a8.gemm_a8(a["x_q"], a["x_s"], a["w_q"], a["w_s"], None, a["bias"], out_dtype=torch.float32,
                         w_bits=a["w_bits"])
+
+
+# -- INT4 with groups along K (W4A8's layout, quant/kgroups.py) -------------------------------
+
+#: (K, N, group_size, row groups): groups smaller and larger than the tiles' BLOCK_K, row groups
+KGROUP_SHAPES = [(96, 48, 32, None), (160, 40, 32, 5), (256, 24, 128, 2), (192, 16, 64, None)]
+
+
+def _kgroup_problem(m, k, n, group_size, row_groups, symmetric, dtype, bias=True, residual=False):
+    from zq_compile.quant.kgroups import quantize_kgroups
+
+    g = generator("kgroup", m, k, n, group_size, row_groups, symmetric, str(dtype))
+    x = torch.randn(m, k, generator=g) * 2
+    # blocks of different ranges, so a scale applied to the wrong block shows
+    w = torch.randn(n, k, generator=g) * torch.linspace(0.2, 3.0, k // group_size).repeat_interleave(group_size)
+    qw = quantize_kgroups(w / k**0.5, group_size=group_size, row_groups=row_groups, symmetric=symmetric)
+    x_q, x_s = quantize_per_token_ref(x)
+    b = torch.randn(n, generator=g).to(dtype) if bias else None
+    r = torch.randn(m, n, generator=g).to(dtype) if residual else None
+    return (x_q, x_s, qw.qdata, qw.scale, qw.zero_point, b, r)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("k,n,group_size,row_groups", KGROUP_SHAPES)
+@pytest.mark.parametrize("m", MS)
+def test_kgroups_match_reference(m, k, n, group_size, row_groups, symmetric, out_dtype):
+    args = _kgroup_problem(m, k, n, group_size, row_groups, symmetric, out_dtype)
+    _compare(args, out_dtype=out_dtype, w_bits=4)
+
+
+def test_kgroups_use_each_blocks_scale():
+    """One block's scale set to 0 must remove exactly that block's contribution."""
+    x_q, x_s, w_q, w_s, w_z, _, _ = _kgroup_problem(4, 96, 16, 32, None, True, torch.float32, bias=False)
+    w_s = w_s.clone()
+    w_s[:, 1] = 0
+    got = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4)
+    x_cut = x_q.clone()
+    x_cut[:, 32:64] = 0
+    want = gemm_a8.reference(x_cut, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4)
+    torch.testing.assert_close(got, want, **EPILOGUE_TOL[torch.float32])
+
+
+@pytest.mark.parametrize("plan", REQUANT_PLANS)
+def test_kgroups_requantize_and_fuse_the_epilogue(plan):
+    args = _kgroup_problem(13, 96, 48, 32, 3, False, torch.float16, residual=True)
+    q, s = gemm_a8.gemm_a8(*args, out_dtype=torch.float16, w_bits=4, activation="gelu_erf", requant=True, plan=plan)
+    want_q, want_s = gemm_a8.reference(*args, out_dtype=torch.float16, w_bits=4, activation="gelu_erf", requant=True)
+    torch.testing.assert_close(s, want_s, rtol=2e-3, atol=0)
+    assert (q.int() - want_q.int()).abs().max() <= 1
+
+
+def test_kgroups_quantizing_prologue():
+    x_q, x_s, w_q, w_s, w_z, b, _ = _kgroup_problem(13, 160, 40, 32, 5, False, torch.float32)
+    x = (x_q.float() * x_s)
+    got = gemm_a8.gemm_a8(x, None, w_q, w_s, w_z, b, out_dtype=torch.float32, w_bits=4)
+    want = gemm_a8.reference(x, None, w_q, w_s, w_z, b, out_dtype=torch.float32, w_bits=4)
+    torch.testing.assert_close(got, want, **EPILOGUE_TOL[torch.float32])
+
+
+def test_kgroups_zero_and_nan_rows():
+    x_q, x_s, w_q, w_s, w_z, _, _ = _kgroup_problem(5, 96, 48, 32, None, False, torch.float32, bias=False)
+    x_s = x_s.clone()
+    x_q = x_q.clone()
+    x_q[0] = 0
+    x_s[2] = float("nan")
+    y = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4)
+    assert (y[0] == 0).all() and torch.isnan(y[2]).all() and torch.isfinite(y[[1, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("tile", gemm_tiles("a8"), ids=lambda t: "x".join(map(str, t)))
+def test_kgroups_every_autotune_config_computes_the_same(tile):
+    m = 67 if tile[0] <= 64 else 131
+    args = _kgroup_problem(m, 64 * 5, 5 * (tile[1] // 5 + 3), 64, 5, False, torch.float32, residual=True)
+    _compare(args, out_dtype=torch.float32, w_bits=4, activation="silu", config=to_config(tile))
+
+
+def test_kgroups_refuse_the_gate_gemm_and_bad_tables():
+    x_q, x_s, w_q, w_s, w_z, b, _ = _kgroup_problem(2, 96, 16, 32, None, False, torch.float32)
+    with pytest.raises(ValueError, match="gate_weight with INT4 K-group"):
+        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4, gate_weight=(w_q, w_s, w_z, None))
+    with pytest.raises(ValueError, match="multiple of 32"):  # 6 blocks of 16
+        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s.repeat(1, 2), None, out_dtype=torch.float32, w_bits=4)
+    with pytest.raises(ValueError, match="K-group scales"):  # 5 blocks do not divide 96
+        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s.repeat(1, 2)[:, :5].contiguous(), None, out_dtype=torch.float32, w_bits=4)

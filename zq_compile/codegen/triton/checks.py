@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zq_compile.codegen.triton import aot
-from zq_compile.codegen.triton.configs import (KGROUP_SIZES, float_x_fits, gemm_tiles, kgroup_tile, norm_launch,
+from zq_compile.codegen.triton.configs import (DROPPED, KGROUP_SIZES, float_x_fits, gemm_tiles, kgroup_tile, norm_launch,
                                               row_launch)
 
 ARCHS = (80, 90)
@@ -64,18 +64,20 @@ FUSED_EPILOGUES = {
                                REQUANT=False, QUANTIZE_X=True, GATE_GEMM=True),
 }
 
-#: gemm_a16 on INT4 weights with groups along K (W4A16's layout: a block-scaled dot per K step),
-#: with the backend's bias or everything at once; built on the tiles the autotuner runs for K
-#: groups (``kgroup_tiles``), K_GROUP set per tile.
-A16_KGROUP_EPILOGUES = {
+#: Both GEMMs on INT4 weights with groups along K (W4A16's and W4A8's layout: a block-scaled dot
+#: per K step), with the backend's bias or everything the K loop and epilogue can hold at once;
+#: built on the tiles the autotuner runs for K groups (``kgroup_tiles``), K_GROUP set per tile.
+KGROUP_EPILOGUES = {
     "kgroup-bias": dict(HAS_ZERO=False, HAS_BIAS=True, ACTIVATION="none", HAS_RESIDUAL=False),
     "kgroup-all": dict(HAS_ZERO=True, HAS_BIAS=True, ACTIVATION="gelu_erf", HAS_RESIDUAL=True),
 }
 
 
-def kgroup_tiles(tiles) -> list:
-    """The a16 tiles with BLOCK_K cut for every group size the INT4 presets use, each once."""
-    return list(dict.fromkeys(kgroup_tile(t, g) for t in tiles for g in KGROUP_SIZES))
+def kgroup_tiles(kind: str, tiles) -> list:
+    """A GEMM's tiles with BLOCK_K cut for every group size the INT4 presets use, each once,
+    less those the static checks found spilling (``DROPPED``, "<kind>_kgroup")."""
+    cut = dict.fromkeys(kgroup_tile(t, g) for t in tiles for g in KGROUP_SIZES)
+    return [t for t in cut if (f"{kind}_kgroup", t) not in DROPPED]
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,16 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     with all of it and fp32 with a fused one), the activation (and output) dtype for gemm_a16."""
     bm, bn, bk, warps, stages = tile
     fused = epilogue in FUSED_EPILOGUES
-    ep = dict(FUSED_EPILOGUES.get(epilogue) or A16_KGROUP_EPILOGUES.get(epilogue) or EPILOGUES[epilogue])
-    out = act_dtype if kind == "gemm_a16" else ("fp32" if fused else "fp16" if epilogue == "bias" else "bf16")
+    kgroup = epilogue in KGROUP_EPILOGUES
+    ep = dict(FUSED_EPILOGUES.get(epilogue) or KGROUP_EPILOGUES.get(epilogue) or EPILOGUES[epilogue])
+    # gemm_a8 on K groups: an fp32 model's W4A8 linear (zq::linear_w4a8's "triton" kernel)
+    out = act_dtype if kind == "gemm_a16" else ("fp32" if fused or kgroup else "fp16" if epilogue == "bias" else "bf16")
     sig = {"w_ptr": "*i8" if w_bits == 8 else "*u8", "w_scale_ptr": "*fp32", "w_zero_ptr": "*i32",
            "bias_ptr": DTYPE[out], "res_ptr": DTYPE[out], "out_ptr": DTYPE[out],
            "M": "i32", "N": "i32", "K": "i32", "group_n": "i32",
-           "stride_xm": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32"}
+           "stride_xm": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32",
+           # K / group_size scale blocks per row: not assumed divisible (SmolLM2's 576 in groups of 64: 9)
+           "stride_sg": "i32"}
     ce = {"stride_xk": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1, "M_BUCKET": 0,
           "W_BITS": w_bits, **ep, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
     if kind == "gemm_a8":
@@ -142,13 +148,11 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
             sig.update(out_ptr="*i8", res_ptr="*i8")
         cores = "int8"
     else:
-        # stride_sg (K / group_size scale blocks per row) is not assumed divisible: SmolLM2's
-        # 576 inputs in groups of 64 give 9
-        sig.update(x_ptr=DTYPE[act_dtype], stride_sg="i32")
+        sig.update(x_ptr=DTYPE[act_dtype])
         ce["DOT_FP32"] = False  # the GPU path (True only works around the interpreter)
-        # a K-group variant runs on a cut tile: its BLOCK_K divides the group (the largest such)
-        ce["K_GROUP"] = max(g for g in KGROUP_SIZES if g % bk == 0) if epilogue in A16_KGROUP_EPILOGUES else 0
         cores = act_dtype
+    # a K-group variant runs on a cut tile: its BLOCK_K divides the group (the largest such)
+    ce["K_GROUP"] = max(g for g in KGROUP_SIZES if g % bk == 0) if kgroup else 0
     divisible = tuple(a for a in sig if a.endswith("_ptr") or a in ("N", "K")
                       or (a.startswith("stride_") and a != "stride_sg"))
     return Spec(kind, f"w{w_bits}-{epilogue}-{act_dtype}", f"{bm}x{bn}x{bk}-w{warps}-s{stages}", sig, ce,
@@ -169,6 +173,7 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
         variants += [(8, "all", act), (4, "bias", "fp16" if kind == "a16" else act)]
     if kind == "a8":  # the fused epilogues the backend emits, always: they are what runs
         variants += [(8, ep, act) for ep in FUSED_EPILOGUES]
+        variants += [(4, "kgroup-bias", act), (4, "kgroup-all", act)]  # W4A8's K groups
     else:  # W4A16's K groups: fp16 with the backend's bias, bf16 with every feature
         variants += [(4, "kgroup-bias", "fp16"), (4, "kgroup-all", "bf16")]
     # a float activation (QUANTIZE_X, fp32 here) runs only the tiles the autotuner keeps for it;
@@ -177,7 +182,7 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     def tiles_of(ep):
         if FUSED_EPILOGUES.get(ep, {}).get("GATE_GEMM"):
             return dual_tiles
-        return kgroup_tiles(tiles) if ep in A16_KGROUP_EPILOGUES else tiles
+        return kgroup_tiles(kind, tiles) if ep in KGROUP_EPILOGUES else tiles
 
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles_of(ep)
             if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X")

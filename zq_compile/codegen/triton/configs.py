@@ -77,6 +77,10 @@ DROPPED: dict[tuple[str, Tile], str] = {
     ("a16", (64, 128, 64, 4, 3)): "sm_80 w8-bias: REG 168 STACK 8",
     ("a16", (128, 128, 64, 4, 3)): "sm_80 w8-bias: REG 255 STACK 24; w4-all: STACK 424",
     ("a16", (128, 256, 32, 8, 3)): "w4-all: REG 255 STACK 376 (sm_80), 528 (sm_90)",
+    # gemm_a8 on INT4 K groups (W4A8), tiles with BLOCK_K cut to 128: an fp32 accumulator scaled
+    # per K step, zero points, GeLU and residual
+    ("a8_kgroup", (64, 128, 128, 4, 3)): "sm_80 w4-kgroup-all: REG 255 STACK 88",
+    ("a8_kgroup", (128, 128, 128, 8, 3)): "sm_80 w4-kgroup-all: REG 255 STACK 24",
 }
 
 GROUP_M = 8
@@ -162,10 +166,12 @@ def bucket_pruner(kind: str):
         chosen = [by_tile[t] for t in table[m_bucket(named_args["M"])]  # bucket order
                   if t in by_tile and (x_bytes == 1 or float_x_fits(t, x_bytes, 1 + dual))]
         k_group = kwargs.get("K_GROUP", 0)
-        if k_group:  # cut BLOCK_K to the group; two tiles may become one
+        if k_group:  # cut BLOCK_K to the group; two tiles may become one; a cut tile may spill
             cut = {}
             for c in chosen:
-                cut.setdefault(kgroup_tile(tile_of(c), k_group), kgroup_config(c, k_group))
+                tile = kgroup_tile(tile_of(c), k_group)
+                if (f"{kind}_kgroup", tile) not in DROPPED:
+                    cut.setdefault(tile, kgroup_config(c, k_group))
             chosen = list(cut.values())
         return chosen[:1] if interpreting() else chosen
 

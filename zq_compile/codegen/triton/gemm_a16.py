@@ -36,7 +36,7 @@ import triton.language as tl
 
 from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs, kgroup_config
 from zq_compile.codegen.triton.epilogue import check_epilogue_args, finish_ref, gemm_epilogue
-from zq_compile.codegen.triton.gemm_a8 import check_weight, launch_kwargs
+from zq_compile.codegen.triton.gemm_a8 import check_kgroup_weight, launch_kwargs
 from zq_compile.codegen.triton.runtime import identity_launcher, interpreting, m_bucket
 from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weight_tile_ptrs
 from zq_compile.quant import QuantizedWeight
@@ -114,32 +114,13 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
 
-def check_a16_weight(w_q, w_scale, w_zero, w_bits: int, k: int) -> tuple[int, int]:
-    """(N, K_GROUP) of a weight-only weight: w_scale fp32 [G] (groups of output rows, K_GROUP 0)
-    or [G_rows, K / group_size] (groups along K as well, ``quant/kgroups.py``)."""
-    if w_scale.dim() != 2:
-        return check_weight(w_q, w_scale, w_zero, w_bits, k), 0
-    check_weight(w_q, w_scale.new_ones(1), None, w_bits, k)  # the weight's own dtype and shape
-    n = w_q.shape[0]
-    rows, blocks = w_scale.shape
-    if w_scale.dtype != torch.float32 or not rows or n % rows or not blocks or k % blocks:
-        raise ValueError(f"K-group scales must be fp32 [G | {n}, K / group_size] with the group size "
-                         f"dividing K={k}, got {w_scale.dtype} {tuple(w_scale.shape)}")
-    if w_zero is not None and (w_zero.shape != w_scale.shape or w_zero.dtype != torch.int32):
-        raise ValueError("w_zero must be int32 with one entry per weight block, like w_scale")
-    if (k // blocks) % 16:
-        raise ValueError(f"K-group size {k // blocks} must be a multiple of 16 (a K step of the dot "
-                         "holds one block); the INT4 presets use 32, 64 or 128")
-    return n, k // blocks
-
-
 def gemm_a16(x, w_q, w_scale, w_zero=None, bias=None, residual=None, *, w_bits: int = 8,
              activation: str = "none", config=None, launch=identity_launcher):
-    """x [M, K] fp16/bf16 -> y [M, N] in x's dtype (weight scales: ``check_a16_weight``)."""
+    """x [M, K] fp16/bf16 -> y [M, N] in x's dtype (weight scales: ``gemm_a8.check_kgroup_weight``)."""
     if x.dim() != 2 or x.dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"x must be fp16/bf16 [M, K] (16-bit activations), got {x.dtype} {tuple(x.shape)}")
     m, k = x.shape
-    n, k_group = check_a16_weight(w_q, w_scale, w_zero, w_bits, k)
+    n, k_group = check_kgroup_weight(w_q, w_scale, w_zero, w_bits, k, step=16)
     check_epilogue_args(m, n, bias, residual, activation, x.dtype)
     if k_group:  # the kernel indexes the table as row * stride(0) + block
         w_scale = w_scale.contiguous()

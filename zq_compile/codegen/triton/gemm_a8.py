@@ -14,6 +14,13 @@ by 4 * (k % 2), then sign-extends the nibble; memory traffic for the weight is h
 is the same int8 tensor-core instruction. Program order, tile pointers and the unpacking are
 shared with the weight-only GEMM (``tiles.py``).
 
+INT4 weights with groups along K as well (W4A8's layout, ``quant/kgroups.py``: w_scale fp32
+[G_rows, K / group_size], K_GROUP > 0) change scale along K: each K step's exact int32 dot is
+converted to fp32, scaled by that block's [BLOCK_N] scales (minus the block's zero point times the
+step's row sums) and summed in an fp32 accumulator; the epilogue then applies no weight scale. A
+step must hold one block, so BLOCK_K is cut to divide the group size (``configs.kgroup_config``).
+Not with GATE_GEMM.
+
 With GATE_GEMM (SwiGLU, ``passes/fuse_gate_up.py``) the kernel also takes the gate's weight
 (same layout as W): every K step feeds the one x tile to two dots, and the epilogue multiplies
 y by SiLU of the gate accumulator's dequantized tile, rounded to the float dtype as the gate
@@ -33,7 +40,7 @@ import triton
 import triton.language as tl
 
 from zq_compile.codegen.cpu.kernels import KERNELS
-from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs
+from zq_compile.codegen.triton.configs import bucket_pruner, gemm_configs, kgroup_config
 from zq_compile.codegen.triton.common import abs_bits, bits_to_float, quantize_values, reciprocal, scale_from_absmax
 from zq_compile.codegen.triton.epilogue import FLOAT_NAMES, QMAX, activation, check_epilogue_args, dequantize, \
     finish_ref, gemm_epilogue, round_to
@@ -43,18 +50,20 @@ from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weig
 from zq_compile.quant import quantize_per_token_ref, unpack_int4
 
 
-@triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET", "GATE_GEMM"],
+@triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET", "GATE_GEMM", "K_GROUP"],
                  prune_configs_by={"early_config_prune": bucket_pruner("a8")})
 @triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
 def gemm_a8_kernel(
     x_ptr, w_ptr, x_scale_ptr, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr,
     q_scale_ptr, gw_ptr, gw_scale_ptr, gw_zero_ptr, gate_bias_ptr, M, N, K, group_n,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
+    stride_sg,
     M_BUCKET: tl.constexpr,  # the autotune key (runtime.m_bucket(M)); not read by the body
     W_BITS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr, REQUANT: tl.constexpr, HAS_OUT_SCALE: tl.constexpr, HAS_GATE: tl.constexpr,
     REQUANT_PASS: tl.constexpr, FLOAT: tl.constexpr, QUANTIZE_X: tl.constexpr,
     GATE_GEMM: tl.constexpr, GATE_HAS_BIAS: tl.constexpr,
+    K_GROUP: tl.constexpr,  # 0: one scale per output row group; else INT4 blocks of K_GROUP inputs (W4A8)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     offs_m, offs_n, offs_k, rows, cols = tile_offsets(M, N, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M)
@@ -73,7 +82,14 @@ def gemm_a8_kernel(
             bits = tl.maximum(bits, abs_bits(xf.to(tl.float32)))
         x_scale = scale_from_absmax(bits_to_float(tl.max(bits, axis=1)), QMAX)
         inv_scale = reciprocal(x_scale)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    # K groups (no GATE_GEMM): each K step's exact int32 dot times its block's scales, summed in
+    # fp32; a step never straddles two blocks (K_GROUP % BLOCK_K == 0, configs.kgroup_config)
+    tl.static_assert(K_GROUP % BLOCK_K == 0)
+    s_rows = (cols // group_n) * stride_sg
+    if K_GROUP > 0:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     x_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         k_ok = offs_k < K - k0
@@ -83,11 +99,20 @@ def gemm_a8_kernel(
         else:
             a = tl.load(x_ptrs, mask=k_ok[None, :], other=0)
         b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS)
-        acc = tl.dot(a, b, acc)
+        if K_GROUP > 0:
+            blk = s_rows + k0 // K_GROUP
+            s = tl.load(w_scale_ptr + blk)
+            part = tl.dot(a, b).to(tl.float32) * s[None, :]
+            if HAS_ZERO:  # s * sum x q - s * z * sum x, per block
+                zs = tl.load(w_zero_ptr + blk).to(tl.float32) * s
+                part = part - tl.sum(a.to(tl.int32), axis=1).to(tl.float32)[:, None] * zs[None, :]
+            acc += part
+        else:
+            acc = tl.dot(a, b, acc)
         if GATE_GEMM:  # the same activation tile, a second weight: x is read once for both
             acc_g = tl.dot(a, load_weight_tile(gw_ptrs, shifts, k_ok, W_BITS), acc_g)
             gw_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
-        if HAS_ZERO:
+        if HAS_ZERO and K_GROUP == 0:
             x_sum += tl.sum(a.to(tl.int32), axis=1)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
@@ -105,8 +130,8 @@ def gemm_a8_kernel(
         acc, x_sum, offs_m, offs_n,
         x_scale, w_scale_ptr, w_zero_ptr, bias_ptr, res_ptr, out_ptr, absmax_ptr, c_ptr, gate_ptr, gate, q_scale_ptr,
         M, N, group_n, stride_rm, stride_rn, stride_om, stride_on, stride_gm, stride_gn,
-        True, HAS_ZERO, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE, REQUANT_PASS, FLOAT,
-        GATE_GEMM, True,
+        True, HAS_ZERO and K_GROUP == 0, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, REQUANT, HAS_OUT_SCALE, HAS_GATE,
+        REQUANT_PASS, FLOAT, GATE_GEMM, K_GROUP == 0,
     )
 
 
@@ -126,6 +151,26 @@ def check_weight(w_q: torch.Tensor, w_scale: torch.Tensor, w_zero, w_bits: int, 
     if w_zero is not None and (w_zero.shape != w_scale.shape or w_zero.dtype != torch.int32):
         raise ValueError("w_zero must be int32 with one entry per weight group")
     return n
+
+
+def check_kgroup_weight(w_q, w_scale, w_zero, w_bits: int, k: int, step: int) -> tuple[int, int]:
+    """(N, K_GROUP) of a weight: w_scale fp32 [G] (groups of output rows, K_GROUP 0) or
+    [G_rows, K / group_size] (INT4 blocks along K as well, ``quant/kgroups.py``), whose group
+    size must be a multiple of ``step`` (the smallest BLOCK_K of the kernel's dot)."""
+    if w_scale.dim() != 2:
+        return check_weight(w_q, w_scale, w_zero, w_bits, k), 0
+    check_weight(w_q, w_scale.new_ones(1), None, w_bits, k)  # the weight's own dtype and shape
+    n = w_q.shape[0]
+    rows, blocks = w_scale.shape
+    if w_scale.dtype != torch.float32 or not rows or n % rows or not blocks or k % blocks:
+        raise ValueError(f"K-group scales must be fp32 [G | {n}, K / group_size] with the group size "
+                         f"dividing K={k}, got {w_scale.dtype} {tuple(w_scale.shape)}")
+    if w_zero is not None and (w_zero.shape != w_scale.shape or w_zero.dtype != torch.int32):
+        raise ValueError("w_zero must be int32 with one entry per weight block, like w_scale")
+    if (k // blocks) % step:
+        raise ValueError(f"K-group size {k // blocks} must be a multiple of {step} (a K step of the dot "
+                         "holds one block); the INT4 presets use 32, 64 or 128")
+    return n, k // blocks
 
 
 def launch_kwargs(config) -> dict:
@@ -173,8 +218,15 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
     m, k = x_q.shape
     if not quantize_x and (x_scale.dtype != torch.float32 or x_scale.numel() != m):
         raise ValueError(f"x_scale must be fp32 with one value per row ({m}), got {tuple(x_scale.shape)}")
-    n = check_weight(w_q, w_scale, w_zero, w_bits, k)
+    n, k_group = check_kgroup_weight(w_q, w_scale, w_zero, w_bits, k, step=32)
     check_epilogue_args(m, n, bias, residual, activation, out_dtype)
+    if k_group:
+        if gate_weight is not None:
+            raise ValueError("gate_weight with INT4 K-group scales is not supported (the gate + up kernel "
+                             "takes weights with groups along the output rows only)")
+        w_scale = w_scale.contiguous()
+        w_zero = w_zero.contiguous() if w_zero is not None else None
+        config = None if config is None else kgroup_config(config, k_group)
     if out_scale is not None and (not requant or out_scale.shape != (n,)):
         raise ValueError(f"out_scale must be ({n},) and comes with requant=True (the scaled rows are only quantized)")
     if gate is not None and gate.shape != (m, n):
@@ -203,15 +255,16 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
                 q_scale if q_scale is not None else x_scale,
                 *(gate_weight[i] if gate_weight is not None and gate_weight[i] is not None else w_scale
                   for i in range(4)),
-                m, n, k, n // w_scale.numel(),
+                m, n, k, n // w_scale.shape[0],
                 x_q.stride(0), x_q.stride(1), w_q.stride(0), w_q.stride(1),
                 *(residual.stride() if residual is not None else (0, 0)), out.stride(0), out.stride(1),
-                *(gate.stride() if gate is not None else (0, 0)))
+                *(gate.stride() if gate is not None else (0, 0)), w_scale.stride(0) if k_group else 0)
         meta = dict(M_BUCKET=m_bucket(m), W_BITS=w_bits, HAS_ZERO=w_zero is not None, HAS_BIAS=bias is not None,
                     ACTIVATION=activation, HAS_RESIDUAL=residual is not None, REQUANT=requant,
                     HAS_OUT_SCALE=out_scale is not None, HAS_GATE=gate is not None,
                     FLOAT=FLOAT_NAMES[out_dtype], QUANTIZE_X=quantize_x, GATE_GEMM=gate_weight is not None,
-                    GATE_HAS_BIAS=gate_weight is not None and gate_weight[3] is not None, **launch_kwargs(config))
+                    GATE_HAS_BIAS=gate_weight is not None and gate_weight[3] is not None, K_GROUP=k_group,
+                    **launch_kwargs(config))
         for requant_pass in ((1, 2) if recompute else (0,)):  # pass 2 reads the absmax pass 1 finished
             launch(kernel)[grid](*args, REQUANT_PASS=requant_pass, **meta)
     if not requant:
@@ -230,7 +283,14 @@ def reference(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None,
         x_q, x_scale = quantize_per_token_ref(x_q)
     if gate_weight is not None:
         gate = reference(x_q, x_scale, *gate_weight, out_dtype=out_dtype, w_bits=w_bits, activation="silu")
-    w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
-    y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
+    if w_scale.dim() == 2:  # INT4 K groups: the W4A8 reference (dequantized weight, fp32 matmul)
+        from zq_compile.codegen.cpu.w4a8 import W4A8_KERNELS
+
+        k = x_q.shape[1]
+        y = W4A8_KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_q, w_scale, w_zero, bias,
+                                             k // w_scale.shape[1], k, torch.float32)
+    else:
+        w_int = unpack_int4(w_q, x_q.shape[1]) if w_bits == 4 else w_q
+        y = KERNELS["reference"].linear(x_q, x_scale.reshape(-1, 1), w_int, w_scale, w_zero, bias, torch.float32)
     out = finish_ref(y, activation, residual, out_dtype, out_scale, gate)
     return quantize_per_token_ref(out) if requant else out
