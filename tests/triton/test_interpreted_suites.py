@@ -23,7 +23,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SUITES = sorted(p.name for p in (ROOT / "tests" / "triton_interp").glob("test_*.py"))
-SLOW = {"test_models.py"}
+SLOW = {"test_models.py", "test_presets.py"}
 
 
 def _params():

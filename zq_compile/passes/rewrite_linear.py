@@ -301,10 +301,6 @@ def _device_problem(ctx, x_val: torch.Tensor) -> str | None:
     return None
 
 
-#: Schemes target "triton" has kernels for: W8A8 (gemm_a8) and weight-only (gemm_a16).
-TRITON_SCHEMES = ("w8a8", "w8a16", "w4a16")
-
-
 def max_k_for(scheme) -> int:
     """Largest K whose int8 x int8 dot product cannot overflow int32: |x_q| <= 2^(a-1) - 1 and
     |w_q| <= 2^(b-1) (asymmetric weights reach -2^(b-1)), so K * that product <= 2^31 - 1
@@ -325,9 +321,6 @@ def _decide(ctx, m: LinearMatch, module: str, role: str = "other"):
     if k > limit:
         return None, None, None, (f"K={k} input features could overflow the int32 accumulator "
                                   f"(limit K <= {limit} for {scheme.name}): kept in float")
-    if ctx.target == "triton" and scheme.name not in TRITON_SCHEMES:
-        return None, None, None, (f"{why}: scheme {scheme.name} has no Triton kernel yet "
-                                  f"({', '.join(TRITON_SCHEMES)} have)")
     groups, reason = groups_for(scheme, n)
     return w_nk, scheme, groups, f"{reason}; {why}"
 

@@ -6,7 +6,8 @@ The quantize node is shared with W8A8 consumers of the same activation (the memo
 so a mixed preset quantizes a LayerNorm output once whatever its readers' weight widths.
 ``kernel`` is raced per M regime (``codegen/cpu/w4a8.py``): the int8 GEMM on an int8 copy made
 once per weight (made per call instead under release_float_weights: memory first), or ATen's
-INT4 GEMM on the dequantized int8 activations.
+INT4 GEMM on the dequantized int8 activations. On target "triton" it is always ``gemm_a8`` on
+the INT4 weight as stored (``codegen/triton/w4a8.py``).
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ class W4A8(W8A8):
         n, k = fake_value(w).shape[0], fake_value(w).shape[1] * 2  # INT4 widths: multiples of 32
         group_size = k // fake_value(w_s).shape[1]
         regime = regime_of(x_val)
-        gemm = "reference" if ctx.target == "reference" else select_cpu_kernel(ctx.config.cpu_kernel, regime).kernel.name
-        choice = select_w4a8_kernel(regime, gemm, ctx.config.release_float_weights)
-        kernel, reason = choice.kernel, choice.reason
-        why = W4A8_KERNELS[kernel].unavailable_reason(n, k)
-        if why:
-            kernel, reason = f"int8:{gemm}", f"{choice.kernel} cannot take {n}x{k}: {why}"
+        if ctx.target == "triton":  # one GPU kernel for every M (its autotuner picks tiles per M)
+            kernel, reason = "triton", "target 'triton'"
+        else:
+            gemm = "reference" if ctx.target == "reference" else select_cpu_kernel(ctx.config.cpu_kernel,
+                                                                                    regime).kernel.name
+            choice = select_w4a8_kernel(regime, gemm, ctx.config.release_float_weights)
+            kernel, reason = choice.kernel, choice.reason
+            why = W4A8_KERNELS[kernel].unavailable_reason(n, k)
+            if why:
+                kernel, reason = f"int8:{gemm}", f"{choice.kernel} cannot take {n}x{k}: {why}"
         note_kernel(ctx, "w4a8", regime, kernel, reason)
         x_q, x_s = self.quantized_activation(ctx, x)
         y = ctx.gm.graph.call_function(

@@ -207,9 +207,17 @@ class Int4PackW4A8(W4A8Kernel):
         return WO_KERNELS["aten"].linear(x, w, w_scale, w_zero, bias, 4, group_size, k, out_dtype, kernel_scales)
 
 
+def _triton_w4a8() -> W4A8Kernel:
+    from zq_compile.codegen.triton.w4a8 import TritonW4A8
+
+    return TritonW4A8()
+
+
+#: "triton" is named by target "triton" only, never raced here.
 W4A8_KERNELS: dict[str, W4A8Kernel] = {
     k.name: k for k in (Int8W4A8("onednn"), Int8W4A8("int_mm"), Int8W4A8("reference"), UnpackW4A8("onednn"),
-                        UnpackW4A8("int_mm"), UnpackW4A8("reference"), Int4PackW4A8(), ReferenceW4A8())
+                        UnpackW4A8("int_mm"), UnpackW4A8("reference"), Int4PackW4A8(), ReferenceW4A8(),
+                        _triton_w4a8())
 }
 RACE_MARGIN = 0.9
 #: With memory first, ATen's INT4 GEMM must beat ``unpack:<gemm>`` by this factor: the race runs

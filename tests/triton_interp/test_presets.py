@@ -1,5 +1,7 @@
-"""W8A16 and W4A16 on target "triton" (gemm_a16, codegen/triton/weight_only.py): tiny Hugging Face
-models end to end under the interpreter, against fp32 eager and the same preset on target "cpu"."""
+"""Every preset besides W8A8 on target "triton", on tiny Hugging Face models under the interpreter,
+against fp32 eager and the same preset on target "cpu": W8A16 / W4A16 through gemm_a16
+(codegen/triton/weight_only.py), W4A8 and W4/8A8's INT4 linears through gemm_a8 on the INT4
+weight (codegen/triton/w4a8.py). W8A8 is tests/triton_interp/test_models.py's."""
 
 import pytest
 import torch
@@ -58,11 +60,30 @@ def test_bf16_model_w4a16_keeps_its_dtype():
     assert sqnr_db(ref, out.float()) > FLOOR["w4a16"]
 
 
-def test_w4a8_still_says_it_has_no_triton_kernel():
-    m = tiny_model("gpt2")
-    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(2))
+#: the schemes a preset gives the tiny models' linears on target "triton" (keep_float may keep the
+#: LM head, the report's "skipped")
+MIXED = {"w4a8": {"w4a8"}, "w4/8a8": {"w8a8", "w4a8"}}
+
+
+@pytest.mark.parametrize("preset", ["w4a8", "w4/8a8"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_int4_presets_with_int8_activations_run_gemm_a8_on_int4(kind, preset):
+    m = tiny_model(kind)
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
-        _, _, reports = _run(m, ids, {"target": "triton", "preset": "w4a8"})
-    skipped = [d.reason for r in reports for d in r.skipped]
-    assert skipped and all("scheme w4a8 has no Triton kernel yet" in s for s in skipped if "w4a8" in s)
-    assert any("w4a8" in s for s in skipped)
+        ref = model_output(m(input_ids=ids))
+        out, code, reports = _run(m, ids, {"target": "triton", "preset": preset})
+        cpu, _, _ = _run(m, ids, {"target": "cpu", "preset": preset, "heads": "float", "attention": "fp32"})
+    quantized = [d for r in reports for d in r.quantized]
+    assert {d.scheme for d in quantized} == MIXED[preset]
+    notes = " ".join(n for r in reports for n in r.notes)
+    assert "w4a8 kernel for" in notes and ": triton (target 'triton')" in notes, notes
+    assert "zq.linear_w4a8.default" not in code and "_weight_int" not in code
+    # each W4A8 linear is one gemm_a8 launch with the INT4 weight (w_bits 4: 9th argument)
+    int4_calls = [line for line in code.splitlines() if "zq.triton_linear_a8.default(" in line and ", 4, " in line]
+    assert len(int4_calls) >= sum(d.scheme == "w4a8" for d in quantized)
+    assert not torch.isnan(out).any()
+    vs_ref, cpu_vs_ref = sqnr_db(ref, out), sqnr_db(ref, cpu)
+    print(f"{kind} {preset}: SQNR vs fp32 {vs_ref:.1f} dB (cpu target {cpu_vs_ref:.1f}), "
+          f"vs cpu target {sqnr_db(cpu, out):.1f} dB")
+    assert vs_ref > FLOOR["w4a16"] and vs_ref > cpu_vs_ref - 3
