@@ -48,6 +48,7 @@ def gemm_contenders(m, k, n):
     from zq_compile.codegen.triton import gemm_a8, gemm_a16, quantize
     from zq_compile.codegen.triton.runtime import REQUANT_PLANS
     from zq_compile.quant import quantize_weight
+    from zq_compile.quant.kgroups import quantize_kgroups
 
     dev = "cuda"
     x = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -55,6 +56,7 @@ def gemm_contenders(m, k, n):
     b = torch.randn(n, device=dev, dtype=torch.float16)
     q8 = quantize_weight(w.float())
     q4 = quantize_weight(w.float(), bits=4)
+    q4k = quantize_kgroups(w.float(), group_size=128 if k % 128 == 0 else 32)
     x_q, x_s = quantize.quantize_per_token(x)
     w_rows = q8.row_scale()
     out = {
@@ -78,6 +80,13 @@ def gemm_contenders(m, k, n):
         "triton w8a16 gemm": (lambda: gemm_a16.gemm_a16(x, q8.qdata, q8.scale, None, b), 2 * m * k + n * k + 2 * m * n),
         "triton w4a16 gemm": (lambda: gemm_a16.gemm_a16(x, q4.qdata, q4.scale, None, b, w_bits=4),
                               2 * m * k + n * k // 2 + 2 * m * n),
+        # the INT4 presets' own layout: blocks of 128 inputs along K (K_GROUP), scale table N x K/128
+        "triton w4a8 gemm, K groups of 128 (x pre-quantized)": (
+            lambda: gemm_a8.gemm_a8(x_q, x_s, q4k.qdata, q4k.scale, None, b, out_dtype=torch.float16, w_bits=4),
+            m * k + n * k // 2 + n * k // 32 + 2 * m * n),
+        "triton w4a16 gemm, K groups of 128": (
+            lambda: gemm_a16.gemm_a16(x, q4k.qdata, q4k.scale, None, b, w_bits=4),
+            2 * m * k + n * k // 2 + n * k // 32 + 2 * m * n),
     }
     w_t = q8.qdata.t()
 
@@ -105,6 +114,7 @@ def swiglu_contenders(m, k, n):
     """SwiGLU's gate and up, requantized for down: the two-launch fold against one kernel."""
     from zq_compile.codegen.triton import gemm_a8, quantize
     from zq_compile.quant import quantize_weight
+    from zq_compile.quant.kgroups import quantize_kgroups
 
     dev = "cuda"
     x_q, x_s = quantize.quantize_per_token(torch.randn(m, k, device=dev, dtype=torch.float16))
