@@ -378,7 +378,7 @@ def _pair_graph(gate_groups=3, gate_readers=1):
 
 @pytest.mark.parametrize("gate_groups, gate_readers, reason", [
     (3, 1, None),
-    (2, 1, "weight groups differ (2 and 3 scales)"),
+    (2, 1, "gate w_scale must be fp32 (3,) (the up weight's groups), got torch.float32 (2,)"),
     (3, 2, "SiLU(gate) is read by 2 nodes"),
 ], ids=["merged", "groups_differ", "gate_read_twice"])
 def test_gate_up_merges_only_matching_pairs_and_says_why_not(gate_groups, gate_readers, reason):

@@ -21,8 +21,9 @@ After:
 (the same with ``triton_linear_a8`` when the product is read as float). Bit for bit the output of
 the two launches (the kernel rounds SiLU(gate) to the float dtype as the gate GEMM stored it).
 Each pair is counted as ``gate+up`` in ``report.fusions``; left as two launches, with the reason
-in ``report.fusion_fallbacks``: a gate read by anything else, gate and up weights of different
-layouts (shape, dtype, strides, group count, zero points), different float dtypes. A requantizing
+in ``report.fusion_fallbacks``: a gate read by anything else, different float dtypes, and what
+the kernel's own ``gemm_a8.check_gate_weight`` refuses on the traced weights (its message: shape,
+dtype, strides, group count, zero points, INT4 K groups). A requantizing
 dual kernel picks its plan as the single one does, counting both GEMMs when recomputing
 (``runtime.requant_plan``'s ``gemms``). Returns the number of pairs merged.
 """
@@ -43,19 +44,20 @@ def _targets(ops):
 
 
 def _layout_problem(gate: fx.Node, up: fx.Node) -> str | None:
-    """Why the gate weight cannot ride in the up GEMM's kernel, or None."""
+    """Why the gate weight cannot ride in the up GEMM's kernel, or None: the kernel's own check
+    (``gemm_a8.check_gate_weight``) on the traced values, so the pass and the kernel agree."""
+    from zq_compile.codegen.triton.gemm_a8 import check_gate_weight
+
     if gate.args[8] != up.args[8] or gate.args[7] != up.args[7]:
         return f"w_bits {gate.args[8]} / {up.args[8]}, dtypes {gate.args[7]} / {up.args[7]} differ"
-    (gq, gs, gz), (uq, us, uz) = ([fake_value(a) if isinstance(a, fx.Node) else a for a in n.args[2:5]]
-                                  for n in (gate, up))
+    (gq, gs, gz, gb), (uq, us, uz) = ([fake_value(a) if isinstance(a, fx.Node) else a for a in n.args[2:stop]]
+                                      for n, stop in ((gate, 6), (up, 5)))
     if any(v is None for v in (gq, gs, uq, us)):
         return "a weight without a traced value"
-    if gq.dtype != uq.dtype or gq.shape != uq.shape or gq.stride() != uq.stride():
-        return f"weights {gq.dtype} {tuple(gq.shape)} and {uq.dtype} {tuple(uq.shape)} differ in layout"
-    if gs.shape != us.shape:
-        return f"weight groups differ ({gs.numel()} and {us.numel()} scales)"
-    if (gz is None) != (uz is None):
-        return "one weight has zero points, the other not"
+    try:
+        check_gate_weight((gq, gs, gz, gb), uq, us, uz, uq.shape[0])
+    except ValueError as e:
+        return str(e)
     return None
 
 

@@ -102,18 +102,12 @@ def tile_of(config: triton.Config) -> Tile:
 
 def gemm_tiles(kind: str) -> list[Tile]:
     """Every tile of one table ("a8", "a8_dual", "a16"), each once, bucket order."""
-    seen: list[Tile] = []
-    for tiles in TABLES[kind].values():
-        seen += [t for t in tiles if t not in seen]
-    return seen
+    return list(dict.fromkeys(t for tiles in TABLES[kind].values() for t in tiles))
 
 
 def gemm_configs(kernel: str) -> list[triton.Config]:
     """The autotune config list of one GEMM kernel ("a8" or "a16"): its tables' tiles, each once."""
-    seen: list[Tile] = []
-    for kind in KERNEL_TABLES[kernel]:
-        seen += [t for t in gemm_tiles(kind) if t not in seen]
-    return [to_config(t) for t in seen]
+    return [to_config(t) for t in dict.fromkeys(t for kind in KERNEL_TABLES[kernel] for t in gemm_tiles(kind))]
 
 
 #: Shared memory a float-input tile's pipeline may take (below sm_80's 163 KiB per block).

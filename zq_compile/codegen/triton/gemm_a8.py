@@ -186,6 +186,9 @@ def check_gate_weight(gate_weight, w_q, w_scale, w_zero, n: int) -> None:
     if not (isinstance(gate_weight, tuple) and len(gate_weight) == 4):
         raise ValueError("gate_weight must be (w_q, w_scale, w_zero, bias)")
     g_q, g_s, g_z, g_b = gate_weight
+    if w_scale.dim() != 1 or g_s.dim() != 1:
+        raise ValueError("gate_weight with INT4 K-group scales is not supported (the gate + up kernel "
+                         "takes weights with groups along the output rows only)")
     if g_q.dtype != w_q.dtype or g_q.shape != w_q.shape or g_q.stride() != w_q.stride():
         raise ValueError(f"gate weight {g_q.dtype} {tuple(g_q.shape)} strides {g_q.stride()} must match the up "
                          f"weight's {w_q.dtype} {tuple(w_q.shape)} strides {w_q.stride()}")
@@ -221,9 +224,6 @@ def gemm_a8(x_q, x_scale, w_q, w_scale, w_zero=None, bias=None, residual=None, *
     n, k_group = check_kgroup_weight(w_q, w_scale, w_zero, w_bits, k, step=32)
     check_epilogue_args(m, n, bias, residual, activation, out_dtype)
     if k_group:
-        if gate_weight is not None:
-            raise ValueError("gate_weight with INT4 K-group scales is not supported (the gate + up kernel "
-                             "takes weights with groups along the output rows only)")
         w_scale = w_scale.contiguous()
         w_zero = w_zero.contiguous() if w_zero is not None else None
         config = None if config is None else kgroup_config(config, k_group)
