@@ -23,31 +23,35 @@ def _run(model, ids, options):
     return model_output(out), "\n".join(code), recent_reports()[before:]
 
 
-@pytest.mark.parametrize("preset", ["w8a16", "w4a16"])
-@pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_weight_only_preset_runs_gemm_a16(kind, preset):
+def _both_targets(kind, preset, seed, **cpu_options):
+    """fp32 eager, target "triton" (output, generated code, reports) and target "cpu" on one
+    tiny model; the cpu side keeps heads float as the triton target does (no outlier head)."""
     m = tiny_model(kind)
-    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         ref = model_output(m(input_ids=ids))
         out, code, reports = _run(m, ids, {"target": "triton", "preset": preset})
-        cpu, _, _ = _run(m, ids, {"target": "cpu", "preset": preset, "heads": "float"})
-    quantized = [d for r in reports for d in r.quantized]
-    assert quantized and all(d.scheme == preset for d in quantized), {d.module: d.scheme for d in quantized}
-    assert not [d for r in reports for d in r.skipped if "no Triton kernel" in d.reason]
+        cpu, _, _ = _run(m, ids, {"target": "cpu", "preset": preset, "heads": "float", **cpu_options})
     notes = " ".join(n for r in reports for n in r.notes)
-    assert "kernel for" in notes and ": triton (target 'triton')" in notes, notes
-    # every weight-only linear is one gemm_a16 launch; no CPU kernel or dequantized weight left
-    assert code.count("zq.triton_linear_a16.default(") == len(quantized)
-    assert "zq.linear_wo.default" not in code and "_weight_int" not in code
+    assert ": triton (target 'triton')" in notes, notes
     assert not torch.isnan(out).any()
     vs_ref, vs_cpu, cpu_vs_ref = sqnr_db(ref, out), sqnr_db(cpu, out), sqnr_db(ref, cpu)
     print(f"{kind} {preset}: SQNR vs fp32 {vs_ref:.1f} dB (cpu target {cpu_vs_ref:.1f}), "
           f"vs cpu target {vs_cpu:.1f} dB")
-    assert vs_ref > FLOOR[preset]
     # the same quantized weights on both targets; gemm_a16 runs an fp32 model's activations in
-    # bf16 (the CPU kernels may not), which costs a little accuracy, never much
-    assert vs_ref > cpu_vs_ref - 3 and vs_cpu > FLOOR[preset]
+    # bf16 (the CPU kernels may not): a little accuracy at most
+    assert vs_ref > FLOOR.get(preset, FLOOR["w4a16"]) and vs_ref > cpu_vs_ref - 3
+    return code, [d for r in reports for d in r.quantized]
+
+
+@pytest.mark.parametrize("preset", ["w8a16", "w4a16"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_weight_only_preset_runs_gemm_a16(kind, preset):
+    code, quantized = _both_targets(kind, preset, 0)
+    assert quantized and all(d.scheme == preset for d in quantized), {d.module: d.scheme for d in quantized}
+    # every weight-only linear is one gemm_a16 launch; no CPU kernel or dequantized weight left
+    assert code.count("zq.triton_linear_a16.default(") == len(quantized)
+    assert "zq.linear_wo.default" not in code and "_weight_int" not in code
 
 
 def test_bf16_model_w4a16_keeps_its_dtype():
@@ -68,22 +72,11 @@ MIXED = {"w4a8": {"w4a8"}, "w4/8a8": {"w8a8", "w4a8"}}
 @pytest.mark.parametrize("preset", ["w4a8", "w4/8a8"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_int4_presets_with_int8_activations_run_gemm_a8_on_int4(kind, preset):
-    m = tiny_model(kind)
-    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        ref = model_output(m(input_ids=ids))
-        out, code, reports = _run(m, ids, {"target": "triton", "preset": preset})
-        cpu, _, _ = _run(m, ids, {"target": "cpu", "preset": preset, "heads": "float", "attention": "fp32"})
-    quantized = [d for r in reports for d in r.quantized]
+    from tests.triton_interp.test_models import _calls
+
+    code, quantized = _both_targets(kind, preset, 2, attention="fp32")
     assert {d.scheme for d in quantized} == MIXED[preset]
-    notes = " ".join(n for r in reports for n in r.notes)
-    assert "w4a8 kernel for" in notes and ": triton (target 'triton')" in notes, notes
     assert "zq.linear_w4a8.default" not in code and "_weight_int" not in code
-    # each W4A8 linear is one gemm_a8 launch with the INT4 weight (w_bits 4: 9th argument)
-    int4_calls = [line for line in code.splitlines() if "zq.triton_linear_a8.default(" in line and ", 4, " in line]
-    assert len(int4_calls) >= sum(d.scheme == "w4a8" for d in quantized)
-    assert not torch.isnan(out).any()
-    vs_ref, cpu_vs_ref = sqnr_db(ref, out), sqnr_db(ref, cpu)
-    print(f"{kind} {preset}: SQNR vs fp32 {vs_ref:.1f} dB (cpu target {cpu_vs_ref:.1f}), "
-          f"vs cpu target {sqnr_db(cpu, out):.1f} dB")
-    assert vs_ref > FLOOR["w4a16"] and vs_ref > cpu_vs_ref - 3
+    # each W4A8 linear is one gemm_a8 launch on the INT4 weight (w_bits, the 9th argument, is 4)
+    calls = _calls(code, "zq.triton_linear_a8.default") + _calls(code, "zq.triton_linear_a8_requant.default")
+    assert sum(args[8] == "4" for args in calls) == sum(d.scheme == "w4a8" for d in quantized)
