@@ -77,6 +77,9 @@ def test_int4_presets_with_int8_activations_run_gemm_a8_on_int4(kind, preset):
     code, quantized = _both_targets(kind, preset, 2, attention="fp32")
     assert {d.scheme for d in quantized} == MIXED[preset]
     assert "zq.linear_w4a8.default" not in code and "_weight_int" not in code
-    # each W4A8 linear is one gemm_a8 launch on the INT4 weight (w_bits, the 9th argument, is 4)
-    calls = _calls(code, "zq.triton_linear_a8.default") + _calls(code, "zq.triton_linear_a8_requant.default")
-    assert sum(args[8] == "4" for args in calls) == sum(d.scheme == "w4a8" for d in quantized)
+    # each W4A8 linear is one gemm_a8 launch on the INT4 weight (w_bits 4: the 9th argument, the
+    # 8th where the GEMM quantizes its own input), with its epilogue fused as W8A8's would be
+    calls = [args[8] for op in ("triton_linear_a8", "triton_linear_a8_requant") for args in _calls(code, f"zq.{op}.default")]
+    calls += [args[7] for args in _calls(code, "zq.triton_quantize_linear_a8.default")]
+    assert calls.count("4") == sum(d.scheme == "w4a8" for d in quantized), calls
+    assert all(d.fused for d in quantized), [(d.module, d.scheme) for d in quantized if not d.fused]

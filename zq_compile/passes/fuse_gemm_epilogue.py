@@ -1,7 +1,8 @@
 """fuse_gemm_epilogue (target "triton"): activation, residual add and requantize go into the GEMM.
 
 Each zq.linear_w8a8 lowers on target "triton" to the W8A8 GEMM whose epilogue applies only the
-scales and the bias; whatever reads its output is another pass over the [M, N] float result. The
+scales and the bias (and each zq.linear_w4a8 to the same GEMM on its INT4 weight: the fusion
+passes take both, ``fusion_common.gemm_args``); whatever reads its output is another pass over the [M, N] float result. The
 GEMM's epilogue can do more (``codegen/triton/epilogue.py``), so this pass moves it there.
 
 Before (r: any tensor of the output's shape and dtype; ~ : views / reshapes keeping the last dim,
@@ -18,7 +19,7 @@ After (each of act, residual and requantize only where it was there before):
 Requantize is chosen only when every reader of the result is a quantized linear (through one
 zq.quantize_per_token): nobody needs the float result. A smoothing multiply by the next linear's
 1/s (``smooth_outliers``) before that quantize goes into the epilogue too (``out_scale``). A
-linear with nothing to fuse keeps its zq.linear_w8a8 node (the kernel's plain lowering).
+linear with nothing to fuse keeps its zq.linear_w8a8 / linear_w4a8 node (the kernel's plain lowering).
 
 Left unfused, with the reason in ``report.fusion_fallbacks``: activations the epilogue has no form
 of (relu, ...), residuals that broadcast or change dtype, a smoothing scale that is not one value
@@ -34,14 +35,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from zq_compile.passes.fusion_common import (
-    carry_decision, follow_relabels, plan_kwargs, record_fallback, record_fusion, rows, run_on_triton, static_shape,
+    carry_decision, follow_relabels, gemm_args, is_gemm, plan_kwargs, record_fallback, record_fusion, rows,
+    run_on_triton, static_shape,
 )
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.schemes.base import inference_only
 
 NAME = "fuse_gemm_epilogue"
 aten = torch.ops.aten
-LINEAR = torch.ops.zq.linear_w8a8.default
 QUANTIZE = torch.ops.zq.quantize_per_token.default
 GELU = {F.gelu, aten.gelu.default}
 SILU = {F.silu, aten.silu.default}
@@ -179,7 +180,7 @@ def _requant_target(node: fx.Node, out_dtype) -> tuple[fx.Node | None, fx.Node |
         return None, None, None
     readers = [r for g in user.users for r in g.users]
     if not all(g.target is operator.getitem for g in user.users) or not readers or \
-            not all(r.op == "call_function" and r.target is LINEAR for r in readers):
+            not all(is_gemm(r) for r in readers):
         return None, None, "the quantized result is read by other ops than quantized linears"
     return user, inv_s, None
 
@@ -220,7 +221,7 @@ def _take_quantize_outputs(ctx, quantize: fx.Node, fused: fx.Node) -> tuple[list
 
 def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
-    x_q, x_s, w_q, w_s, w_z, bias, out_dtype = linear.args
+    x_q, x_s, w_q, w_s, w_z, bias, out_dtype, w_bits = gemm_args(linear)
     where = module_path(linear) or linear.name
     decision = ctx.memo.get("decision_of", {}).get(linear)
     if decision is not None:
@@ -260,7 +261,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
             res = inference_only(ctx, residual)
             if gemm_shape is not None and static_shape(res) != gemm_shape:
                 res = _reshaped(graph, ctx, res, gemm_shape)
-        args = (x_q, x_s, w_q, w_s, w_z, bias, res, out_dtype, 8, act or "none")
+        args = (x_q, x_s, w_q, w_s, w_z, bias, res, out_dtype, w_bits, act or "none")
         if quantize is None:
             fused = graph.call_function(ops.triton_linear_a8.default, args)
             annotate(fused, ctx.fake_mode)
@@ -294,4 +295,4 @@ def _erase_dead(graph: fx.Graph, last: fx.Node, first: fx.Node) -> None:
 
 
 def run(ctx) -> int:
-    return run_on_triton(ctx, lambda graph: graph.find_nodes(op="call_function", target=LINEAR), _fuse_one)
+    return run_on_triton(ctx, lambda graph: [n for n in graph.nodes if is_gemm(n)], _fuse_one)

@@ -31,12 +31,12 @@ import operator
 import torch
 import torch.fx as fx
 
-from zq_compile.passes.fusion_common import carry_decision, record_fallback, record_fusion, run_on_triton
+from zq_compile.passes.fusion_common import carry_decision, gemm_args, is_gemm, record_fallback, record_fusion, \
+    run_on_triton
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 
 NAME = "fuse_quantize_prologue"
 QUANTIZE = torch.ops.zq.quantize_per_token.default
-LINEAR = torch.ops.zq.linear_w8a8.default
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -51,7 +51,7 @@ def _reader(quantize: fx.Node, ops) -> tuple[fx.Node | None, str | None]:
     if len(readers) != 1:
         return None, f"{len(readers)} readers (each would read the float rows again)"
     (gemm,) = readers
-    if gemm.target not in (ops.triton_linear_a8.default, LINEAR):
+    if gemm.target is not ops.triton_linear_a8.default and not is_gemm(gemm):
         return None, f"read by {getattr(gemm.target, '__name__', gemm.target)}, which has no quantizing prologue"
     q, s = outs.get(0, []), outs.get(1, [])
     if len(q) != 1 or len(s) != 1 or gemm.args[0] is not q[0] or gemm.args[1] is not s[0] \
@@ -73,9 +73,9 @@ def _fuse_one(ctx, quantize: fx.Node, ops) -> bool:
     if gemm is None:
         record_fallback(ctx, NAME, where, why)
         return False
-    if gemm.target is LINEAR:  # nothing fused after it: (x_q, x_s, w_q, w_s, w_z, bias, out_dtype)
-        w_q, w_s, w_z, bias, out_dtype = gemm.args[2:]
-        args, kwargs = (x, w_q, w_s, w_z, bias, None, out_dtype, 8, "none"), {}
+    if is_gemm(gemm):  # a quantized linear that fused nothing after it
+        _x_q, _x_s, w_q, w_s, w_z, bias, out_dtype, w_bits = gemm_args(gemm)
+        args, kwargs = (x, w_q, w_s, w_z, bias, None, out_dtype, w_bits, "none"), {}
     else:
         args, kwargs = (x, *gemm.args[2:]), dict(gemm.kwargs)
     with graph.inserting_before(gemm):

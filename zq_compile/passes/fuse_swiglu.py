@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, LINEAR, MUL, SILU, _erase_dead, _requant_target, \
+from zq_compile.passes.fuse_gemm_epilogue import FLOAT_DTYPES, MUL, SILU, _erase_dead, _requant_target, \
     _reshaped, _take_quantize_outputs
-from zq_compile.passes.fusion_common import carry_decision, follow_relabels, is_relabel, record_fallback, \
-    plan_kwargs, record_fusion, run_on_triton, static_shape
+from zq_compile.passes.fusion_common import carry_decision, follow_relabels, gemm_args, is_gemm, is_relabel, \
+    plan_kwargs, record_fallback, record_fusion, run_on_triton, static_shape
 from zq_compile.passes.graph_utils import annotate, fake_value
 
 NAME = "fuse_swiglu"
 
 
 def _back_to_linear(node) -> fx.Node | None:
-    """The zq.linear_w8a8 whose output ``node`` is, through single-user relabels."""
+    """The quantized linear (``gemm_args``) whose output ``node`` is, through single-user relabels."""
     while isinstance(node, fx.Node):
-        if node.op == "call_function" and node.target is LINEAR:
+        if is_gemm(node):
             return node
         if len(node.users) != 1 or not is_relabel(node):
             return None
@@ -75,13 +75,13 @@ def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
     gate, silu, up = found
     where = _where(ctx, up)
-    if gate.args[0] is not up.args[0] or gate.args[1] is not up.args[1]:
+    (*g_args, g_dtype, g_bits), (*u_args, out_dtype, u_bits) = gemm_args(gate), gemm_args(up)
+    if g_args[:2] != u_args[:2]:
         record_fallback(ctx, NAME, where, "gate and up read different quantized activations")
         return False
     g_val, u_val, m_val = fake_value(gate), fake_value(up), fake_value(mul)
-    out_dtype = up.args[6]
-    if gate.args[6] != out_dtype or out_dtype not in FLOAT_DTYPES or m_val.dtype != out_dtype:
-        record_fallback(ctx, NAME, where, f"gate / up / product dtypes {gate.args[6]}, {out_dtype}, {m_val.dtype}")
+    if g_dtype != out_dtype or out_dtype not in FLOAT_DTYPES or m_val.dtype != out_dtype:
+        record_fallback(ctx, NAME, where, f"gate / up / product dtypes {g_dtype}, {out_dtype}, {m_val.dtype}")
         return False
     gemm_shape = static_shape(up)
     if gemm_shape is None or static_shape(gate) != gemm_shape or static_shape(mul) is None or \
@@ -91,14 +91,14 @@ def _fuse_one(ctx, mul: fx.Node, ops) -> bool:
     quantize, inv_s, why = _requant_target(mul, out_dtype)
     if why:
         record_fallback(ctx, NAME, where, f"not requantized: {why}")
-    x_q, x_s = up.args[0], up.args[1]
+    x_q, x_s = u_args[:2]
     with graph.inserting_before(mul):
         g = graph.call_function(ops.triton_linear_a8.default,
-                                (x_q, x_s, *gate.args[2:6], None, out_dtype, 8, "silu"))
+                                (x_q, x_s, *g_args[2:6], None, out_dtype, g_bits, "silu"))
         annotate(g, ctx.fake_mode)
     anchor = quantize if quantize is not None else mul
     with graph.inserting_before(anchor):
-        up_args = (x_q, x_s, *up.args[2:6], None, out_dtype, 8, "none")
+        up_args = (x_q, x_s, *u_args[2:6], None, out_dtype, u_bits, "none")
         if quantize is None:
             fused = graph.call_function(ops.triton_linear_a8.default, up_args, {"gate": g})
             annotate(fused, ctx.fake_mode)

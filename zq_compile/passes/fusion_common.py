@@ -73,6 +73,28 @@ def rows(shape) -> int:
     return math.prod(shape[:-1])
 
 
+LINEAR = torch.ops.zq.linear_w8a8.default
+LINEAR_W4A8 = torch.ops.zq.linear_w4a8.default
+
+
+def gemm_args(node) -> tuple | None:
+    """(x_q, x_s, w_q, w_s, w_z, bias, out_dtype, w_bits) of a quantized linear the fusions take
+    (None for anything else): zq.linear_w8a8, or zq.linear_w4a8 on the Triton kernel (the same
+    ``gemm_a8`` on the packed INT4 weight, its K-group scales as w_s)."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return None
+    if node.target is LINEAR:
+        return (*node.args[:7], 8)
+    if node.target is LINEAR_W4A8 and node.args[8] == "triton":
+        x_q, x_s, w, w_s, w_z, bias, _group_size, _k, _kernel, out_dtype = node.args
+        return (x_q, x_s, w, w_s, w_z, bias, out_dtype, 4)
+    return None
+
+
+def is_gemm(node) -> bool:
+    return gemm_args(node) is not None
+
+
 def record_fusion(ctx, kind: str, linears: list[fx.Node] = (), count: bool = True) -> None:
     """Count one fusion of ``kind`` (unless ``count`` is False) and name it on the decisions of
     the linears it serves."""
@@ -90,7 +112,7 @@ def record_fallback(ctx, pass_name: str, where: str, reason: str) -> None:
 
 
 def carry_decision(ctx, old: fx.Node, new: fx.Node) -> None:
-    """A fused node replaces the zq.linear_w8a8 node ``old``: its decision follows."""
+    """A fused node replaces the quantized linear ``old`` (``gemm_args``): its decision follows."""
     decision_of = ctx.memo.setdefault("decision_of", {})
     if old in decision_of:
         decision_of[new] = decision_of[old]

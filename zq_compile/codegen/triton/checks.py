@@ -73,6 +73,16 @@ KGROUP_EPILOGUES = {
 }
 
 
+#: The fused epilogues on W4A8's K groups (the fusion passes take W4A8 GEMMs too, except the gate
+#: + up kernel): the slow full matrix builds them.
+KGROUP_FUSED = {f"kgroup+{name}": ep for name, ep in FUSED_EPILOGUES.items() if not ep.get("GATE_GEMM")}
+
+
+def epilogue_of(name: str) -> dict:
+    """The constexprs of a variant's epilogue, by its name in one of the tables above."""
+    return dict(FUSED_EPILOGUES.get(name) or KGROUP_EPILOGUES.get(name) or KGROUP_FUSED.get(name) or EPILOGUES[name])
+
+
 def kgroup_tiles(kind: str, tiles) -> list:
     """A GEMM's tiles with BLOCK_K cut for every group size the INT4 presets use, each once,
     less those the static checks found spilling (``DROPPED``, "<kind>_kgroup")."""
@@ -117,8 +127,8 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     with all of it and fp32 with a fused one), the activation (and output) dtype for gemm_a16."""
     bm, bn, bk, warps, stages = tile
     fused = epilogue in FUSED_EPILOGUES
-    kgroup = epilogue in KGROUP_EPILOGUES
-    ep = dict(FUSED_EPILOGUES.get(epilogue) or KGROUP_EPILOGUES.get(epilogue) or EPILOGUES[epilogue])
+    kgroup = epilogue in KGROUP_EPILOGUES or epilogue in KGROUP_FUSED
+    ep = epilogue_of(epilogue)
     # gemm_a8 on K groups: an fp32 model's W4A8 linear (zq::linear_w4a8's "triton" kernel)
     out = act_dtype if kind == "gemm_a16" else ("fp32" if fused or kgroup else "fp16" if epilogue == "bias" else "bf16")
     sig = {"w_ptr": "*i8" if w_bits == 8 else "*u8", "w_scale_ptr": "*fp32", "w_zero_ptr": "*i32",
@@ -174,19 +184,21 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     if kind == "a8":  # the fused epilogues the backend emits, always: they are what runs
         variants += [(8, ep, act) for ep in FUSED_EPILOGUES]
         variants += [(4, "kgroup-bias", act), (4, "kgroup-all", act)]  # W4A8's K groups
+        if full:
+            variants += [(4, name, act) for name in KGROUP_FUSED]
     else:  # W4A16's K groups: fp16 with the backend's bias, bf16 with every feature
         variants += [(4, "kgroup-bias", "fp16"), (4, "kgroup-all", "bf16")]
     # a float activation (QUANTIZE_X, fp32 here) runs only the tiles the autotuner keeps for it;
     # the gate + up kernel (GATE_GEMM) only its own table's
     dual_tiles = gemm_tiles("a8_dual") if kind == "a8" else []
     def tiles_of(ep):
-        if FUSED_EPILOGUES.get(ep, {}).get("GATE_GEMM"):
+        if epilogue_of(ep).get("GATE_GEMM"):
             return dual_tiles
-        return kgroup_tiles(kind, tiles) if ep in KGROUP_EPILOGUES else tiles
+        return kgroup_tiles(kind, tiles) if ep in KGROUP_EPILOGUES or ep in KGROUP_FUSED else tiles
 
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles_of(ep)
-            if not FUSED_EPILOGUES.get(ep, {}).get("QUANTIZE_X")
-            or float_x_fits(t, 4, 1 + FUSED_EPILOGUES[ep].get("GATE_GEMM", False))]
+            if not epilogue_of(ep).get("QUANTIZE_X")
+            or float_x_fits(t, 4, 1 + epilogue_of(ep).get("GATE_GEMM", False))]
 
 
 def row_specs(full: bool = False) -> list[Spec]:

@@ -81,6 +81,16 @@ DROPPED: dict[tuple[str, Tile], str] = {
     # per K step, zero points, GeLU and residual
     ("a8_kgroup", (64, 128, 128, 4, 3)): "sm_80 w4-kgroup-all: REG 255 STACK 88",
     ("a8_kgroup", (128, 128, 128, 8, 3)): "sm_80 w4-kgroup-all: REG 255 STACK 24",
+    # ... and with the fused epilogues the fusion passes give W4A8 GEMMs (the slow full matrix)
+    ("a8_kgroup", (16, 128, 128, 4, 4)): "sm_90 kgroup+gelu_tanh, kgroup+tanh: REG 128 STACK 8",
+    ("a8_kgroup", (64, 128, 32, 4, 4)): "sm_80 kgroup+gelu_tanh: REG 168 STACK 8",
+    ("a8_kgroup", (64, 128, 32, 4, 3)): "sm_80 kgroup+gelu_tanh: REG 168 STACK 8",
+    ("a8_kgroup", (32, 128, 64, 4, 4)): "sm_90 kgroup+quantize_x-residual: REG 128 STACK 8",
+    ("a8_kgroup", (32, 128, 32, 4, 4)): "sm_80 kgroup+swiglu-recompute-quantize: REG 128 STACK 8",
+    ("a8_kgroup", (128, 128, 64, 8, 3)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 16",
+    ("a8_kgroup", (128, 128, 64, 8, 4)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 16",
+    ("a8_kgroup", (128, 128, 32, 8, 3)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 8",
+    ("a8_kgroup", (128, 128, 32, 8, 4)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 8",
 }
 
 GROUP_M = 8
