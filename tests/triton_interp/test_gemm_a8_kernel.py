@@ -424,10 +424,49 @@ def test_kgroups_every_autotune_config_computes_the_same(tile):
     _compare(args, out_dtype=torch.float32, w_bits=4, activation="silu", config=to_config(tile))
 
 
-def test_kgroups_refuse_the_gate_gemm_and_bad_tables():
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "asym"])
+@pytest.mark.parametrize("m", MS)
+def test_kgroups_gate_gemm_is_the_two_launch_fold(m, symmetric, out_dtype):
+    """SwiGLU's gate + up on INT4 K groups (W4A8 MLPs): bit for bit the gate GEMM's stored SiLU
+    output times the up GEMM's, float or requantized by either plan."""
+    x_q, x_s, w_q, w_s, w_z, _, _ = _kgroup_problem(m, 160, 40, 32, 5, symmetric, out_dtype, bias=False)
+    _, _, g_q, g_s, g_z, g_b, _ = _kgroup_problem(m + 1, 160, 40, 32, 5, symmetric, out_dtype)
+    gw = (g_q, g_s, g_z, g_b)
+    kw = dict(out_dtype=out_dtype, w_bits=4)
+    gate = gemm_a8.gemm_a8(x_q, x_s, *gw, activation="silu", **kw)
+    got = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, **kw)
+    assert torch.equal(got, gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate=gate, **kw))
+    for plan in REQUANT_PLANS:
+        q, s = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=gw, requant=True, plan=plan, **kw)
+        own_q, own_s = quantize_per_token_ref(got)
+        assert torch.equal(q, own_q) and torch.equal(s, own_s), plan
+
+
+def _kgroup_dual_tiles():
+    from zq_compile.codegen.triton.checks import kgroup_tiles
+
+    return kgroup_tiles("a8_dual", gemm_tiles("a8_dual"))
+
+
+@pytest.mark.parametrize("tile", _kgroup_dual_tiles(), ids=lambda t: "x".join(map(str, t)))
+def test_kgroups_every_dual_config_computes_the_two_launch_fold(tile):
+    m = 67 if tile[0] <= 64 else 131
+    args = _kgroup_problem(m, 128 * 2, 5 * (tile[1] // 5 + 3), tile[2], 5, False, torch.float32, bias=False)
+    x_q, x_s, w_q, w_s, w_z, _, _ = args
+    _, _, g_q, g_s, g_z, g_b, _ = _kgroup_problem(m, 128 * 2, 5 * (tile[1] // 5 + 3), tile[2], 5, False,
+                                                  torch.float32, residual=True)
+    kw = dict(out_dtype=torch.float32, w_bits=4, config=to_config(tile))
+    gate = gemm_a8.gemm_a8(x_q, x_s, g_q, g_s, g_z, g_b, activation="silu", **kw)
+    got = gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate_weight=(g_q, g_s, g_z, g_b), **kw)
+    assert torch.equal(got, gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, gate=gate, **kw))
+
+
+def test_kgroups_bad_tables_raise():
     x_q, x_s, w_q, w_s, w_z, b, _ = _kgroup_problem(2, 96, 16, 32, None, False, torch.float32)
-    with pytest.raises(ValueError, match="gate_weight with INT4 K-group"):
-        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4, gate_weight=(w_q, w_s, w_z, None))
+    with pytest.raises(ValueError, match="gate w_scale must be fp32"):  # an N-group gate beside K groups
+        gemm_a8.gemm_a8(x_q, x_s, w_q, w_s, w_z, out_dtype=torch.float32, w_bits=4,
+                        gate_weight=(w_q, w_s[:, 0].contiguous(), None, None))
     with pytest.raises(ValueError, match="multiple of 32"):  # 6 blocks of 16
         gemm_a8.gemm_a8(x_q, x_s, w_q, w_s.repeat(1, 2), None, out_dtype=torch.float32, w_bits=4)
     with pytest.raises(ValueError, match="K-group scales"):  # 5 blocks do not divide 96

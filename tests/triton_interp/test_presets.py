@@ -41,13 +41,13 @@ def _both_targets(kind, preset, seed, **cpu_options):
     # the same quantized weights on both targets; gemm_a16 runs an fp32 model's activations in
     # bf16 (the CPU kernels may not): a little accuracy at most
     assert vs_ref > FLOOR.get(preset, FLOOR["w4a16"]) and vs_ref > cpu_vs_ref - 3
-    return code, [d for r in reports for d in r.quantized]
+    return code, [d for r in reports for d in r.quantized], reports
 
 
 @pytest.mark.parametrize("preset", ["w8a16", "w4a16"])
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_weight_only_preset_runs_gemm_a16(kind, preset):
-    code, quantized = _both_targets(kind, preset, 0)
+    code, quantized, _ = _both_targets(kind, preset, 0)
     assert quantized and all(d.scheme == preset for d in quantized), {d.module: d.scheme for d in quantized}
     # every weight-only linear is one gemm_a16 launch; no CPU kernel or dequantized weight left
     assert code.count("zq.triton_linear_a16.default(") == len(quantized)
@@ -74,12 +74,15 @@ MIXED = {"w4a8": {"w4a8"}, "w4/8a8": {"w8a8", "w4a8"}}
 def test_int4_presets_with_int8_activations_run_gemm_a8_on_int4(kind, preset):
     from tests.triton_interp.test_models import _calls
 
-    code, quantized = _both_targets(kind, preset, 2, attention="fp32")
+    code, quantized, reports = _both_targets(kind, preset, 2, attention="fp32")
     assert {d.scheme for d in quantized} == MIXED[preset]
     assert "zq.linear_w4a8.default" not in code and "_weight_int" not in code
     # each W4A8 linear is one gemm_a8 launch on the INT4 weight (w_bits 4: the 9th argument, the
-    # 8th where the GEMM quantizes its own input), with its epilogue fused as W8A8's would be
+    # 8th where the GEMM quantizes its own input), with its epilogue fused as W8A8's would be;
+    # SwiGLU's gate rides in its up projection's launch (fuse_gate_up, on K groups too)
     calls = [args[8] for op in ("triton_linear_a8", "triton_linear_a8_requant") for args in _calls(code, f"zq.{op}.default")]
     calls += [args[7] for args in _calls(code, "zq.triton_quantize_linear_a8.default")]
-    assert calls.count("4") == sum(d.scheme == "w4a8" for d in quantized), calls
+    gate_up = sum(r.fusions.get("gate+up", 0) for r in reports)
+    assert gate_up == (2 if kind == "llama" else 0)
+    assert calls.count("4") + gate_up == sum(d.scheme == "w4a8" for d in quantized), calls
     assert all(d.fused for d in quantized), [(d.module, d.scheme) for d in quantized if not d.fused]

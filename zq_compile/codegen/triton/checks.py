@@ -73,9 +73,9 @@ KGROUP_EPILOGUES = {
 }
 
 
-#: The fused epilogues on W4A8's K groups (the fusion passes take W4A8 GEMMs too, except the gate
-#: + up kernel): the slow full matrix builds them.
-KGROUP_FUSED = {f"kgroup+{name}": ep for name, ep in FUSED_EPILOGUES.items() if not ep.get("GATE_GEMM")}
+#: The fused epilogues on W4A8's K groups (the fusion passes take W4A8 GEMMs too, the gate + up
+#: kernel included): the slow full matrix builds them.
+KGROUP_FUSED = {f"kgroup+{name}": ep for name, ep in FUSED_EPILOGUES.items()}
 
 
 def epilogue_of(name: str) -> dict:
@@ -192,9 +192,10 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     # the gate + up kernel (GATE_GEMM) only its own table's
     dual_tiles = gemm_tiles("a8_dual") if kind == "a8" else []
     def tiles_of(ep):
+        kgroup = ep in KGROUP_EPILOGUES or ep in KGROUP_FUSED
         if epilogue_of(ep).get("GATE_GEMM"):
-            return dual_tiles
-        return kgroup_tiles(kind, tiles) if ep in KGROUP_EPILOGUES or ep in KGROUP_FUSED else tiles
+            return kgroup_tiles("a8_dual", dual_tiles) if kgroup else dual_tiles
+        return kgroup_tiles(kind, tiles) if kgroup else tiles
 
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles_of(ep)
             if not epilogue_of(ep).get("QUANTIZE_X")

@@ -91,6 +91,16 @@ DROPPED: dict[tuple[str, Tile], str] = {
     ("a8_kgroup", (128, 128, 64, 8, 4)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 16",
     ("a8_kgroup", (128, 128, 32, 8, 3)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 8",
     ("a8_kgroup", (128, 128, 32, 8, 4)): "sm_90 kgroup+quantize_x-residual: REG 255 STACK 8",
+    # the gate + up kernel on K groups: two fp32 accumulators of block-scaled dots
+    ("a8_dual_kgroup", (16, 128, 128, 4, 4)): "kgroup+gate_up: REG 255 STACK 680-832 (sm_80, sm_90); "
+                                              "kgroup+quantize_x-gate_up: STACK 1392",
+    ("a8_dual_kgroup", (32, 128, 32, 4, 4)): "sm_80 kgroup+gate_up: REG 168 STACK 8",
+    ("a8_dual_kgroup", (32, 64, 64, 4, 4)): "sm_80 kgroup+gate_up-recompute-quantize: REG 128 STACK 8",
+    ("a8_dual_kgroup", (64, 64, 64, 4, 4)): "sm_80 kgroup+quantize_x-gate_up: REG 255 STACK 16",
+    ("a8_dual_kgroup", (64, 256, 32, 8, 3)): "kgroup+gate_up: REG 255 STACK 16 (sm_80), 64 (sm_90)",
+    ("a8_dual_kgroup", (64, 256, 64, 8, 3)): "kgroup+gate_up: REG 255 STACK 8 (sm_80), 56 (sm_90)",
+    ("a8_dual_kgroup", (128, 64, 64, 8, 3)): "sm_80 kgroup+quantize_x-gate_up: REG 255 STACK 8",
+    ("a8_dual_kgroup", (128, 64, 64, 8, 4)): "sm_80 kgroup+quantize_x-gate_up: REG 255 STACK 8",
 }
 
 GROUP_M = 8
@@ -174,7 +184,7 @@ def bucket_pruner(kind: str):
             cut = {}
             for c in chosen:
                 tile = kgroup_tile(tile_of(c), k_group)
-                if (f"{kind}_kgroup", tile) not in DROPPED:
+                if (f"{'a8_dual' if dual else kind}_kgroup", tile) not in DROPPED:
                     cut.setdefault(tile, kgroup_config(c, k_group))
             chosen = list(cut.values())
         return chosen[:1] if interpreting() else chosen

@@ -19,7 +19,7 @@ INT4 weights with groups along K as well (W4A8's layout, ``quant/kgroups.py``: w
 converted to fp32, scaled by that block's [BLOCK_N] scales (minus the block's zero point times the
 step's row sums) and summed in an fp32 accumulator; the epilogue then applies no weight scale. A
 step must hold one block, so BLOCK_K is cut to divide the group size (``configs.kgroup_config``).
-Not with GATE_GEMM.
+With GATE_GEMM the gate's accumulator is built the same way from its own block scales.
 
 With GATE_GEMM (SwiGLU, ``passes/fuse_gate_up.py``) the kernel also takes the gate's weight
 (same layout as W): every K step feeds the one x tile to two dots, and the epilogue multiplies
@@ -50,6 +50,18 @@ from zq_compile.codegen.triton.tiles import load_weight_tile, tile_offsets, weig
 from zq_compile.quant import quantize_per_token_ref, unpack_int4
 
 
+@triton.jit
+def _block_dot(a, b, scale_ptr, zero_ptr, blk, HAS_ZERO: tl.constexpr):
+    """One K step of an INT4 K-group weight, in real units: s * sum_k x q (- s * z * sum_k x),
+    with the block's [BLOCK_N] scales and zero points at ``blk``; the int32 dot is exact."""
+    s = tl.load(scale_ptr + blk)
+    part = tl.dot(a, b).to(tl.float32) * s[None, :]
+    if HAS_ZERO:
+        zs = tl.load(zero_ptr + blk).to(tl.float32) * s
+        part = part - tl.sum(a.to(tl.int32), axis=1).to(tl.float32)[:, None] * zs[None, :]
+    return part
+
+
 @triton.autotune(configs=gemm_configs("a8"), key=["M_BUCKET", "GATE_GEMM", "K_GROUP"],
                  prune_configs_by={"early_config_prune": bucket_pruner("a8")})
 @triton.jit(do_not_specialize=["M"])  # a new token count must not compile a new binary
@@ -71,7 +83,10 @@ def gemm_a8_kernel(
     w_ptrs, shifts = weight_tile_ptrs(w_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
     if GATE_GEMM:  # the gate weight has the up weight's layout (checked by the wrapper)
         gw_ptrs, _ = weight_tile_ptrs(gw_ptr, cols, offs_k, stride_wn, stride_wk, W_BITS)
-        acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        if K_GROUP > 0:
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        else:
+            acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
 
     if QUANTIZE_X:
         # x is float: each row's absmax first (a pass over K), then the main loop quantizes
@@ -82,8 +97,8 @@ def gemm_a8_kernel(
             bits = tl.maximum(bits, abs_bits(xf.to(tl.float32)))
         x_scale = scale_from_absmax(bits_to_float(tl.max(bits, axis=1)), QMAX)
         inv_scale = reciprocal(x_scale)
-    # K groups (no GATE_GEMM): each K step's exact int32 dot times its block's scales, summed in
-    # fp32; a step never straddles two blocks (K_GROUP % BLOCK_K == 0, configs.kgroup_config)
+    # K groups: each K step's exact int32 dot times its block's scales, summed in fp32 (the gate's
+    # too); a step never straddles two blocks (K_GROUP % BLOCK_K == 0, configs.kgroup_config)
     tl.static_assert(K_GROUP % BLOCK_K == 0)
     s_rows = (cols // group_n) * stride_sg
     if K_GROUP > 0:
@@ -101,16 +116,15 @@ def gemm_a8_kernel(
         b = load_weight_tile(w_ptrs, shifts, k_ok, W_BITS)
         if K_GROUP > 0:
             blk = s_rows + k0 // K_GROUP
-            s = tl.load(w_scale_ptr + blk)
-            part = tl.dot(a, b).to(tl.float32) * s[None, :]
-            if HAS_ZERO:  # s * sum x q - s * z * sum x, per block
-                zs = tl.load(w_zero_ptr + blk).to(tl.float32) * s
-                part = part - tl.sum(a.to(tl.int32), axis=1).to(tl.float32)[:, None] * zs[None, :]
-            acc += part
+            acc += _block_dot(a, b, w_scale_ptr, w_zero_ptr, blk, HAS_ZERO)
         else:
             acc = tl.dot(a, b, acc)
         if GATE_GEMM:  # the same activation tile, a second weight: x is read once for both
-            acc_g = tl.dot(a, load_weight_tile(gw_ptrs, shifts, k_ok, W_BITS), acc_g)
+            bg = load_weight_tile(gw_ptrs, shifts, k_ok, W_BITS)
+            if K_GROUP > 0:
+                acc_g += _block_dot(a, bg, gw_scale_ptr, gw_zero_ptr, blk, HAS_ZERO)
+            else:
+                acc_g = tl.dot(a, bg, acc_g)
             gw_ptrs += (BLOCK_K * W_BITS // 8) * stride_wk
         if HAS_ZERO and K_GROUP == 0:
             x_sum += tl.sum(a.to(tl.int32), axis=1)
@@ -124,7 +138,7 @@ def gemm_a8_kernel(
         # SiLU(gate) as the gate GEMM's own launch would store it (rounded to the float dtype),
         # so the product equals the two-launch fold's bit for bit
         gate = dequantize(acc_g, x_sum, offs_n, offs_n < N, x_scale, gw_scale_ptr, gw_zero_ptr, gate_bias_ptr,
-                          group_n, True, HAS_ZERO, GATE_HAS_BIAS, True)
+                          group_n, True, HAS_ZERO and K_GROUP == 0, GATE_HAS_BIAS, K_GROUP == 0)
         gate = round_to(activation(gate, "silu"), FLOAT).to(tl.float32)
     gemm_epilogue(
         acc, x_sum, offs_m, offs_n,
@@ -186,9 +200,6 @@ def check_gate_weight(gate_weight, w_q, w_scale, w_zero, n: int) -> None:
     if not (isinstance(gate_weight, tuple) and len(gate_weight) == 4):
         raise ValueError("gate_weight must be (w_q, w_scale, w_zero, bias)")
     g_q, g_s, g_z, g_b = gate_weight
-    if w_scale.dim() != 1 or g_s.dim() != 1:
-        raise ValueError("gate_weight with INT4 K-group scales is not supported (the gate + up kernel "
-                         "takes weights with groups along the output rows only)")
     if g_q.dtype != w_q.dtype or g_q.shape != w_q.shape or g_q.stride() != w_q.stride():
         raise ValueError(f"gate weight {g_q.dtype} {tuple(g_q.shape)} strides {g_q.stride()} must match the up "
                          f"weight's {w_q.dtype} {tuple(w_q.shape)} strides {w_q.stride()}")
