@@ -86,3 +86,36 @@ def test_int4_presets_with_int8_activations_run_gemm_a8_on_int4(kind, preset):
     assert gate_up == (2 if kind == "llama" else 0)
     assert calls.count("4") + gate_up == sum(d.scheme == "w4a8" for d in quantized), calls
     assert all(d.fused for d in quantized), [(d.module, d.scheme) for d in quantized if not d.fused]
+
+
+@pytest.mark.parametrize("preset", ["w4/8a8", "w4a16"])
+def test_saved_int4_weights_load_and_run_on_target_triton(preset, tmp_path, monkeypatch):
+    """zq_compile.save / load on target "triton": the INT4 K-group weights the GEMMs read are the
+    file's (no re-quantization), and the outputs are bit for bit the ones before saving."""
+    import zq_compile
+    import zq_compile.schemes.w4a8 as w4a8
+    import zq_compile.schemes.w8a8 as w8a8
+    import zq_compile.schemes.weight_only as weight_only
+
+    config = zq_compile.ZeroQuantConfig(preset=preset, target="triton")
+    ids = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(3))
+
+    def output(model, config):
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            return model_output(zq_compile.compile(model, config)(ids))
+
+    model = tiny_model("llama")
+    before = output(model, config)
+    zq_compile.save(model, tmp_path / "w.safetensors")
+    fresh = tiny_model("llama")
+
+    def refuse(*a, **k):
+        raise AssertionError("a weight was quantized again")
+
+    for module, name in ((w8a8, "quantize_weight"), (w4a8, "quantize_int4"), (weight_only, "quantize_int4"),
+                         (weight_only, "quantize_weight")):
+        monkeypatch.setattr(module, name, refuse)
+    loaded = zq_compile.load(tmp_path / "w.safetensors", fresh)
+    assert loaded == config
+    assert torch.equal(before, output(fresh, loaded))
