@@ -54,14 +54,36 @@ def test_weight_only_preset_runs_gemm_a16(kind, preset):
     assert "zq.linear_wo.default" not in code and "_weight_int" not in code
 
 
-def test_bf16_model_w4a16_keeps_its_dtype():
-    m = tiny_model("llama").to(torch.bfloat16)
+#: what fuse_gemm_epilogue moves into gemm_a16 on a 16-bit model with 2 layers: the residual
+#: after the attention output and the down projection, GPT-2's tanh GeLU after c_fc
+WO_FUSIONS = {"llama": {"gemm+residual": 4}, "gpt2": {"gemm+residual": 4, "gemm+gelu_tanh": 2}}
+
+
+@pytest.mark.parametrize("kind, preset", [("llama", "w4a16"), ("gpt2", "w8a16")])
+def test_16_bit_model_fuses_the_weight_only_epilogue(kind, preset):
+    m = tiny_model(kind).to(torch.bfloat16)
     ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ref = model_output(m(input_ids=ids)).float()
-        out, code, reports = _run(m, ids, {"target": "triton", "preset": "w4a16"})
-    assert out.dtype == torch.bfloat16 and code.count("zq.triton_linear_a16.default(") > 0
-    assert sqnr_db(ref, out.float()) > FLOOR["w4a16"]
+        out, code, reports = _run(m, ids, {"target": "triton", "preset": preset})
+        plain, _, _ = _run(m, ids, {"target": "triton", "preset": preset, "disable_passes": ("fuse_gemm_epilogue",)})
+    quantized = [d for r in reports for d in r.quantized]
+    assert out.dtype == torch.bfloat16 and code.count("zq.triton_linear_a16.default(") == len(quantized)
+    fusions = {k: sum(r.fusions.get(k, 0) for r in reports) for k in WO_FUSIONS[kind]}
+    assert fusions == WO_FUSIONS[kind]
+    assert sqnr_db(ref, out.float()) > FLOOR[preset]
+    # the same sums in the kernel's fp32 epilogue instead of a bf16 add after it
+    assert sqnr_db(plain.float(), out.float()) > 30
+
+
+def test_fp32_model_keeps_the_weight_only_epilogue_outside_and_says_why():
+    m = tiny_model("llama")
+    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        _, _, reports = _run(m, ids, {"target": "triton", "preset": "w8a16"})
+    assert not any(r.fusions for r in reports)
+    whys = [f for r in reports for f in r.fusion_fallbacks]
+    assert whys and all("weight-only GEMM on torch.float32 activations" in f for f in whys), whys
 
 
 #: the schemes a preset gives the tiny models' linears on target "triton" (keep_float may keep the

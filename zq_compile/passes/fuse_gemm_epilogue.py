@@ -2,8 +2,9 @@
 
 Each zq.linear_w8a8 lowers on target "triton" to the W8A8 GEMM whose epilogue applies only the
 scales and the bias (and each zq.linear_w4a8 to the same GEMM on its INT4 weight: the fusion
-passes take both, ``fusion_common.gemm_args``); whatever reads its output is another pass over the [M, N] float result. The
-GEMM's epilogue can do more (``codegen/triton/epilogue.py``), so this pass moves it there.
+passes take both, ``fusion_common.gemm_args``); whatever reads its output is another pass over
+the [M, N] float result. The GEMM's epilogue can do more (``codegen/triton/epilogue.py``), so
+this pass moves it there.
 
 Before (r: any tensor of the output's shape and dtype; ~ : views / reshapes keeping the last dim,
 contiguous, dropout in eval mode, in any number; act: gelu (erf or tanh, also GPT-2's written-out
@@ -15,6 +16,11 @@ After (each of act, residual and requantize only where it was there before):
 
     x_q ─► triton_linear_a8_requant(·, bias, residual=r, activation=act, out_scale=1/s) ─► (q, s) ─► ...
     x_q ─► triton_linear_a8(·, bias, residual=r, activation=act) ─► y           (other readers)
+
+On the weight-only GEMM (zq.linear_wo on the Triton kernel: ``gemm_a16``, W8A16 / W4A16) the
+activation and the residual add go into its epilogue the same way, for 16-bit activations (an
+fp32 model's run in bf16 inside the op, so its epilogue stays outside, with the reason); there is
+no requantize: its readers take float.
 
 Requantize is chosen only when every reader of the result is a quantized linear (through one
 zq.quantize_per_token): nobody needs the float result. A smoothing multiply by the next linear's
@@ -44,6 +50,7 @@ from zq_compile.schemes.base import inference_only
 NAME = "fuse_gemm_epilogue"
 aten = torch.ops.aten
 QUANTIZE = torch.ops.zq.quantize_per_token.default
+WEIGHT_ONLY = torch.ops.zq.linear_wo.default
 GELU = {F.gelu, aten.gelu.default}
 SILU = {F.silu, aten.silu.default}
 ADD = {operator.add, torch.add, aten.add.Tensor}
@@ -219,9 +226,23 @@ def _take_quantize_outputs(ctx, quantize: fx.Node, fused: fx.Node) -> tuple[list
     return consumers, tail
 
 
+def _weight_only(node) -> tuple | None:
+    """(x, w, w_s, w_z, bias, bits, out_dtype) of a zq.linear_wo on the Triton kernel (gemm_a16),
+    else None."""
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is WEIGHT_ONLY \
+            and node.args[8] == "triton":
+        x, w, w_s, w_z, bias, bits, _group_size, _k, _kernel, out_dtype = node.args
+        return x, w, w_s, w_z, bias, bits, out_dtype
+    return None
+
+
 def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
-    x_q, x_s, w_q, w_s, w_z, bias, out_dtype, w_bits = gemm_args(linear)
+    wo = _weight_only(linear)
+    if wo is None:
+        x_q, x_s, w_q, w_s, w_z, bias, out_dtype, w_bits = gemm_args(linear)
+    else:
+        x, w_q, w_s, w_z, bias, w_bits, out_dtype = wo
     where = module_path(linear) or linear.name
     decision = ctx.memo.get("decision_of", {}).get(linear)
     if decision is not None:
@@ -243,10 +264,18 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     if add_node is not None:
         end = add_node
     last = end  # the last node the fused kernel computes
-    quantize, inv_s, why = _requant_target(last, out_dtype)
-    if why:
-        record_fallback(ctx, NAME, where, f"not requantized: {why}")
+    quantize, inv_s = None, None
+    if wo is None:  # a weight-only GEMM's readers take float: nothing to requantize for
+        quantize, inv_s, why = _requant_target(last, out_dtype)
+        if why:
+            record_fallback(ctx, NAME, where, f"not requantized: {why}")
     if act is None and residual is None and quantize is None:
+        return False
+    x_dtype = fake_value(x).dtype if wo is not None else None
+    if wo is not None and (x_dtype not in (torch.float16, torch.bfloat16) or x_dtype != out_dtype):
+        # fp32 activations run gemm_a16 in bf16 inside the op (codegen/triton/weight_only.py)
+        record_fallback(ctx, NAME, where, f"weight-only GEMM on {x_dtype} activations (computed in "
+                                          "bf16 inside its op): its epilogue stays outside")
         return False
 
     out_shape = static_shape(last)
@@ -261,9 +290,13 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
             res = inference_only(ctx, residual)
             if gemm_shape is not None and static_shape(res) != gemm_shape:
                 res = _reshaped(graph, ctx, res, gemm_shape)
-        args = (x_q, x_s, w_q, w_s, w_z, bias, res, out_dtype, w_bits, act or "none")
+        if wo is not None:  # gemm_a16: the float activation, output in its dtype
+            op, args = ops.triton_linear_a16.default, (x, w_q, w_s, w_z, bias, res, w_bits, act or "none")
+        else:
+            op, args = ops.triton_linear_a8.default, (x_q, x_s, w_q, w_s, w_z, bias, res, out_dtype, w_bits,
+                                                      act or "none")
         if quantize is None:
-            fused = graph.call_function(ops.triton_linear_a8.default, args)
+            fused = graph.call_function(op, args)
             annotate(fused, ctx.fake_mode)
             last.replace_all_uses_with(_reshaped(graph, ctx, fused, out_shape) if out_shape else fused)
         else:
@@ -295,4 +328,4 @@ def _erase_dead(graph: fx.Graph, last: fx.Node, first: fx.Node) -> None:
 
 
 def run(ctx) -> int:
-    return run_on_triton(ctx, lambda graph: [n for n in graph.nodes if is_gemm(n)], _fuse_one)
+    return run_on_triton(ctx, lambda graph: [n for n in graph.nodes if is_gemm(n) or _weight_only(n)], _fuse_one)
