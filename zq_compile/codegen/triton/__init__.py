@@ -13,6 +13,8 @@ One kernel per file, each beside its pure-PyTorch reference:
     ops.py             the ``zq::triton_*`` torch ops (triton_op on CUDA, custom_op under the
                        interpreter)
     kernel.py          the kernel object the backend lowers ``zq::`` ops to (target "triton")
+    weight_only.py     zq::linear_wo's kernel "triton" (gemm_a16: W8A16, W4A16)
+    w4a8.py            zq::linear_w4a8's kernel "triton" (gemm_a8 on the INT4 weight)
     aot.py             ahead-of-time compilation for sm_80 / sm_90 without a GPU (static checks)
     runtime.py         where the kernels can run, and why not
 
