@@ -61,7 +61,9 @@ def counting_inductor_bytes(report):
 def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
     """Bytes the quantized linears' GEMMs read and write at the traced shapes: the 8-bit
     activation, the int8 weight and the output (bf16 from oneDNN when the result is bf16 and the
-    weights symmetric, else 4 bytes: fp32 or int32)."""
+    weights symmetric, else 4 bytes: fp32 or int32); on target "triton" every Triton GEMM, INT4
+    and weight-only ones included. The CPU's W4A8 and weight-only kernels are not counted yet
+    (each holds its own form of the weight: an int8 copy, ATen's INT4 layout)."""
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
         x_shape = node.args[0].meta["example_value"].shape
@@ -87,43 +89,67 @@ def requant_plan_of(node: torch.fx.Node, m: int, n: int, k: int) -> str:
     return requant_plan(m, n, k, out, out if gate is not None else 0, gemms=2 if dual else 1)
 
 
-def _gate_bytes(node: torch.fx.Node, m: int, n: int, k: int, out: int) -> int:
+def _nbytes(node) -> int:
+    """Bytes of a graph tensor as stored (a packed INT4 weight: half a byte per value)."""
+    t = node.meta["example_value"]
+    return t.numel() * t.element_size()
+
+
+def _gate_bytes(node: torch.fx.Node, m: int, n: int, out: int) -> int:
     """What a fused GEMM reads for SwiGLU's gate: the gate's weight when it computes the gate
     itself (fuse_gate_up), the stored SiLU(gate) rows when it multiplies by them (fuse_swiglu)."""
     if node.kwargs.get("gate_w_q") is not None:
-        return n * k
+        return _nbytes(node.kwargs["gate_w_q"])
     return m * n * out if node.kwargs.get("gate") is not None else 0
 
 
+def _rows_and_k(x_node) -> tuple[int, int]:
+    x = x_node.meta["example_value"]
+    return math.prod(size_hint(d) for d in x.shape[:-1]), size_hint(x.shape[-1])
+
+
 def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
-    """The GEMMs passes/fuse_gemm_epilogue.py and fuse_quantize_prologue.py emitted (target
-    "triton"): activation (int8, or float where the kernel quantizes it) and weight read (both
+    """The Triton GEMMs of target "triton" (the fusion passes' ops, and the W4A8 / weight-only
+    linears on their "triton" kernels): activation (int8, or float where the kernel quantizes it
+    or takes it as is: ``gemm_a16``) and weight read as stored (packed INT4 at half a byte; both
     weights for gate + up in one kernel, else a stored SwiGLU gate), the residual read, the
-    output written in its dtype. A requantizing one writes int8,
-    and by its plan (codegen/triton/runtime.requant_plan) either also writes its float rows and
-    reads them back ("store") or reads its activation and weight twice ("recompute")."""
+    output written in its dtype. A requantizing one writes int8, and by its plan
+    (codegen/triton/runtime.requant_plan) either also writes its float rows and reads them back
+    ("store") or reads its activation and weight twice ("recompute")."""
     if not hasattr(torch.ops.zq, "triton_linear_a8"):  # not registered: no Triton graph in this process
         return 0
+    zq = torch.ops.zq
     total = 0
-    for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.triton_quantize_linear_a8.default):
+    for node in gm.graph.find_nodes(op="call_function", target=zq.triton_quantize_linear_a8.default):
         # the float activation read (it is quantized in the kernel), the weight, residual and output
-        x = node.args[0].meta["example_value"]
-        m = math.prod(size_hint(d) for d in x.shape[:-1])
-        n, k = node.args[1].meta["example_value"].shape
-        out = node.args[6].itemsize
-        total += m * k * x.element_size() + n * k + m * n * out * (1 if node.args[5] is None else 2) + \
-            _gate_bytes(node, m, n, k, out)
-    for target in (torch.ops.zq.triton_linear_a8.default, torch.ops.zq.triton_linear_a8_requant.default):
+        m, k = _rows_and_k(node.args[0])
+        n, out = node.args[1].meta["example_value"].shape[0], node.args[6].itemsize
+        total += m * k * node.args[0].meta["example_value"].element_size() + _nbytes(node.args[1]) + \
+            m * n * out * (1 if node.args[5] is None else 2) + _gate_bytes(node, m, n, out)
+    for target in (zq.triton_linear_a8.default, zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
-            m = math.prod(size_hint(d) for d in node.args[0].meta["example_value"].shape[:-1])
-            n, k = node.args[2].meta["example_value"].shape
-            out = node.args[7].itemsize
-            inputs = m * k + n * k + _gate_bytes(node, m, n, k, out)
-            if target is torch.ops.zq.triton_linear_a8.default:
+            m, k = _rows_and_k(node.args[0])
+            n, out = node.args[2].meta["example_value"].shape[0], node.args[7].itemsize
+            inputs = m * k + _nbytes(node.args[2]) + _gate_bytes(node, m, n, out)
+            if target is zq.triton_linear_a8.default:
                 total += inputs + m * n * out * (1 if node.args[6] is None else 2)
             elif requant_plan_of(node, m, n, k) == "store":
                 total += inputs + m * n * (2 * out + 1)
             else:
                 total += 2 * inputs + m * n
+    for node in gm.graph.find_nodes(op="call_function", target=zq.triton_linear_a16.default):
+        m, k = _rows_and_k(node.args[0])
+        x = node.args[0].meta["example_value"]
+        n = node.args[1].meta["example_value"].shape[0]
+        total += (m * k + m * n * (1 if node.args[5] is None else 2)) * x.element_size() + _nbytes(node.args[1])
+    for node in gm.graph.find_nodes(op="call_function", target=zq.linear_w4a8.default):
+        if node.args[8] == "triton":  # gemm_a8 on the INT4 weight, nothing fused
+            m, k = _rows_and_k(node.args[0])
+            n = node.args[2].meta["example_value"].shape[0]
+            total += m * k + _nbytes(node.args[2]) + m * n * node.args[9].itemsize
+    for node in gm.graph.find_nodes(op="call_function", target=zq.linear_wo.default):
+        if node.args[8] == "triton":  # gemm_a16 (an fp32 model's activation cast to bf16 first)
+            m, k = _rows_and_k(node.args[0])
+            n = node.args[1].meta["example_value"].shape[0]
+            total += m * k * 2 + _nbytes(node.args[1]) + m * n * 2
     return total
-

@@ -105,7 +105,7 @@ class CompileReport:
 
     def bytes_text(self) -> str:
         mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
-        gemms = f"int8 GEMMs {mib(self.gemm_bytes)} (from their shapes)"
+        gemms = f"quantized GEMMs {mib(self.gemm_bytes)} (from their shapes)"
         if self.inductor_bytes is None:
             return f"{gemms}; Inductor's kernels not counted (graph not code-generated in this call: FX graph cache)"
         return (f"{mib(self.inductor_bytes + self.gemm_bytes)} = Inductor's {self.inductor_kernels} kernels "

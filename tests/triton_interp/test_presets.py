@@ -141,3 +141,16 @@ def test_saved_int4_weights_load_and_run_on_target_triton(preset, tmp_path, monk
     loaded = zq_compile.load(tmp_path / "w.safetensors", fresh)
     assert loaded == config
     assert torch.equal(before, output(fresh, loaded))
+
+
+def test_report_counts_the_triton_gemms_bytes_as_stored():
+    """report.gemm_bytes on target "triton" counts INT4 weights at half a byte: W8A16 and W4A16
+    of one bf16 model differ by exactly half of each quantized weight's values."""
+    m = tiny_model("llama").to(torch.bfloat16)
+    ids = torch.randint(0, 1000, (1, 5), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        reports = {p: _run(m, ids, {"target": "triton", "preset": p})[2] for p in ("w8a16", "w4a16")}
+    w8, w4 = (sum(r.gemm_bytes for r in reports[p]) for p in ("w8a16", "w4a16"))
+    modules = {d.module for r in reports["w4a16"] for d in r.quantized}
+    assert modules == {d.module for r in reports["w8a16"] for d in r.quantized} and w4 > 0
+    assert w8 - w4 == sum(m.get_submodule(name).weight.numel() // 2 for name in modules)
