@@ -12,7 +12,7 @@ import zq_compile.schemes.w8a8 as w8a8
 from zq_compile import WeightsFileError, ZeroQuantConfig, store
 from zq_compile.codegen.cpu.kernels import KERNELS
 from zq_compile.serialize import METADATA_KEY
-from tests.models.tiny import model_output, tiny_model
+from tests.models.tiny import model_output, save_and_reload, tiny_model
 from tests.modules import Block
 
 pytestmark = pytest.mark.skipif(KERNELS["onednn"].unavailable_reason() is not None, reason="needs oneDNN")
@@ -75,18 +75,9 @@ def test_int4_round_trip_saves_the_weights_not_the_kernels_handles(preset, token
     stand for (it held the handles' zeros: every loaded INT4 model computed garbage)."""
     config = ZeroQuantConfig(preset=preset, cpu_kernel="onednn")
     ids = torch.randint(0, 1000, (1, tokens), generator=torch.Generator().manual_seed(0))
-
-    def output(model, config):
-        torch._dynamo.reset()
-        with torch.inference_mode():
-            return model_output(zq_compile.compile(model, config)(ids))
-
-    model = tiny_model("llama")
-    before = output(model, config)
-    zq_compile.save(model, tmp_path / "w.safetensors")
-    fresh = tiny_model("llama")
-    request.getfixturevalue("no_quantize_no_pickle")
-    assert torch.equal(before, output(fresh, zq_compile.load(tmp_path / "w.safetensors", fresh)))
+    before, after, _ = save_and_reload("llama", config, ids, tmp_path / "w.safetensors",
+                                       lambda: request.getfixturevalue("no_quantize_no_pickle"))
+    assert torch.equal(before, after)
 
 
 def test_calibration_travels_with_the_file(tmp_path, request):

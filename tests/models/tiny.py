@@ -33,3 +33,23 @@ def linear_module_count(model) -> int:
 
 def model_output(out):
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def save_and_reload(kind: str, config, ids, path, before_load=lambda: None):
+    """(output of a tiny model compiled with ``config``, the output of a fresh copy loaded from
+    the file ``zq_compile.save`` wrote and compiled with the config ``load`` returned, that
+    config); ``before_load`` runs between saving and loading (to forbid re-quantizing, say)."""
+    import zq_compile
+
+    def output(model, config):
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            return model_output(zq_compile.compile(model, config)(ids))
+
+    model = tiny_model(kind)
+    before = output(model, config)
+    zq_compile.save(model, path)
+    fresh = tiny_model(kind)
+    before_load()
+    loaded = zq_compile.load(path, fresh)
+    return before, output(fresh, loaded), loaded

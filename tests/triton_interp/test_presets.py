@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
 
-from tests.models.tiny import model_output, tiny_model
+from tests.models.tiny import model_output, save_and_reload, tiny_model
 from zq_compile import recent_reports
 from zq_compile.metrics import sqnr_db
 
@@ -122,25 +122,17 @@ def test_saved_int4_weights_load_and_run_on_target_triton(preset, tmp_path, monk
     config = zq_compile.ZeroQuantConfig(preset=preset, target="triton")
     ids = torch.randint(0, 1000, (1, 7), generator=torch.Generator().manual_seed(3))
 
-    def output(model, config):
-        torch._dynamo.reset()
-        with torch.inference_mode():
-            return model_output(zq_compile.compile(model, config)(ids))
-
-    model = tiny_model("llama")
-    before = output(model, config)
-    zq_compile.save(model, tmp_path / "w.safetensors")
-    fresh = tiny_model("llama")
-
     def refuse(*a, **k):
         raise AssertionError("a weight was quantized again")
 
-    for module, name in ((w8a8, "quantize_weight"), (w4a8, "quantize_int4"), (weight_only, "quantize_int4"),
-                         (weight_only, "quantize_weight")):
-        monkeypatch.setattr(module, name, refuse)
-    loaded = zq_compile.load(tmp_path / "w.safetensors", fresh)
+    def forbid_quantizing():
+        for module, name in ((w8a8, "quantize_weight"), (w4a8, "quantize_int4"), (weight_only, "quantize_int4"),
+                             (weight_only, "quantize_weight")):
+            monkeypatch.setattr(module, name, refuse)
+
+    before, after, loaded = save_and_reload("llama", config, ids, tmp_path / "w.safetensors", forbid_quantizing)
     assert loaded == config
-    assert torch.equal(before, output(fresh, loaded))
+    assert torch.equal(before, after)
 
 
 def test_report_counts_the_triton_gemms_bytes_as_stored():
