@@ -23,7 +23,7 @@ the two launches (the kernel rounds SiLU(gate) to the float dtype as the gate GE
 Each pair is counted as ``gate+up`` in ``report.fusions``; left as two launches, with the reason
 in ``report.fusion_fallbacks``: a gate read by anything else, different float dtypes, and what
 the kernel's own ``gemm_a8.check_gate_weight`` refuses on the traced weights (its message: shape,
-dtype, strides, group count, zero points, INT4 K groups). A requantizing
+dtype, strides, group count or K-group table, zero points). A requantizing
 dual kernel picks its plan as the single one does, counting both GEMMs when recomputing
 (``runtime.requant_plan``'s ``gemms``). Returns the number of pairs merged.
 """

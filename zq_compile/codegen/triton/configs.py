@@ -144,13 +144,13 @@ def float_x_fits(tile: Tile, x_bytes: int, weights: int = 1) -> bool:
     return stages * (bm * bk * x_bytes + weights * bk * bn) <= FLOAT_X_SMEM
 
 
-#: The K-group sizes the static checks build gemm_a16 for (the INT4 sizes the backend uses,
-#: ``quant.kgroups.INT4_GROUP_SIZES``); any multiple of 16 runs correctly.
+#: The K-group sizes the static checks build both GEMMs for (the INT4 sizes the backend uses,
+#: ``quant.kgroups.INT4_GROUP_SIZES``); gemm_a16 runs any multiple of 16, gemm_a8 of 32.
 KGROUP_SIZES = (128, 64, 32)
 
 
 def kgroup_tile(tile: Tile, k_group: int) -> Tile:
-    """gemm_a16's tile for INT4 blocks of ``k_group`` inputs: BLOCK_K cut to divide the group
+    """A GEMM's tile for INT4 blocks of ``k_group`` inputs: BLOCK_K cut to divide the group
     (one block scale per K step; a power of two, so the gcd)."""
     if not k_group:
         return tile
@@ -165,8 +165,8 @@ def kgroup_config(config: triton.Config, k_group: int) -> triton.Config:
 def bucket_pruner(kind: str):
     """``early_config_prune`` for the autotuner: only the configs of the call's M bucket, from
     the dual table when the call computes the gate too (GATE_GEMM; for a float activation
-    quantized in the kernel, only those that fit shared memory with it); for gemm_a16 on INT4
-    K groups (K_GROUP), with BLOCK_K cut by ``kgroup_tile``.
+    quantized in the kernel, only those that fit shared memory with it); on INT4 K groups
+    (K_GROUP), with BLOCK_K cut by ``kgroup_tile`` and the cut tiles that spilled left out.
 
     Under the interpreter only the bucket's first config is kept: timing numpy says nothing about
     a GPU, and one config means the autotuner runs the kernel once instead of benchmarking.

@@ -92,8 +92,8 @@ def dequantize(acc, x_sum, offs_n, n_ok, x_scale, w_scale_ptr, w_zero_ptr, bias_
                HAS_X_SCALE: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
                HAS_W_SCALE: tl.constexpr):
     """The accumulator tile as fp32 values: scales, zero point, bias (the first lines above).
-    Without HAS_W_SCALE the weight was dequantized in the K loop (gemm_a16's INT4 K groups,
-    whose scale changes along K) and the accumulator is already in real units."""
+    Without HAS_W_SCALE the block scales were applied in the K loop (INT4 K groups, whose scale
+    changes along K; both GEMMs) and the accumulator is already in real units."""
     groups = offs_n // GROUP_N
     y = acc.to(tl.float32)
     if HAS_W_SCALE:
