@@ -52,6 +52,29 @@ def test_grad_mode_warns_stops_at_quantized_linears_and_float_grads_stay_right(p
     assert any("inference-only" in n for r in c.zq_reports for n in r.notes)
 
 
+@pytest.mark.parametrize("kind,preset", [("llama", "w8a8"), ("gpt2", "w8a8"), ("llama", "w4/8a8")])
+def test_grad_mode_on_decoders_whose_head_has_outlier_channels(kind, preset):
+    """An LM head quantized with its widest input channels in float (heads="outliers", the
+    default) under grad mode: once a compile error (the float term's cast has no autograd
+    formula), then, mended, a gradient for those columns of the head's weight only. Every path
+    to the logits crosses a quantized linear, so the output carries no gradient at all."""
+    from tests.models.tiny import model_output, tiny_model
+
+    torch._dynamo.reset()
+    m = tiny_model(kind)
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    c = zq_compile.compile(m, {"preset": preset})
+    with pytest.warns(UserWarning, match="inference-only"):
+        out = model_output(c(input_ids=ids))
+    with torch.no_grad():
+        ref = model_output(m(input_ids=ids))
+    assert sqnr_db(ref, out.detach()) >= FLOOR[preset]
+    notes = " ".join(n for r in c.zq_reports for n in r.notes)
+    assert "1 with outlier channels in float" in notes
+    assert not out.requires_grad
+    assert all(p.grad is None for p in m.parameters())
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_no_grad_and_inference_mode_both_work(preset):
     m = _mlp()

@@ -46,6 +46,9 @@ class PassContext:
         return self._index_of.get(node)
 
     def add_constant(self, name: str, value: torch.Tensor) -> fx.Node:
+        if value.requires_grad:  # made from a parameter under grad mode (an outlier head's float
+            # columns): a constant must not pass a partial gradient back to the weight
+            value = value.detach()
         graph = self.gm.graph
         last = list(graph.find_nodes(op="placeholder"))[-1]
         with graph.inserting_after(last):

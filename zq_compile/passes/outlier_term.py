@@ -30,6 +30,7 @@ import torch.fx as fx
 from zq_compile.calibrate.outliers import Outliers
 from zq_compile.calibrate.smooth import transformed_weight
 from zq_compile.passes.graph_utils import annotate, fake_value
+from zq_compile.schemes.base import inference_only
 
 aten, prims = torch.ops.aten, torch.ops.prims
 
@@ -83,7 +84,9 @@ def emit(ctx, m, y: fx.Node, w_nk: torch.Tensor, scale, outliers: Outliers, xo: 
     new = []
     k = int(outliers.index.numel())
     with graph.inserting_before(y.next):  # in order, right after the GEMM
-        xf = graph.call_function(prims.convert_element_type.default, (xo, torch.float32))
+        # the term belongs to the quantized head, which passes no gradient (and a prims cast
+        # has no autograd formula: grad mode would fail to compile)
+        xf = graph.call_function(prims.convert_element_type.default, (inference_only(ctx, xo), torch.float32))
         new = [xf]
         term = _unrolled_term(graph, xf, wo_node, k, new) if 0 < k <= UNROLL_MAX else _reduced_term(graph, xf, wo_node, new)
         out = graph.call_function(aten.add.Tensor, (y, term))
