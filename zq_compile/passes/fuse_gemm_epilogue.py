@@ -40,9 +40,10 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from zq_compile.codegen.triton.weight_only import HALF
 from zq_compile.passes.fusion_common import (
     carry_decision, follow_relabels, gemm_args, is_gemm, plan_kwargs, record_fallback, record_fusion, rows,
-    run_on_triton, static_shape,
+    run_on_triton, static_shape, weight_only_args,
 )
 from zq_compile.passes.graph_utils import annotate, fake_value, module_path
 from zq_compile.schemes.base import inference_only
@@ -50,7 +51,6 @@ from zq_compile.schemes.base import inference_only
 NAME = "fuse_gemm_epilogue"
 aten = torch.ops.aten
 QUANTIZE = torch.ops.zq.quantize_per_token.default
-WEIGHT_ONLY = torch.ops.zq.linear_wo.default
 GELU = {F.gelu, aten.gelu.default}
 SILU = {F.silu, aten.silu.default}
 ADD = {operator.add, torch.add, aten.add.Tensor}
@@ -226,19 +226,9 @@ def _take_quantize_outputs(ctx, quantize: fx.Node, fused: fx.Node) -> tuple[list
     return consumers, tail
 
 
-def _weight_only(node) -> tuple | None:
-    """(x, w, w_s, w_z, bias, bits, out_dtype) of a zq.linear_wo on the Triton kernel (gemm_a16),
-    else None."""
-    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is WEIGHT_ONLY \
-            and node.args[8] == "triton":
-        x, w, w_s, w_z, bias, bits, _group_size, _k, _kernel, out_dtype = node.args
-        return x, w, w_s, w_z, bias, bits, out_dtype
-    return None
-
-
 def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     graph = ctx.gm.graph
-    wo = _weight_only(linear)
+    wo = weight_only_args(linear)
     if wo is None:
         x_q, x_s, w_q, w_s, w_z, bias, out_dtype, w_bits = gemm_args(linear)
     else:
@@ -272,7 +262,7 @@ def _fuse_one(ctx, linear: fx.Node, ops) -> bool:
     if act is None and residual is None and quantize is None:
         return False
     x_dtype = fake_value(x).dtype if wo is not None else None
-    if wo is not None and (x_dtype not in (torch.float16, torch.bfloat16) or x_dtype != out_dtype):
+    if wo is not None and (x_dtype not in HALF or x_dtype != out_dtype):
         # fp32 activations run gemm_a16 in bf16 inside the op (codegen/triton/weight_only.py)
         record_fallback(ctx, NAME, where, f"weight-only GEMM on {x_dtype} activations (computed in "
                                           "bf16 inside its op): its epilogue stays outside")
@@ -328,4 +318,4 @@ def _erase_dead(graph: fx.Graph, last: fx.Node, first: fx.Node) -> None:
 
 
 def run(ctx) -> int:
-    return run_on_triton(ctx, lambda graph: [n for n in graph.nodes if is_gemm(n) or _weight_only(n)], _fuse_one)
+    return run_on_triton(ctx, lambda graph: [n for n in graph.nodes if is_gemm(n) or weight_only_args(n)], _fuse_one)

@@ -75,6 +75,7 @@ def rows(shape) -> int:
 
 LINEAR = torch.ops.zq.linear_w8a8.default
 LINEAR_W4A8 = torch.ops.zq.linear_w4a8.default
+WEIGHT_ONLY = torch.ops.zq.linear_wo.default
 
 
 def gemm_args(node) -> tuple | None:
@@ -88,6 +89,16 @@ def gemm_args(node) -> tuple | None:
     if node.target is LINEAR_W4A8 and node.args[8] == "triton":
         x_q, x_s, w, w_s, w_z, bias, _group_size, _k, _kernel, out_dtype = node.args
         return (x_q, x_s, w, w_s, w_z, bias, out_dtype, 4)
+    return None
+
+
+def weight_only_args(node) -> tuple | None:
+    """(x, w, w_s, w_z, bias, bits, out_dtype) of a zq.linear_wo on the Triton kernel (gemm_a16),
+    else None."""
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is WEIGHT_ONLY \
+            and node.args[8] == "triton":
+        x, w, w_s, w_z, bias, bits, _group_size, _k, _kernel, out_dtype = node.args
+        return x, w, w_s, w_z, bias, bits, out_dtype
     return None
 
 

@@ -83,6 +83,11 @@ def epilogue_of(name: str) -> dict:
     return dict(FUSED_EPILOGUES.get(name) or KGROUP_EPILOGUES.get(name) or KGROUP_FUSED.get(name) or EPILOGUES[name])
 
 
+def is_kgroup(name: str) -> bool:
+    """Whether a variant's epilogue is one of the INT4 K-group ones."""
+    return name in KGROUP_EPILOGUES or name in KGROUP_FUSED
+
+
 def kgroup_tiles(kind: str, tiles) -> list:
     """A GEMM's tiles with BLOCK_K cut for every group size the INT4 presets use, each once,
     less those the static checks found spilling (``DROPPED``, "<kind>_kgroup")."""
@@ -127,7 +132,7 @@ def gemm_spec(kind: str, tile, w_bits: int, epilogue: str, act_dtype: str) -> Sp
     with all of it and fp32 with a fused one), the activation (and output) dtype for gemm_a16."""
     bm, bn, bk, warps, stages = tile
     fused = epilogue in FUSED_EPILOGUES
-    kgroup = epilogue in KGROUP_EPILOGUES or epilogue in KGROUP_FUSED
+    kgroup = is_kgroup(epilogue)
     ep = epilogue_of(epilogue)
     # gemm_a8 on K groups: an fp32 model's W4A8 linear (zq::linear_w4a8's "triton" kernel)
     out = act_dtype if kind == "gemm_a16" else ("fp32" if fused or kgroup else "fp16" if epilogue == "bias" else "bf16")
@@ -192,10 +197,9 @@ def gemm_specs(kind: str, tiles=None, full: bool = False) -> list[Spec]:
     # the gate + up kernel (GATE_GEMM) only its own table's
     dual_tiles = gemm_tiles("a8_dual") if kind == "a8" else []
     def tiles_of(ep):
-        kgroup = ep in KGROUP_EPILOGUES or ep in KGROUP_FUSED
         if epilogue_of(ep).get("GATE_GEMM"):
-            return kgroup_tiles("a8_dual", dual_tiles) if kgroup else dual_tiles
-        return kgroup_tiles(kind, tiles) if kgroup else tiles
+            return kgroup_tiles("a8_dual", dual_tiles) if is_kgroup(ep) else dual_tiles
+        return kgroup_tiles(kind, tiles) if is_kgroup(ep) else tiles
 
     return [gemm_spec(name, t, w, ep, a) for (w, ep, a) in variants for t in tiles_of(ep)
             if not epilogue_of(ep).get("QUANTIZE_X")
