@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch._dynamo
@@ -24,7 +25,11 @@ def check(spec: ModelSpec, preset: str, target: str) -> float:
     compiled = zq_compile.compile(model, {"preset": preset, "target": target})
     with torch.inference_mode():
         want = reference(x.float())
-        got = compiled(x)
+    if spec.grad:
+        got = _with_grad(compiled, model, x)
+    else:
+        with torch.inference_mode():
+            got = compiled(x)
     assert got.shape == want.shape and got.dtype == spec.dtype, (got.shape, got.dtype)
     assert torch.isfinite(got).all(), "non-finite output from finite inputs"
     reports = compiled.zq_reports
@@ -33,4 +38,20 @@ def check(spec: ModelSpec, preset: str, target: str) -> float:
     floor = sqnr_floor(preset, spec.dtype)
     assert db >= floor, f"SQNR {db:.1f} dB < {floor} dB for {spec} ({preset}, {target})\n" + "\n".join(
         r.summary() for r in reports)
+    if spec.grad and all(d.quantized for r in reports for d in r.decisions):
+        # every path to the output crosses the quantized head: no gradient may come out
+        assert not got.requires_grad, "a gradient passed through a quantized linear"
     return db
+
+
+def _with_grad(compiled, model, x):
+    """The output of a grad-enabled call; when it carries a gradient, backward runs and every
+    gradient it leaves is finite."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*inference-only", UserWarning)
+        got = compiled(x)
+    if got.requires_grad:
+        got.float().sum().backward()
+        for name, p in model.named_parameters():
+            assert p.grad is None or torch.isfinite(p.grad).all(), f"non-finite gradient for {name}"
+    return got.detach()

@@ -6,7 +6,7 @@ a module: an input projection, ``depth`` pre-norm MLP blocks (norm -> up -> acti
 none, GeLU (erf / tanh) / SiLU / ReLU, bias or not, a head tied to the input projection, a down
 projection tied to the transposed up weight, one block called twice, weights used through
 ``x @ W.t()`` or stored non-contiguous, a head on the last token only, 2-D to 4-D inputs,
-fp32 / bf16 / fp16.
+fp32 / bf16 / fp16, called under inference mode or with grad enabled.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class ModelSpec:
     lead: tuple[int, ...] = (4,)  # input shape before the feature dim (rank 2 to 4)
     dtype: torch.dtype = torch.float32
     seed: int = 0
+    grad: bool = False  # called with grad enabled (compiles with a warning; gradients stop at quantized linears)
 
 
 @st.composite
@@ -60,6 +61,7 @@ def model_specs(draw) -> ModelSpec:
         lead=tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))),
         dtype=draw(st.sampled_from(DTYPES)),
         seed=draw(st.integers(0, 2**16)),
+        grad=draw(st.booleans()),
     )
 
 
