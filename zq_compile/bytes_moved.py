@@ -122,15 +122,14 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=zq.triton_quantize_linear_a8.default):
         # the float activation read (it is quantized in the kernel), the weight, residual and output
-        m, k = _rows_and_k(node.args[0])
-        n, out = node.args[1].meta["example_value"].shape[0], node.args[6].itemsize
-        total += m * k * node.args[0].meta["example_value"].element_size() + _nbytes(node.args[1]) + \
-            m * n * out * (1 if node.args[5] is None else 2) + _gate_bytes(node, m, n, out)
+        m, k, n = _mkn(node.args[0], node.args[1])
+        out = node.args[6].itemsize
+        total += _gemm_io(node.args[0], node.args[1], m, k, n, out, node.args[5]) + _gate_bytes(node, m, n, out)
     for target in (zq.triton_linear_a8.default, zq.triton_linear_a8_requant.default):
         for node in gm.graph.find_nodes(op="call_function", target=target):
-            m, k = _rows_and_k(node.args[0])
-            n, out = node.args[2].meta["example_value"].shape[0], node.args[7].itemsize
-            inputs = m * k + _nbytes(node.args[2]) + _gate_bytes(node, m, n, out)
+            m, k, n = _mkn(node.args[0], node.args[2])
+            out = node.args[7].itemsize
+            inputs = _gemm_io(node.args[0], node.args[2], m, k, n, 0) + _gate_bytes(node, m, n, out)
             if target is zq.triton_linear_a8.default:
                 total += inputs + m * n * out * (1 if node.args[6] is None else 2)
             elif requant_plan_of(node, m, n, k) == "store":
@@ -138,18 +137,27 @@ def _fused_triton_gemm_bytes(gm: torch.fx.GraphModule) -> int:
             else:
                 total += 2 * inputs + m * n
     for node in gm.graph.find_nodes(op="call_function", target=zq.triton_linear_a16.default):
-        m, k = _rows_and_k(node.args[0])
-        x = node.args[0].meta["example_value"]
-        n = node.args[1].meta["example_value"].shape[0]
-        total += (m * k + m * n * (1 if node.args[5] is None else 2)) * x.element_size() + _nbytes(node.args[1])
+        m, k, n = _mkn(node.args[0], node.args[1])
+        total += _gemm_io(node.args[0], node.args[1], m, k, n, node.args[0].meta["example_value"].element_size(),
+                          node.args[5])
     for node in gm.graph.find_nodes(op="call_function", target=zq.linear_w4a8.default):
         if node.args[8] == "triton":  # gemm_a8 on the INT4 weight, nothing fused
-            m, k = _rows_and_k(node.args[0])
-            n = node.args[2].meta["example_value"].shape[0]
-            total += m * k + _nbytes(node.args[2]) + m * n * node.args[9].itemsize
+            m, k, n = _mkn(node.args[0], node.args[2])
+            total += _gemm_io(node.args[0], node.args[2], m, k, n, node.args[9].itemsize)
     for node in gm.graph.find_nodes(op="call_function", target=zq.linear_wo.default):
         if node.args[8] == "triton":  # gemm_a16 (an fp32 model's activation cast to bf16 first)
-            m, k = _rows_and_k(node.args[0])
-            n = node.args[1].meta["example_value"].shape[0]
-            total += m * k * 2 + _nbytes(node.args[1]) + m * n * 2
+            m, k, n = _mkn(node.args[0], node.args[1])
+            total += _gemm_io(node.args[0], node.args[1], m, k, n, 2, x_bytes=2)
     return total
+
+
+def _mkn(x_node, w_node) -> tuple[int, int, int]:
+    m, k = _rows_and_k(x_node)
+    return m, k, w_node.meta["example_value"].shape[0]
+
+
+def _gemm_io(x_node, w_node, m: int, k: int, n: int, out: int, residual=None, x_bytes: int | None = None) -> int:
+    """One GEMM's activation read (as stored, or ``x_bytes`` per value), its weight read as stored,
+    its [m, n] output written at ``out`` bytes a value and, when it adds one, the residual read."""
+    x_bytes = x_node.meta["example_value"].element_size() if x_bytes is None else x_bytes
+    return m * k * x_bytes + _nbytes(w_node) + m * n * out * (1 if residual is None else 2)
