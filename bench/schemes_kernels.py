@@ -2,7 +2,7 @@
 
     python bench/schemes_kernels.py kernels [--k 1024 --n 1024 --m 1 4 16 64 256]
     python bench/schemes_kernels.py groups      # SQNR of INT4 per group size on MiniLM's weights
-    python bench/schemes_kernels.py memory      # linear-weight bytes per preset on MiniLM-L6
+    python bench/schemes_kernels.py memory      # linear-weight bytes per preset, MiniLM-L6 and SmolLM2-135M
 
 ``kernels`` prints the median ms of every weight-only and W4A8 candidate per M (compiled where
 the kernel is Inductor code), the float GEMMs beside them, and which one each M regime's race
@@ -114,28 +114,15 @@ def _int4_per_row(w):
 
 
 def memory(args) -> None:
-    """Linear-weight bytes (quantized values + scales) per preset, from the compile report."""
-    from zq_compile.backend import prepare
-    from zq_compile.config import PRESET_NAMES, ZeroQuantConfig
-    from zq_compile.models import load_minilm
+    """Linear-weight bytes (quantized values + scales) per preset, from the compile report: the
+    table ``make bench`` prints (zq_compile/benchmarks/weight_bytes.py)."""
+    from zq_compile.benchmarks.run import weight_inputs
+    from zq_compile.benchmarks.weight_bytes import table_rows
 
-    model, tok = load_minilm()
-    batch = tok(["a short sentence", "another one"], return_tensors="pt", padding=True)
-    print("# MiniLM-L6 (real weights): bytes of the quantized linears' weights + scales vs the same weights in fp16")
-    print(f"{'preset':8s} {'linears':>7s} {'fp16 bytes':>11s} {'quant bytes':>12s} {'ratio':>6s}")
-    for preset in PRESET_NAMES:
-        reports = []
-
-        def backend(gm, example_inputs, preset=preset):
-            reports.append(prepare(gm, example_inputs, ZeroQuantConfig(preset=preset)).report)
-            return gm.forward
-
-        torch._dynamo.reset()
-        with torch.no_grad():
-            torch.compile(model, backend=backend)(**batch)
-        r = reports[0]
-        fp16 = sum(d.float_bytes // 2 for d in r.quantized)  # float_bytes are fp32
-        print(f"{preset:8s} {len(r.quantized):7d} {fp16:11d} {r.quant_bytes:12d} {r.quant_bytes / fp16:6.3f}")
+    for name in args.models:
+        print(f"# {name} (real weights): quantized linears' weights + scales vs the same weights in fp16")
+        model, inputs = weight_inputs(name)
+        table_rows(model, inputs)
 
 
 def main() -> None:
@@ -145,6 +132,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1024)
     p.add_argument("--m", type=int, nargs="+", default=[1, 4, 16, 64, 256])
     p.add_argument("--runs", type=int, default=7)
+    p.add_argument("--models", nargs="+", default=["minilm", "smollm2"], choices=["minilm", "smollm2"],
+                   help="memory: the models whose linear-weight bytes to print")
     args = p.parse_args()
     {"kernels": kernels, "groups": groups, "memory": memory}[args.what](args)
 

@@ -10,6 +10,7 @@ import os
 
 from zq_compile.benchmarks.contenders import BASELINE, TORCHAO_INT8_DYN
 from zq_compile.benchmarks.machine import class_of, describe
+from zq_compile.benchmarks.weight_bytes import label
 
 
 def _load(v) -> str:
@@ -261,6 +262,26 @@ def failures(result: dict) -> list[str]:
         f"- {text} [{', '.join(keys)}]" for text, keys in by_error.items()]
 
 
+def weights_table(result: dict) -> list[str]:
+    sec = result["sections"].get("weights")
+    if not sec:
+        return []
+    rows = []
+    for model, per in sec.items():
+        for r in per:
+            target = "" if r["target"] is None else \
+                f"<= {r['target']}x: {'met' if r['ratio_all'] <= r['target'] else '**not met**'}"
+            schemes = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in r["by_scheme"].items())
+            rows.append([model, label(r), r["quantized"], r["kept_float"], f"{r['fp16_bytes'] / 2**20:.1f}",
+                         f"{r['quant_bytes'] / 2**20:.1f}", _fmt(r["ratio"], ".3f"), schemes,
+                         f"{r['float_bytes'] / 2**20:.1f}", _fmt(r["ratio_all"], ".3f"), target])
+    return ["**Linear-weight bytes per preset**: the quantized linears' weights with their scales against "
+            "the same weights in fp16, then all linears with those the accuracy policy leaves float at "
+            "the bytes they hold (from the compile report)." + _on(result), "",
+            *_table(["model", "preset", "quantized", "left float", "fp16 MiB", "quantized MiB", "ratio",
+                     "MiB by scheme", "float MiB", "all linears", "target"], rows)]
+
+
 def markdown(result: dict) -> str:
     info = result["machine"]
     parts = [f"Bench `{result['mode']}` run of {result['date']}, {result.get('wall_s', '?')} s, on "
@@ -270,7 +291,7 @@ def markdown(result: dict) -> str:
              f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}.", ""]
     for block in (fastest_peer_table(result), minilm_table(result), sweep_table(result, "minilm"),
                   sweep_table(result, "bert"), causal_table(result, "smollm2"), sweep_table(result, "gpt2"),
-                  linear_table(result), contender_notes(result), pipelines(result), failures(result)):
+                  linear_table(result), weights_table(result), contender_notes(result), pipelines(result), failures(result)):
         if block:
             parts += block + [""]
     return "\n".join(parts)

@@ -27,6 +27,7 @@ QUICK = {
     "gpt2_shapes": [],
     "big_model_runs": 3,
     "memory_models": [],  # a fresh process per contender costs ~15 s each: full run only
+    "weight_models": ["minilm"],  # linear-weight bytes per preset (prepare only, no compile)
     "runs": 5,
     "warmup": 1,
 }
@@ -40,11 +41,12 @@ FULL = {
     "smollm2": {"window": 256, "windows": 6, "new_tokens": 24},
     "gpt2_shapes": [(4, 128)],
     "memory_models": ["minilm"],
+    "weight_models": ["minilm", "smollm2"],
     "runs": 5,
     "big_model_runs": 3,  # BERT-base, GPT-2, SmolLM2: fewer timed rounds to fit the time budget
     "warmup": 1,
 }
-SECTIONS = ("minilm", "linear", "bert", "smollm2", "gpt2", "memory")
+SECTIONS = ("minilm", "linear", "bert", "smollm2", "gpt2", "memory", "weights")
 
 
 _T0 = time.perf_counter()
@@ -117,6 +119,8 @@ def run(mode: str, sections: tuple[str, ...] = SECTIONS, names: list[str] | None
             _reset()
     if "memory" in sections:
         result["sections"]["memory"] = _memory(result, plan, log)
+    if "weights" in sections:
+        result["sections"]["weights"] = _weights(plan["weight_models"], log)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     result["load_average_end"] = os.getloadavg()
     log(f"bench finished in {result['wall_s']:.0f}s")
@@ -144,6 +148,38 @@ def _memory(result: dict, plan: dict, log) -> dict:
             log(f"  memory {model} {name:22s} " + (f"steady {m['steady_mib']:7.1f} MiB, peak {m['peak_mib']:7.1f} MiB"
                                                    if "error" not in m else m["error"]))
         out[model] = {"batch": batch, "seq": seq, "per_contender": per}
+    return out
+
+
+def weight_inputs(name: str) -> tuple[object, dict]:
+    """(model, the inputs of one traced forward) for the linear-weight bytes table: a prefill of
+    the size the bench measures, since the accuracy policy's choices depend on the graph (a
+    linear it keeps float in a 32 x 128 graph runs weight-only INT8 in a decode-sized one)."""
+    from zq_compile.benchmarks import models
+    from zq_compile.data import polarity_sentences, wikipedia_prose
+
+    if name == "minilm":
+        bm, tok = models.minilm()
+        sentences = [s for s, _ in polarity_sentences()[:32]]
+        return bm.model, dict(tok(sentences, padding="max_length", truncation=True, max_length=128,
+                                  return_tensors="pt"))
+    if name == "smollm2":
+        bm, tok = models.smollm2()
+        ids = tok("\n\n".join(wikipedia_prose()), return_tensors="pt").input_ids[:, :256]
+        return bm.model, {"input_ids": ids, "use_cache": False}
+    raise ValueError(f"no weight-bytes model {name!r} (minilm, smollm2)")
+
+
+def _weights(names: list[str], log) -> dict:
+    from zq_compile.benchmarks.weight_bytes import table_rows
+
+    out = {}
+    for name in names:
+        log(f"linear-weight bytes per preset, {name}")
+        model, inputs = weight_inputs(name)
+        out[name] = table_rows(model, inputs, log=log)
+        del model
+        _reset()
     return out
 
 

@@ -405,7 +405,7 @@ def run(ctx) -> int:
         scale = ctx.memo.get("smooth_scale", {}).get(node)
         columns = ctx.memo.get("columns", {}).get(node)
         decision = LinearDecision(node=node.name, module=module, op=m.op,
-                                  shape=tuple(w_nk.shape) if w_nk is not None else None,
+                                  shape=tuple(w_nk.shape) if w_nk is not None else _float_weight_shape(ctx, m),
                                   scheme=None, reason=kept or reason, role=roles[node])
         ctx.report.decisions.append(decision)
         if (scale is not None or columns is not None) and (w_nk is None or kept):
@@ -425,6 +425,18 @@ def run(ctx) -> int:
         rewritten += 1
     progress.close()
     return rewritten
+
+
+def _float_weight_shape(ctx, m: LinearMatch) -> tuple[int, int] | None:
+    """(N, K) of a linear left float whose weight is a parameter or buffer (the report's bytes
+    count it); None for a product of two activations."""
+    if not isinstance(m.weight, fx.Node) or m.weight.op != "placeholder":
+        return None
+    value = ctx.input_value(m.weight)
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or not _is_param_or_buffer(m.weight, value):
+        return None
+    n, k = value.shape if m.weight_is_nk else value.shape[::-1]
+    return int(n), int(k)
 
 
 def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: LinearDecision,
