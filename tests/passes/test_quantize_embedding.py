@@ -88,10 +88,11 @@ def test_without_release_nothing_changes():
 
 
 def test_a_table_a_float_head_still_reads_is_left_float_with_the_reason():
-    """The default policy keeps GPT-2's tied head float: the table cannot be freed, so an int8
-    copy would only add memory."""
+    """heads="float" keeps GPT-2's tied head float; with kept_decode_w8a16 off (under release it
+    makes a kept head w8a16, whose rows the gather then reads) the head reads the table in float:
+    it cannot be freed, so an int8 copy would only add memory."""
     model = tiny_model("gpt2")
-    config = dataclasses.replace(RELEASE, keep_float="auto", heads="float")
+    config = dataclasses.replace(RELEASE, keep_float="auto", heads="float", disable_passes=("kept_decode_w8a16",))
     with torch.inference_mode():
         c = _compiled(model, config)
         c(_ids())

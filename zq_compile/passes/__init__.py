@@ -5,6 +5,6 @@ exposing ``run(ctx: PassContext) -> int`` (the number of rewrites it made) and c
 with ``ZeroQuantConfig(disable_passes=(name,))``.
 """
 
-PASS_ORDER: tuple[str, ...] = ("calibrate_linears", "smooth_outliers", "rewrite_linear", "decode_weight_only", "quantize_embedding",
-                               "merge_sibling_gemms", "fuse_swiglu", "fuse_gate_up", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue", "attention_bf16", "kept_decode_w8a16", "kept_linear_bf16",
+PASS_ORDER: tuple[str, ...] = ("calibrate_linears", "smooth_outliers", "rewrite_linear", "decode_weight_only", "kept_decode_w8a16",
+                               "quantize_embedding", "merge_sibling_gemms", "fuse_swiglu", "fuse_gate_up", "fuse_gemm_epilogue", "fuse_norm_quantize", "fuse_quantize_prologue", "attention_bf16", "kept_linear_bf16",
                                "bf16_activations")

@@ -1,4 +1,4 @@
-"""kept_decode_w8a16: in a decode step, a linear the policy keeps float reads int8 weights.
+"""kept_decode_w8a16: in a decode step (or under release), a linear the policy keeps float reads int8 weights.
 
 A decode step's GEMMs are one row against the whole weight, so their time is the weight's bytes.
 A linear ``keep_float`` leaves float (``calibrate/policy.py``; by default SmolLM2's tied
@@ -15,9 +15,13 @@ Before (decode step, x [1, K]):      x ──► linear(x, W fp32 [N, K]) ──
 After:                               x ──► zq.linear_wo(x, Wq int8 [N, K], W scales) ──► y
 
 The INT8 copy is made once per weight (``zq_compile.store``; 28 MiB for SmolLM2's head, held
-beside the float weight, which the embedding still reads; ``release_float_weights`` never frees
-a kept linear's float weight, since prefill graphs read it). Cpu target, float inputs only; the
-reason is on the linear's line of the report. Returns the number of linears moved to w8a16.
+beside the float weight, which prefill graphs still read). Under ``release_float_weights`` the
+kept linears become w8a16 at every size, prefill included, so nothing reads their float weights
+and they are freed like any quantized linear's: a kept float weight would otherwise stay, at
+four bytes a value (SmolLM2's tied head under w4a16: 108 MiB in fp32 against 27 MiB INT8). It
+runs before ``quantize_embedding``, so a tied table is then gathered from the head's int8 rows.
+Cpu target, float inputs only; the reason is on the linear's line of the report. Returns the
+number of linears moved to w8a16.
 """
 
 from __future__ import annotations
@@ -46,25 +50,29 @@ def run(ctx) -> int:
     if not kept or ctx.target != "cpu":
         return 0
     scheme = ctx.config.scheme_named("w8a16")
+    release = ctx.config.release_float_weights
     decisions = {d.node: d for d in ctx.report.decisions}
     moved = 0
     for node in [n for n in ctx.gm.graph.nodes if n in kept]:
         m = rl.match(node)
         rows = _rows(m) if m is not None and not m.problem else None
-        if rows is None or rows > select.SMALL_M:
+        if rows is None or (rows > select.SMALL_M and not release):
             continue
         w_nk, cache = kept[node]
         groups, _ = rl.groups_for(scheme, w_nk.shape[0])
         decision = decisions[node.name]
-        decision.reason += (f"; {NAME}: {rows} row(s), a decode step reads the weight: INT8 weights, "
-                            "float activations")
+        decision.reason += f"; {NAME}: " + (
+            f"{rows} row(s), a decode step reads the weight: INT8 weights, float activations"
+            if rows <= select.SMALL_M else
+            "release_float_weights: INT8 weights, float activations in every graph, so the float weight is freed")
         y = rl.quantize_and_emit(ctx, m, w_nk, scheme, groups, decision, cache)
-        # Kept float by the policy: prefill graphs read it in float, whichever graph compiles
-        # first, so release_float_weights must never free it.
-        for root in rl.constant_roots(m.weight):
-            value = ctx.input_value(root)
-            if isinstance(value, torch.Tensor):
-                store.note_float_reader(value)
+        if not release:
+            # Kept float by the policy: prefill graphs read it in float, whichever graph compiles
+            # first, so its float weight is never freed.
+            for root in rl.constant_roots(m.weight):
+                value = ctx.input_value(root)
+                if isinstance(value, torch.Tensor):
+                    store.note_float_reader(value)
         ctx.memo.setdefault("decision_of", {})[y] = decision
         moved += 1
     return moved

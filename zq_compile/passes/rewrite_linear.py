@@ -462,8 +462,9 @@ def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: 
         if source is not None:
             ctx.weight_sources.append(source)
         if _int8_rows(m, w_nk, handler, groups, tensors, columns):
-            ctx.memo.setdefault("int8_rows", {})[m.weight] = {**dict(zip(tensors, quantized_weights[key])),
-                                                              "scale": scale, "outliers": columns}
+            nodes = dict(zip(tensors, quantized_weights[key]))
+            nodes.setdefault("wq", nodes.get("w"))  # the weight-only schemes name it "w"
+            ctx.memo.setdefault("int8_rows", {})[m.weight] = {**nodes, "scale": scale, "outliers": columns}
         decision.quant_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t is not None)
         decision.float_bytes = w_nk.numel() * w_nk.element_size()
     else:
@@ -480,7 +481,8 @@ def quantize_and_emit(ctx, m: LinearMatch, w_nk, scheme, groups: int, decision: 
 def _int8_rows(m: LinearMatch, w_nk, handler, groups: int, tensors: dict, columns) -> bool:
     """Whether the int8 weight holds the parameter's rows on one symmetric scale per row, W * s
     with outlier columns apart at most: what ``quantize_embedding`` can gather a tied table's
-    rows from. Split columns (another layout) are not."""
-    return (handler.name == "w8a8" and isinstance(m.weight, fx.Node) and m.weight.op == "placeholder"
+    rows from (w8a8, or w8a16: a head the accuracy policy kept, under release_float_weights).
+    Split columns (another layout) are not."""
+    return (handler.name in ("w8a8", "w8a16") and isinstance(m.weight, fx.Node) and m.weight.op == "placeholder"
             and m.weight_is_nk and (columns is None or isinstance(columns, Outliers))
             and groups == w_nk.shape[0] and tensors.get("wz") is None)
