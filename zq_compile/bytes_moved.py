@@ -66,9 +66,7 @@ def gemm_bytes(gm: torch.fx.GraphModule, kernel_name: str) -> int:
     (each holds its own form of the weight: an int8 copy, ATen's INT4 layout)."""
     total = 0
     for node in gm.graph.find_nodes(op="call_function", target=torch.ops.zq.linear_w8a8.default):
-        x_shape = node.args[0].meta["example_value"].shape
-        m = math.prod(size_hint(d) for d in x_shape[:-1])
-        n, k = node.args[2].meta["example_value"].shape
+        m, k, n = _mkn(node.args[0], node.args[2])
         out = _GEMM_OUT_BYTES.get(kernel_name, {}).get(node.args[6], 4) if node.args[4] is None else 4
         total += m * k + n * k + m * n * out
     total += _fused_triton_gemm_bytes(gm)
