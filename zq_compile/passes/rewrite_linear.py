@@ -430,10 +430,9 @@ def run(ctx) -> int:
 def _float_weight_shape(ctx, m: LinearMatch) -> tuple[int, int] | None:
     """(N, K) of a linear left float whose weight is a parameter or buffer (the report's bytes
     count it); None for a product of two activations."""
-    if not isinstance(m.weight, fx.Node) or m.weight.op != "placeholder":
-        return None
-    value = ctx.input_value(m.weight)
-    if not isinstance(value, torch.Tensor) or value.dim() != 2 or not _is_param_or_buffer(m.weight, value):
+    # a placeholder only: evaluating a chain (constant_value folds views) on a released weight raises
+    value = constant_value(ctx, m.weight) if isinstance(m.weight, fx.Node) and m.weight.op == "placeholder" else None
+    if not isinstance(value, torch.Tensor) or value.dim() != 2:
         return None
     n, k = value.shape if m.weight_is_nk else value.shape[::-1]
     return int(n), int(k)
