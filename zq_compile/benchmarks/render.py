@@ -10,7 +10,7 @@ import os
 
 from zq_compile.benchmarks.contenders import BASELINE, TORCHAO_INT8_DYN
 from zq_compile.benchmarks.machine import class_of, describe
-from zq_compile.benchmarks.weight_bytes import label
+from zq_compile.benchmarks.weight_bytes import label, target_met
 
 
 def _load(v) -> str:
@@ -269,8 +269,7 @@ def weights_table(result: dict) -> list[str]:
     rows = []
     for model, per in sec.items():
         for r in per:
-            target = "" if r["target"] is None else \
-                f"<= {r['target']}x: {'met' if r['ratio_all'] <= r['target'] else '**not met**'}"
+            target = "" if r["target"] is None else f"<= {r['target']}x: {'met' if target_met(r) else '**not met**'}"
             schemes = ", ".join(f"{k} {v / 2**20:.1f}" for k, v in r["by_scheme"].items())
             rows.append([model, label(r), r["quantized"], r["kept_float"], f"{r['fp16_bytes'] / 2**20:.1f}",
                          f"{r['quant_bytes'] / 2**20:.1f}", _fmt(r["ratio"], ".3f"), schemes,

@@ -25,6 +25,11 @@ def label(row: dict) -> str:
     return " + ".join([row["preset"], *extra])
 
 
+def target_met(row: dict) -> bool:
+    """Whether a row with a target meets it, judged on all linears (``ratio_all``)."""
+    return row["ratio_all"] <= row["target"]
+
+
 def _elements(decision) -> int:
     if decision.shape is None:
         raise ValueError(f"linear {decision.module or decision.node} has no weight shape in its report")
@@ -70,8 +75,7 @@ def preset_bytes(model: torch.nn.Module, inputs: dict, presets=None, log=print, 
                    ratio_all=(quant + held_float) / fp16_all if fp16_all else None,
                    target=TARGETS.get(preset), by_scheme=by_scheme)
         rows.append(row)
-        met = "" if row["target"] is None else \
-            f" (target <= {row['target']}x: {'met' if row['ratio_all'] <= row['target'] else 'NOT met'})"
+        met = "" if row["target"] is None else f" (target <= {row['target']}x: {'met' if target_met(row) else 'NOT met'})"
         log(f"  weights {label(row):7s} {len(quantized)} linears quantized, {len(left)} float: "
             f"{quant / 2**20:.1f} MiB against {fp16 / 2**20:.1f} MiB in fp16 = {row['ratio']:.3f}x; "
             f"all linears {row['ratio_all']:.3f}x{met}")
