@@ -58,6 +58,25 @@ def test_zq_compile_runs_lkd_eagerly_and_reports_it():
     assert any(n.startswith("LKD already ran") for n in c.zq_reports[0].notes)
 
 
+def test_calibrate_then_compile_trains_once():
+    """calibrate() with LKD, then compile() with the same config (the bench's +lkd rows): LKD ran
+    twice until 2026-12-07, the second time distilling towards the first run's weights."""
+    m = tiny_model("gpt2")
+    data = [{"input_ids": torch.randint(0, 1000, (2, 8), generator=torch.Generator().manual_seed(3))}]
+    report = zq_compile.calibrate(m, {"lkd": LKD}, data)
+    assert report.lkd is not None
+    trained = _state(m)
+    c = zq_compile.compile(m, {"lkd": LKD})
+    assert c.zq_lkd_report is report.lkd
+    with pytest.warns(UserWarning, match="LKD already ran on this model"):
+        again = zq_compile.calibrate(m, {"lkd": LKD}, data)
+    assert again.lkd is report.lkd
+    with torch.no_grad():
+        c(input_ids=torch.ones(1, 5, dtype=torch.long))
+    assert all(torch.equal(v, trained[k]) for k, v in _state(m).items())
+    assert any(n.startswith("LKD already ran") for n in c.zq_reports[0].notes)
+
+
 def test_backend_on_a_function_without_a_module_is_a_clear_error():
     lin = torch.nn.Linear(8, 8)
 

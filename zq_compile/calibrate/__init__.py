@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -109,9 +110,13 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
     # taken on the final weights. It trains on `data` when given (else its own lkd.data).
     lkd_report = None
     if config.lkd is not None:
-        from zq_compile.calibrate.lkd import run_lkd
+        from zq_compile.calibrate.lkd import lkd_once
 
-        lkd_report = run_lkd(model, config, config.lkd, data=data)
+        lkd_report, ran = lkd_once(model, config, data)
+        if not ran:
+            warnings.warn("calibrate: LKD already ran on this model in this process and is not run again "
+                          "(its teacher would be the trained weights, not the original ones); calibrate a "
+                          "fresh copy of the model to train it on other data", stacklevel=2)
 
     if batches is None:
         report = CalibrationReport(source="none given: the first call's inputs will be used", batches=0, tokens=0,
