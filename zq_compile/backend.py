@@ -276,12 +276,14 @@ def _release_float_weights(prepared: Prepared) -> None:
     for node, weight, module in prepared.releasable:
         if store.is_released(weight):
             continue
+        # a linear called in its parent's forward (F.linear on another module's weight) has no module path
+        label = f"{module}.weight" if module else node.name
         problem = store.release_problem(weight)
         if problem:
-            kept.setdefault(problem, []).append(module)
+            kept.setdefault(problem, []).append(label)
             continue
         nbytes = weight.numel() * weight.element_size()
-        store.release(weight, f"{module}.weight" if module else node.name, store.owner_modules(node, weight))
+        store.release(weight, label, store.owner_modules(node, weight))
         freed += nbytes
     report = prepared.report
     if freed:
