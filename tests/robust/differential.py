@@ -17,19 +17,28 @@ from tests.robust.presets import sqnr_floor
 def check(spec: ModelSpec, preset: str, target: str) -> float:
     """Compile ``spec``'s model with ``preset`` on ``target``; assert it runs, keeps shape and
     dtype, is finite, quantized at least one linear and keeps the preset's SQNR floor against
-    the fp32 eager model (the same weights, already rounded to ``spec.dtype``). Returns the SQNR."""
+    the fp32 eager model (the same weights, already rounded to ``spec.dtype``); under
+    ``spec.release``, a second call returns the same output. Returns the SQNR."""
     torch._dynamo.reset()  # a fresh cache per example: each compiles from scratch
     model = build(spec)
     reference = copy.deepcopy(model).float()
     x = make_input(spec)
-    compiled = zq_compile.compile(model, {"preset": preset, "target": target})
+    options = {"preset": preset, "target": target}
+    if spec.release:
+        options["release_float_weights"] = True
+    compiled = zq_compile.compile(model, options)
     with torch.inference_mode():
-        want = reference(x.float())
-    if spec.grad:
-        got = _with_grad(compiled, model, x)
-    else:
+        want = reference(x if spec.embed != "none" else x.float())
+
+    def call():
+        if spec.grad:
+            return _with_grad(compiled, model, x)
         with torch.inference_mode():
-            got = compiled(x)
+            return compiled(x)
+
+    got = call()
+    if spec.release:  # the float weights are gone now: a second call must still serve the same numbers
+        assert torch.equal(call(), got), "a second call after release_float_weights changed the output"
     assert got.shape == want.shape and got.dtype == spec.dtype, (got.shape, got.dtype)
     assert torch.isfinite(got).all(), "non-finite output from finite inputs"
     reports = compiled.zq_reports

@@ -6,7 +6,12 @@ a module: an input projection, ``depth`` pre-norm MLP blocks (norm -> up -> acti
 none, GeLU (erf / tanh) / SiLU / ReLU, bias or not, a head tied to the input projection, a down
 projection tied to the transposed up weight, one block called twice, weights used through
 ``x @ W.t()`` or stored non-contiguous, a head on the last token only, 2-D to 4-D inputs,
-fp32 / bf16 / fp16, called under inference mode or with grad enabled.
+fp32 / bf16 / fp16, called under inference mode or with grad enabled. With ``embed`` the input is
+token ids: an embedding table feeds the input projection and the head returns logits over the
+vocabulary, its weight the table itself (``"tied"``, GPT-2's and SmolLM2's layout: the head the
+accuracy policy and ``quantize_embedding`` treat specially) or its own (``"untied"``).
+``release`` compiles with ``release_float_weights`` (the float weights freed, tables read as int8
+rows).
 """
 
 from __future__ import annotations
@@ -18,11 +23,14 @@ import torch.nn.functional as F
 
 from hypothesis import strategies as st
 
-WIDTHS = (2, 3, 5, 7, 8, 13, 16, 17, 31)  # odd and prime ones; 2 and 3 are degenerate rows
+# odd and prime ones; 2 and 3 are degenerate rows; 32 and 64 the narrowest inputs INT4's groups along K take
+WIDTHS = (2, 3, 5, 7, 8, 13, 16, 17, 31, 32, 64)
 ACTS = ("gelu", "gelu_tanh", "silu", "relu")
 NORMS = ("layernorm", "rmsnorm", "none")
 LAYOUTS = ("linear", "matmul_t", "noncontig")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+EMBEDS = ("none", "untied", "tied")
+VOCABS = (5, 17, 64)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,9 @@ class ModelSpec:
     dtype: torch.dtype = torch.float32
     seed: int = 0
     grad: bool = False  # called with grad enabled (compiles with a warning; gradients stop at quantized linears)
+    embed: str = "none"  # "none": float input; "untied" / "tied": token ids, an embedding, a vocabulary head
+    vocab: int = 17  # the embedding's rows when ``embed`` is not "none"
+    release: bool = False  # compiled with release_float_weights=True
 
 
 @st.composite
@@ -62,6 +73,9 @@ def model_specs(draw) -> ModelSpec:
         dtype=draw(st.sampled_from(DTYPES)),
         seed=draw(st.integers(0, 2**16)),
         grad=draw(st.booleans()),
+        embed=draw(st.sampled_from(EMBEDS)),
+        vocab=draw(st.sampled_from(VOCABS)),
+        release=draw(st.booleans()),
     )
 
 
@@ -124,15 +138,23 @@ class FuzzModel(torch.nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
+        self.emb = torch.nn.Embedding(spec.vocab, spec.d) if spec.embed != "none" else None
         self.inp = torch.nn.Linear(spec.d, spec.d, bias=spec.bias)
         self.blocks = torch.nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.norm = _norm(spec.norm, spec.d)
-        self.head = torch.nn.Linear(spec.d, spec.d, bias=spec.bias)
-        if spec.tied_head:
-            self.head.weight = self.inp.weight
+        if self.emb is not None:  # logits over the vocabulary; HF heads have no bias
+            self.head = torch.nn.Linear(spec.d, spec.vocab, bias=False)
+            if spec.embed == "tied":
+                self.head.weight = self.emb.weight
+        else:
+            self.head = torch.nn.Linear(spec.d, spec.d, bias=spec.bias)
+            if spec.tied_head:
+                self.head.weight = self.inp.weight
 
     def forward(self, x):
         s = self.spec
+        if self.emb is not None:
+            x = self.emb(x)
         x = _apply(s.layout, self.inp, x)
         for block in self.blocks:
             x = block(x)
@@ -149,13 +171,23 @@ def build(spec: ModelSpec) -> FuzzModel:
     model = FuzzModel(spec)
     if spec.layout == "noncontig":  # every weight a transposed view of a [K, N] tensor
         for lin in [m for m in model.modules() if isinstance(m, torch.nn.Linear)]:
-            if lin.weight.is_contiguous() and not (spec.tied_head and lin is model.head):
+            if lin.weight.is_contiguous() and not (_tied(spec) and lin is model.head):
                 lin.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())
-        if spec.tied_head:
+        if spec.embed == "tied":
+            model.head.weight = model.emb.weight
+        elif _tied(spec):
             model.head.weight = model.inp.weight
     return model.to(spec.dtype).eval()
 
 
+def _tied(spec: ModelSpec) -> bool:
+    """Whether the head shares another module's weight (the table's or the input projection's)."""
+    return spec.embed == "tied" or (spec.embed == "none" and spec.tied_head)
+
+
 def make_input(spec: ModelSpec) -> torch.Tensor:
+    """Token ids (int64) when the model has an embedding, else a float tensor in ``spec.dtype``."""
     g = torch.Generator().manual_seed(spec.seed + 1)
+    if spec.embed != "none":
+        return torch.randint(0, spec.vocab, spec.lead, generator=g)
     return torch.randn(*spec.lead, spec.d, generator=g).to(spec.dtype)

@@ -60,8 +60,18 @@ REGRESSIONS = {
 }
 
 
+#: Paths the default run's few random draws may miss, pinned so that every `make test` takes them:
+#: GPT-2's and SmolLM2's layout (token ids, a head tied to the embedding table, logits of the
+#: last token only) under release_float_weights, where the table is read as the head's int8 rows;
+#: widths INT4 takes (K = 32, 64), so the 4-bit presets run INT4 kernels, not their INT8 fallback.
+PINNED = {
+    "tied_embedding_release": ModelSpec(d=32, hidden=64, embed="tied", vocab=64, lead=(2, 5), last_token=True,
+                                        release=True, norm="rmsnorm", act="silu", bias=False, seed=1),
+}
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+@pytest.mark.parametrize("name", sorted(REGRESSIONS) + sorted(PINNED))
 def test_regression(name, preset, target):
-    check(REGRESSIONS[name], preset, target)
+    check(REGRESSIONS.get(name) or PINNED[name], preset, target)
