@@ -252,7 +252,9 @@ class ZeroQuantConfig:
         arithmetic stays fp32 either way; bf16/fp16 models keep their own dtype.
     smooth: outlier smoothing of each quantized linear's input channels (calibrate/smooth.py):
         "auto" picks alpha from ``SMOOTH_ALPHAS`` (or none) by model-level error on the
-        calibration data; False turns it off; {"alpha": a} (stored as the float a) fixes alpha.
+        calibration data, and is off when ``lkd`` is set (LKD trains for the unsmoothed
+        quantization: calibrate/policy.effective_smooth); False turns it off; {"alpha": a}
+        (stored as the float a) fixes alpha.
     keep_float: linears the accuracy policy leaves in float (calibrate/policy.py): "auto" keeps
         lm_head / embedding-tied linears and then the worst linears while the model-level
         error on the calibration data improves; an int keeps that many of the worst; a float is

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from zq_compile.calibrate import stats
-from zq_compile.calibrate.policy import Simulator, Site, decide, head_columns
+from zq_compile.calibrate.policy import Simulator, Site, decide, effective_smooth, head_columns
 from zq_compile.calibrate.report import CalibrationReport
 from zq_compile.config import ZeroQuantConfig
 
@@ -120,7 +120,7 @@ def calibrate(model: torch.nn.Module, config: ZeroQuantConfig | dict[str, Any] |
 
     if batches is None:
         report = CalibrationReport(source="none given: the first call's inputs will be used", batches=0, tokens=0,
-                                   smooth=config.smooth, keep_float=config.keep_float)
+                                   smooth=effective_smooth(config), keep_float=config.keep_float)
         report.lkd = lkd_report
         return report
     found = _sites(model, config)

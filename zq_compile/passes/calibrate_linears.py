@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from zq_compile.calibrate import stats
 from zq_compile.calibrate.graph_run import graph_runner
-from zq_compile.calibrate.policy import Site, decide, head_columns
+from zq_compile.calibrate.policy import Site, decide, effective_smooth, head_columns
 from zq_compile.passes.graph_utils import module_path
 from zq_compile.passes import rewrite_linear as rl
 
@@ -69,7 +69,7 @@ def eligible(ctx) -> tuple[dict[str, Site], dict[fx.Node, tuple[str, rl.LinearMa
 
 def run(ctx) -> int:
     config = ctx.config
-    if config.smooth is False and config.keep_float == 0 and config.heads == "float":
+    if effective_smooth(config) is False and config.keep_float == 0 and config.heads == "float":
         return 0
     if "rewrite_linear" in config.disable_passes:
         ctx.report.note("calibrate_linears: rewrite_linear is disabled, nothing to calibrate")
