@@ -43,8 +43,8 @@ test: $(VENV)/.installed chromium
 test-fast: $(VENV)/.installed chromium
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# The full bench: `make bench` (15 min on 2 cores with Inductor's cache warm, 23 cold); the quick one:
-# `make bench BENCH_ARGS=--quick` (about 75 s warm). See bench/README.md.
+# The full bench: `make bench` (well over an hour on 2 cores with every contender); the quick one:
+# `make bench BENCH_ARGS=--quick` (9 contenders, about 5 min). See bench/README.md.
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed
 	$(PY) bench/run.py $(BENCH_ARGS)

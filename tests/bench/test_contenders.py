@@ -44,6 +44,18 @@ def test_ablations_run_only_when_named():
     assert [c.name for c in select(["zeroquant w8a8 fp32-attn"])] == [REFERENCE, BASELINE, "zeroquant w8a8 fp32-attn"]
 
 
+def test_quick_runs_the_strongest_peers_and_two_presets_without_lkd_or_ablations():
+    quick = [c.name for c in select(None, quick=True)]
+    strongest_float = "inductor bf16+freezing" if has_bf16() else "inductor fp32+freezing"
+    for name in (REFERENCE, BASELINE, strongest_float, "torchao int8-dyn", "pt2e x86 static", "zeroquant w8a8",
+                 "zeroquant w4/8a8"):
+        assert name in quick
+    assert not [n for n in quick if "lkd" in n or "smooth" in n or "plain" in n]
+    assert len(quick) < len(select(None)) / 2
+    # naming contenders overrides the quick set
+    assert [c.name for c in select(["zeroquant w4a8+lkd"], quick=True)] == [REFERENCE, BASELINE, "zeroquant w4a8+lkd"]
+
+
 def _linear():
     torch.manual_seed(0)
     return BenchModel("lin", torch.nn.Linear(16, 8).eval(), "tensor")

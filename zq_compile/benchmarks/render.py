@@ -256,10 +256,14 @@ def failures(result: dict) -> list[str]:
         for name, st in (sec.get("contenders") or {}).items():
             if not st.get("ok", True):
                 by_error.setdefault(f"{name}: {st.get('error')}", []).append(key)
-    if not by_error:
-        return []
-    return ["Failed contenders (error as raised, then the sections where it failed):", ""] + [
-        f"- {text} [{', '.join(keys)}]" for text, keys in by_error.items()]
+    lines = []
+    if result.get("failed_sections"):
+        lines += ["Failed sections (no table above; each ran in its own process):", ""] + [
+            f"- {name}: {error}" for name, error in result["failed_sections"].items()] + [""]
+    if by_error:
+        lines += ["Failed contenders (error as raised, then the sections where it failed):", ""] + [
+            f"- {text} [{', '.join(keys)}]" for text, keys in by_error.items()]
+    return lines
 
 
 def weights_table(result: dict) -> list[str]:
@@ -281,13 +285,22 @@ def weights_table(result: dict) -> list[str]:
                      "MiB by scheme", "float MiB", "all linears", "target"], rows)]
 
 
+def _peak_memory(result: dict) -> str:
+    peaks = {k: sec["peak_rss_mib"] for k, sec in result["sections"].items() if "peak_rss_mib" in sec}
+    if not peaks:
+        return ""
+    return " Peak resident memory of each section's process: " + ", ".join(
+        f"{k} {v / 1024:.1f} GiB" for k, v in peaks.items()) + "."
+
+
 def markdown(result: dict) -> str:
     info = result["machine"]
     parts = [f"Bench `{result['mode']}` run of {result['date']}, {result.get('wall_s', '?')} s, on "
              f"{describe(info)}. Medians of {result['plan']['runs']} interleaved rounds "
              f"({result['plan'].get('big_model_runs', result['plan']['runs'])} for BERT-base, GPT-2, SmolLM2) after "
              f"{result['plan']['warmup']} warm-up round(s). Load average (1/5/15 min) at start "
-             f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}.", ""]
+             f"{_load(result.get('load_average_start'))}, at end {_load(result.get('load_average_end'))}."
+             + _peak_memory(result), ""]
     for block in (fastest_peer_table(result), minilm_table(result), sweep_table(result, "minilm"),
                   sweep_table(result, "bert"), causal_table(result, "smollm2"), sweep_table(result, "gpt2"),
                   linear_table(result), weights_table(result), contender_notes(result), pipelines(result), failures(result)):
