@@ -301,9 +301,11 @@ def main(argv: list[str] | None = None, args=None) -> int:
     if args.section_child:
         return _child_main(args)
     result = run("quick" if args.quick else "full", tuple(args.only or SECTIONS), args.contenders, args.runs)
+    # the JSON first: an hour of measurements must not hang on a table that fails to render
+    paths = write_outputs(result, args.out)
     print()
     print(render.text(result))
-    for path in write_outputs(result, args.out):
+    for path in paths:
         print("wrote", path)
     return 0
 
