@@ -207,3 +207,47 @@ def test_ops_check_their_arguments():
         torch.ops.zq.linear_wo(x.to(torch.int8), w, s, z, None, 4, gs, K, "reference", torch.float32)
     y = torch.ops.zq.linear_wo(x, w, s, z, None, 4, gs, K, "dequant", torch.float32)
     assert y.shape == (3, N)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_split_order_holds_the_dequantized_values_and_the_activation_follows_it(symmetric):
+    """``int4_split`` reorders each K group's columns (low nibbles, then high ones) and
+    ``split_inputs`` permutes x the same way: the product is the interleaved one's, and each
+    column holds exactly the value ``dequantize_kgroups`` gives it."""
+    from zq_compile.codegen.cpu.weight_only import int4_split, split_inputs
+    from zq_compile.quant.kgroups import dequantize_kgroups
+
+    w, s, z, gs = _weight(4, symmetric=symmetric)
+    want = dequantize_kgroups(w, s, z, gs, K)
+    order = split_inputs(torch.arange(K, dtype=torch.float32)[None], gs)[0].long()
+    assert sorted(order.tolist()) == list(range(K)) and order[:3].tolist() == [0, 2, 4]
+    assert torch.equal(int4_split(w, s, z, gs, K, torch.float32), want[:, order])
+    x = _x(5, torch.float32)
+    assert torch.allclose(split_inputs(x, gs) @ want[:, order].t(), x @ want.t(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("name", ["aten", "dequant", "dequant_bf16"])
+def test_the_race_runs_each_kernel_compiled_as_the_graph_runs_it(name, bits):
+    from zq_compile.codegen.cpu.weight_only import compiled_linear
+
+    kernel = WO_KERNELS[name]
+    _available(kernel, bits)
+    w, s, z, gs = _weight(bits)
+    x = _x(13, torch.float32)
+    got = compiled_linear(name, x, w, s, bits, gs, K, torch.float32)()
+    want = kernel.linear(x, kernel.finalize_weight(w, s, None, bits, gs, K), s, None, None, bits, gs, K, torch.float32)
+    assert got.shape == want.shape == (13, N)
+    assert sqnr_db(want, got) > 40  # the same kernel, Inductor-compiled: summation order only
+
+
+def test_a_kernel_inductor_cannot_compile_is_raced_eagerly_and_the_reason_says_so(monkeypatch):
+    from zq_compile.codegen.cpu import weight_only
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr("torch._inductor.compile_fx.compile_fx", refuse)
+    times, eager = weight_only.race(["dequant", "dequant_bf16"], "small", 8, rounds=1)
+    assert all(0 < t < float("inf") for t in times.values())
+    assert eager.count("timed eagerly (Inductor: RuntimeError: no compiler here)") == 2

@@ -13,7 +13,8 @@ Each ``linear`` is torch-op code: the op's eager body and the decomposition Indu
   INT4 needs ATen's own blocked layout and a bf16 table of block scales: both are made once per
   weight and held by the graph (the layout in place of our packed copy), which calls ATen's op
   itself (Inductor lowers it to a direct call, no Python in between).
-Which one runs is raced per M regime (``select_wo_kernel``), like the int8 GEMMs.
+Which one runs is raced per M regime (``select_wo_kernel``), like the int8 GEMMs, each kernel
+compiled by Inductor as a graph runs it (``compiled_linear``).
 """
 
 from __future__ import annotations
@@ -289,23 +290,51 @@ def self_test(name: str, bits: int) -> str | None:
     return None
 
 
-def race(names, regime: str, bits: int, dtype=torch.float32, rounds: int = 15) -> dict[str, float]:
-    """Fastest microseconds of each kernel's eager ``linear`` on one problem of this regime,
-    kernels taking turns (a burst of load hits all alike). The dequant kernels run unfused here
-    (Inductor fuses their unpack and scaling), so their times are upper bounds."""
+def compiled_linear(name: str, x, w, w_scale, bits: int, group_size: int, k: int, dtype):
+    """Kernel ``name``'s ``linear`` as a graph runs it: traced and compiled by Inductor (the
+    dequant kernels' unpack and scaling fused, as in the model's graph), with the weight in the
+    kernel's form and its table. Returns a callable of no arguments."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    kernel = WO_KERNELS[name]
+    held = kernel.finalize_weight(w, w_scale, None, bits, group_size, k)
+    table = kernel.kernel_scales(w_scale, None, bits, w.shape[0], k, w=w)
+    args = [x, held, w_scale] + ([table] if table is not None else [])
+
+    def run(x, held, w_scale, *table):
+        return kernel.linear(x, held, w_scale, None, None, bits, group_size, k, dtype, table[0] if table else None)
+
+    with torch.no_grad():
+        fn = compile_fx(make_fx(run, tracing_mode="real")(*args), args)
+    return lambda: fn(*args)
+
+
+def race(names, regime: str, bits: int, dtype=torch.float32, rounds: int = 15) -> tuple[dict[str, float], str]:
+    """Fastest microseconds of each kernel on one problem of this regime, each compiled as a graph
+    runs it (``compiled_linear``: timing the dequant kernels eagerly measured their unfused unpack,
+    and ATen's INT4 GEMM with its table rebuilt on every call), kernels taking turns (a burst of
+    load hits all alike). A kernel Inductor fails to compile is timed eagerly, and said so."""
     from zq_compile.codegen.cpu.select import RACE_SHAPES
 
     m, k = RACE_SHAPES[regime]
     x, w, s, z, gs = _problem(m, k, k, bits, dtype, group_size=128)
-    weights = {n: WO_KERNELS[n].finalize_weight(w, s, z, bits, gs, k) for n in names}
+    calls, eager = {}, []
+    for n in names:
+        try:
+            calls[n] = compiled_linear(n, x, w, s, bits, gs, k, dtype)
+        except Exception as e:  # Inductor's failure is reported, the kernel still raced
+            eager.append(f"{n} timed eagerly (Inductor: {type(e).__name__}: {str(e)[:120]})")
+            held = WO_KERNELS[n].finalize_weight(w, s, z, bits, gs, k)
+            calls[n] = functools.partial(WO_KERNELS[n].linear, x, held, s, z, None, bits, gs, k, dtype)
     times = {n: float("inf") for n in names}
     for i in range(rounds + 2):
         for n in names:
             start = time.perf_counter()
-            WO_KERNELS[n].linear(x, weights[n], s, z, None, bits, gs, k, dtype)
+            calls[n]()
             if i >= 2:
                 times[n] = min(times[n], (time.perf_counter() - start) * 1e6)
-    return times
+    return times, "; ".join(eager)
 
 
 @functools.cache
@@ -319,7 +348,7 @@ def select_wo_kernel(regime: str, bits: int, requested: str = "auto") -> WoChoic
         (rejected.append(f"{name}: {why}") if why else ready.append(name))
     if not ready:
         return WoChoice("reference", "no fast weight-only kernel passed its self-test: " + "; ".join(rejected))
-    times = race(ready, regime, bits) if len(ready) > 1 else {ready[0]: float("nan")}
+    times, eager = race(ready, regime, bits) if len(ready) > 1 else ({ready[0]: float("nan")}, "")
     best = ready[0]
     for name in ready[1:]:
         if times[name] < RACE_MARGIN * times[best]:
@@ -328,7 +357,9 @@ def select_wo_kernel(regime: str, bits: int, requested: str = "auto") -> WoChoic
 
     m, k = RACE_SHAPES[regime]
     raced = ", ".join(f"{n} {times[n]:.0f} us" for n in ready)
-    reason = f"raced INT{bits} weight-only for {regime} M at {m}x{k}x{k}: {raced}"
+    reason = f"raced INT{bits} weight-only for {regime} M at {m}x{k}x{k}, compiled: {raced}"
+    if eager:
+        reason += f" ({eager})"
     if rejected:
         reason += "; not run: " + "; ".join(rejected)
     return WoChoice(best, reason)
