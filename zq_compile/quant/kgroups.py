@@ -98,6 +98,30 @@ def dequantize_kgroups(qdata, scale, zero_point, group_size: int, k: int, dtype=
     return (q * block_view(scale.float(), n, k)[..., None]).reshape(n, k).to(dtype)
 
 
+def split_nibbles(qdata: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """fp32 [N, K / group_size, 2, group_size / 2]: the signed INT4 values of packed uint8
+    [N, K / 2] with each K group's columns split: the low nibbles of its bytes (its even inputs),
+    then the high ones (its odd inputs); ``split_inputs`` puts an activation in the same order.
+
+    For code traced into a graph. In the packed (interleaved) order the output is indexed by
+    j // 2 and j % 2, which Inductor's CPU codegen leaves scalar; this order is a contiguous loop
+    (``bench/int4_dequant.py``). The nibbles are split in float, which is exact for a byte (the
+    floor of a sixteenth): a uint8 shift and mask in this order vectorized worse."""
+    n = qdata.shape[0]
+    packed = qdata.reshape(n, k // group_size, group_size // 2).float()
+    hi = torch.floor(packed * 0.0625)
+    both = torch.stack((packed - 16.0 * hi, hi), dim=2)
+    return both - 16.0 * (both >= 8.0).float()  # the nibble's two's complement
+
+
+def split_inputs(x2: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x [M, K] with its columns in ``split_nibbles``'s order (a copy of M x K values, in place
+    of index arithmetic over the N x K weight); the product with a weight in that order is the
+    product in the original order."""
+    m, k = x2.shape
+    return x2.reshape(m, k // group_size, group_size // 2, 2).transpose(2, 3).reshape(m, k)
+
+
 def to_int8_per_row(qdata, scale, zero_point, group_size: int, k: int,
                     qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
     """(int8 [N, K], fp32 [N]) with int8 * scale[row] ~= the dequantized INT4 weight.
@@ -122,7 +146,10 @@ def round_to_rows(qdata, scale, zero_point, group_size: int, k: int, row: torch.
 
     The nibbles are split by a broadcast shift, not ``unpack_int4``'s stack: Inductor lowers
     that stack to an ``aten.cat`` call between two kernels (measured at 256 x 576 x 1536: the
-    per-call path took 6.7 ms against 2.8 for the kept copy)."""
+    per-call path took 6.7 ms against 2.8 for the kept copy). The split order of
+    ``split_nibbles`` (with the activation permuted, the same int32 sums) was no faster here: the
+    call's oneDNN reorder of the int8 weight dominates (``bench/int4_dequant.py --kernel w4a8``,
+    ``bench/results/targeted/2026-12-08_int4_unpack_w4a8_per_call_zen4.txt``)."""
     n = qdata.shape[0]
     shift = torch.arange(0, 8, 4, dtype=torch.uint8, device=qdata.device)
     nib = ((qdata.unsqueeze(-1) >> shift) & 0xF).to(torch.int32)  # int32: Inductor vectorizes it

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zq_compile.quant.kgroups import block_view, dequantize_kgroups
+from zq_compile.quant.kgroups import block_view, dequantize_kgroups, split_inputs, split_nibbles
 
 
 def group_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -45,29 +45,15 @@ def dequant_weight(w, w_scale, w_zero, bits: int, group_size: int, k: int, dtype
 
 
 def int4_split(w, w_scale, w_zero, group_size: int, k: int, dtype) -> torch.Tensor:
-    """An INT4 weight dequantized to ``dtype`` [N, K], each K group's columns reordered: the
-    low nibbles of its bytes (its even inputs), then the high ones (its odd inputs); pair it with
-    ``split_inputs``. The values are ``dequantize_kgroups``'s. Why not that order: traced into a
-    graph, the interleaved nibbles index the output by j // 2 and j % 2, which Inductor's CPU
-    codegen leaves scalar (bf16, M = 1, a 2048 x 2048 weight at group 128: 5.0 ms against 2.0 on
-    the 2-core Zen 4; ``bench/int4_dequant.py``). The nibbles are split in float (the floor of a
-    sixteenth is exact for a byte): a uint8 shift and mask in this order took 5.3 ms there."""
+    """An INT4 weight dequantized to ``dtype`` [N, K] in ``split_nibbles``'s column order (pair it
+    with ``split_inputs``); the values are ``dequantize_kgroups``'s. In the packed order Inductor
+    made the unpack a scalar loop (bf16, M = 1, a 2048 x 2048 weight at group 128: 5.0 ms against
+    2.0 on the 2-core Zen 4; ``bench/int4_dequant.py``)."""
     n = w.shape[0]
-    kg = k // group_size
-    packed = w.reshape(n, kg, group_size // 2).float()
-    hi = torch.floor(packed * 0.0625)
-    both = torch.stack((packed - 16.0 * hi, hi), dim=2)  # [N, K groups, low | high, group / 2]
-    q = both - 16.0 * (both >= 8.0).float()  # the nibble's two's complement
+    q = split_nibbles(w, group_size, k)
     if w_zero is not None:
         q = q - block_view(w_zero, n, k).float()[:, :, None, None]
     return (q * block_view(w_scale.float(), n, k)[:, :, None, None]).to(dtype).reshape(n, k)
-
-
-def split_inputs(x2: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x [M, K] with its columns in ``int4_split``'s order: a copy of the activation (M x K)
-    instead of per-element index arithmetic over the weight (N x K)."""
-    m, k = x2.shape
-    return x2.reshape(m, k // group_size, group_size // 2, 2).transpose(2, 3).reshape(m, k)
 
 
 def _float_linear(x2, w, w_scale, w_zero, bits: int, group_size: int, k: int, dtype) -> torch.Tensor:
