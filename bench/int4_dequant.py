@@ -7,7 +7,7 @@
   the activation's columns permuted to match (``split_inputs``): a contiguous loop.
 
 ``--kernel wo`` (default): the weight-only ``dequant_bf16`` kernel (bf16 activations and weight,
-``dequantize_kgroups`` against ``int4_split``, then ``F.linear``). ``--kernel w4a8``: the per-call
+``dequantize_kgroups`` without and with ``split=True``, then ``F.linear``). ``--kernel w4a8``: the per-call
 W4A8 kernel of ``release_float_weights`` (``unpack:onednn``: int8 activations, the INT4 weight
 re-rounded to int8 rows in the graph, then oneDNN's u8s8 GEMM; it ships the interleaved form,
 since the split one measured no faster), whose two orders give the same output to the bit (an
@@ -39,14 +39,13 @@ GROUPS = [32, 64, 128]
 
 
 def _wo_forms(k: int, gs: int):
-    from zq_compile.codegen.cpu.weight_only import int4_split
     from zq_compile.quant.kgroups import dequantize_kgroups, split_inputs
 
     def interleaved(x, p, s):
         return F.linear(x.to(torch.bfloat16), dequantize_kgroups(p, s, None, gs, k, torch.bfloat16)).float()
 
     def split(x, p, s):
-        return F.linear(split_inputs(x.to(torch.bfloat16), gs), int4_split(p, s, None, gs, k, torch.bfloat16)).float()
+        return F.linear(split_inputs(x.to(torch.bfloat16), gs), dequantize_kgroups(p, s, None, gs, k, torch.bfloat16, split=True)).float()
 
     return {"interleaved": interleaved, "split": split}
 

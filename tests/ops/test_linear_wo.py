@@ -211,17 +211,16 @@ def test_ops_check_their_arguments():
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_int4_split_order_holds_the_dequantized_values_and_the_activation_follows_it(symmetric):
-    """``int4_split`` reorders each K group's columns (low nibbles, then high ones) and
+    """``dequantize_kgroups(split=True)`` reorders each K group's columns (low nibbles, then high ones) and
     ``split_inputs`` permutes x the same way: the product is the interleaved one's, and each
     column holds exactly the value ``dequantize_kgroups`` gives it."""
-    from zq_compile.codegen.cpu.weight_only import int4_split, split_inputs
-    from zq_compile.quant.kgroups import dequantize_kgroups
+    from zq_compile.quant.kgroups import dequantize_kgroups, split_inputs
 
     w, s, z, gs = _weight(4, symmetric=symmetric)
     want = dequantize_kgroups(w, s, z, gs, K)
     order = split_inputs(torch.arange(K, dtype=torch.float32)[None], gs)[0].long()
     assert sorted(order.tolist()) == list(range(K)) and order[:3].tolist() == [0, 2, 4]
-    assert torch.equal(int4_split(w, s, z, gs, K, torch.float32), want[:, order])
+    assert torch.equal(dequantize_kgroups(w, s, z, gs, K, torch.float32, split=True), want[:, order])
     x = _x(5, torch.float32)
     assert torch.allclose(split_inputs(x, gs) @ want[:, order].t(), x @ want.t(), rtol=1e-5, atol=1e-6)
 

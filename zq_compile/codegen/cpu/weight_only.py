@@ -4,7 +4,8 @@ Each ``linear`` is torch-op code: the op's eager body and the decomposition Indu
 - ``reference``: dequantize the weight to fp32 and run an fp32 matmul (the oracle).
 - ``dequant``: dequantize in the activation's dtype and ``F.linear``; inside Inductor the unpack
   and scaling fuse into one pass that writes the float weight, then the float GEMM. An INT4
-  weight is written with each K group's even inputs before its odd ones (``int4_split``) and the
+  weight is written with each K group's even inputs before its odd ones (``dequantize_kgroups``,
+  ``split=True``) and the
   activation's columns are permuted to match, so the unpack is a contiguous, vectorized loop.
 - ``dequant_bf16``: the same with the activation and weight in bf16 (for fp32 models on CPUs
   with native bf16 dot products), output cast back.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zq_compile.quant.kgroups import block_view, dequantize_kgroups, split_inputs, split_nibbles
+from zq_compile.quant.kgroups import block_view, dequantize_kgroups, split_inputs
 
 
 def group_rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -44,22 +45,11 @@ def dequant_weight(w, w_scale, w_zero, bits: int, group_size: int, k: int, dtype
     return (q * group_rows(w_scale.float(), n)[:, None]).to(dtype)
 
 
-def int4_split(w, w_scale, w_zero, group_size: int, k: int, dtype) -> torch.Tensor:
-    """An INT4 weight dequantized to ``dtype`` [N, K] in ``split_nibbles``'s column order (pair it
-    with ``split_inputs``); the values are ``dequantize_kgroups``'s. In the packed order Inductor
-    made the unpack a scalar loop (bf16, M = 1, a 2048 x 2048 weight at group 128: 5.0 ms against
-    2.0 on the 2-core Zen 4; ``bench/int4_dequant.py``)."""
-    n = w.shape[0]
-    q = split_nibbles(w, group_size, k)
-    if w_zero is not None:
-        q = q - block_view(w_zero, n, k).float()[:, :, None, None]
-    return (q * block_view(w_scale.float(), n, k)[:, :, None, None]).to(dtype).reshape(n, k)
-
-
 def _float_linear(x2, w, w_scale, w_zero, bits: int, group_size: int, k: int, dtype) -> torch.Tensor:
-    """x2 [M, K] in ``dtype`` times the dequantized weight (INT4 in ``int4_split``'s order)."""
+    """x2 [M, K] in ``dtype`` times the dequantized weight (INT4 in the split column order)."""
     if bits == 4:
-        return F.linear(split_inputs(x2, group_size), int4_split(w, w_scale, w_zero, group_size, k, dtype))
+        wf = dequantize_kgroups(w, w_scale, w_zero, group_size, k, dtype, split=True)
+        return F.linear(split_inputs(x2, group_size), wf)
     return F.linear(x2, dequant_weight(w, w_scale, w_zero, bits, group_size, k, dtype))
 
 
